@@ -1,0 +1,106 @@
+"""The application factory: routes, middleware, and the resources in start-up order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from paceline.config import Settings
+from paceline.db.pool import create_pool
+from paceline.queue.handlers import Handler, resolve_handler
+from paceline.queue.wakeup import DueListener
+from paceline.queue.worker import Worker
+from paceline.resources import templates_dir
+from paceline.web import api, health, pages
+from paceline.web.keys import POOL, SETTINGS, WORKER
+from paceline.web.problems import problem_middleware
+from paceline.web.validation import MAX_BODY_BYTES
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """A paceline application for `settings`, whose `database_url` must be set."""
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (the CLI starts an embedded one)")
+    handler = resolve_handler(settings)  # fail at start-up, not at the first job
+    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        autoescape=jinja2.select_autoescape(default=True),
+    )
+    app.add_routes(pages.routes)
+    app.add_routes(api.routes)
+    app.add_routes(health.routes)
+
+    # Cleanup runs in reverse: workers stop (and finish their jobs) before the pool closes.
+    app.cleanup_ctx.append(_pool_ctx)
+    if settings.concurrency > 0:
+
+        async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+            async with _run_worker(app, handler):
+                yield
+
+        app.cleanup_ctx.append(workers_ctx)
+    return app
+
+
+async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.database_url is not None
+    app[POOL] = await create_pool(settings.database_url, settings.pool_size)
+    yield
+    try:
+        await asyncio.wait_for(app[POOL].close(), 10)
+    except TimeoutError:
+        app[POOL].terminate()
+
+
+@contextlib.asynccontextmanager
+async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.database_url is not None
+    worker = Worker(
+        app[POOL],
+        handler,
+        concurrency=settings.concurrency,
+        rate_window=settings.rate_window,
+        idle_poll=settings.idle_poll,
+        shutdown_grace=settings.shutdown_grace,
+    )
+    listener = DueListener(
+        settings.database_url,
+        on_due=worker.alarm.fire_in,
+        on_connect=worker.alarm.fire,
+        keepalive=settings.idle_poll,
+    )
+    app[WORKER] = worker
+    tasks = [
+        asyncio.create_task(listener.run(), name="paceline-listener"),
+        asyncio.create_task(worker.run(), name="paceline-worker"),
+    ]
+    log.info(
+        "worker running %d job(s) at once with handler %s, window %gs",
+        settings.concurrency,
+        settings.handler,
+        settings.rate_window,
+    )
+    try:
+        yield
+    finally:
+        worker.stop()
+        listener.stop()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(
+                outcome, asyncio.CancelledError
+            ):
+                log.error("%s ended with an error", task.get_name(), exc_info=outcome)

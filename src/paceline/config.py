@@ -1,0 +1,92 @@
+"""Settings: one typed object, read from the environment and the command line, passed in.
+
+The variable names are part of paceline's contract (see DESIGN.md); keep them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value paceline cannot use; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a paceline process is told from outside."""
+
+    # None: start an embedded PostgreSQL in `data_dir` (see paceline.db.embedded).
+    database_url: str | None = None
+    data_dir: Path = Path(".paceline")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # W, in seconds: at most one start per object per window.
+    rate_window: float = 300.0
+    # Jobs run at once in this process; 0 serves the API only.
+    concurrency: int = 8
+    handler: str = "sleep"
+    sleep_seconds: float = 1.0
+    # Connections this process keeps to PostgreSQL (the API and the workers share them).
+    pool_size: int = 10
+    # How long running jobs get to finish after SIGTERM before they are released.
+    shutdown_grace: float = 30.0
+    # Longest a worker sleeps without news; a safety net for a missed NOTIFY, not the wake-up.
+    idle_poll: float = 5.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.rate_window > 0:
+            raise ConfigError("PACELINE_RATE_WINDOW must be a positive number of seconds")
+        if self.concurrency < 0:
+            raise ConfigError("PACELINE_CONCURRENCY must be 0 or more")
+        if not 0 < self.port < 65536:
+            raise ConfigError("PACELINE_PORT must be between 1 and 65535")
+        if self.sleep_seconds < 0:
+            raise ConfigError("PACELINE_SLEEP_SECONDS must be 0 or more")
+        if self.pool_size < 2:
+            raise ConfigError("PACELINE_POOL_SIZE must be at least 2")
+        if self.shutdown_grace < 0:
+            raise ConfigError("PACELINE_SHUTDOWN_GRACE must be 0 or more")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read `PACELINE_*` and `DATABASE_URL`; keyword overrides (flags) win unless None."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = env_name(field.name)
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(name, field.type, raw)
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    return "DATABASE_URL" if field == "database_url" else f"PACELINE_{field.upper()}"
+
+
+def _parse(name: str, type_name: Any, raw: str) -> Any:
+    # Field types are strings under `from __future__ import annotations`.
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw

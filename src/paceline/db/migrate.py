@@ -1,0 +1,30 @@
+"""Apply Alembic migrations from code: `paceline migrate`, `paceline serve` and the tests."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+
+from paceline.resources import migrations_dir
+
+# Key of the transaction-scoped advisory lock every migration run takes first, so that
+# replicas starting at once migrate one after the other (the later ones find nothing to do).
+MIGRATION_LOCK_KEY = 7_421_093_118
+
+
+def alembic_config(dsn: str) -> Config:
+    """An Alembic config for `dsn`, without needing an alembic.ini."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["dsn"] = dsn
+    return config
+
+
+def upgrade(dsn: str, revision: str = "head") -> None:
+    """Migrate the database at `dsn` up to `revision`. Blocking; runs its own event loop."""
+    command.upgrade(alembic_config(dsn), revision)
+
+
+def downgrade(dsn: str, revision: str) -> None:
+    """Migrate the database at `dsn` down to `revision`. Blocking; runs its own event loop."""
+    command.downgrade(alembic_config(dsn), revision)

@@ -1,0 +1,43 @@
+"""The one asyncpg pool of a process, and how to tell "database unavailable" from a bug."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+# How long a request waits for a connection or for PostgreSQL to answer a connect before
+# it is told the database is unavailable; short, so the API answers 503 instead of hanging.
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 30.0
+
+
+async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
+    """Open the pool. Connections are opened lazily, so this succeeds with the database down."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=size,
+        timeout=CONNECT_TIMEOUT,
+        command_timeout=COMMAND_TIMEOUT,
+        # Recycle idle connections so a restarted server does not leave stale ones around.
+        max_inactive_connection_lifetime=60.0,
+    )
+    assert pool is not None
+    return pool
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means PostgreSQL cannot be reached or is restarting, not a query bug."""
+    return isinstance(
+        exc,
+        OSError
+        | asyncio.TimeoutError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | asyncpg.exceptions.TooManyConnectionsError
+        | asyncpg.exceptions.ConnectionFailureError
+        | asyncpg.exceptions.InterfaceError,
+    )

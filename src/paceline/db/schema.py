@@ -1,0 +1,92 @@
+"""The schema as SQLAlchemy Core metadata: the source Alembic's migrations are checked against.
+
+Runtime queries do not use SQLAlchemy; they are hand-written SQL in `queries.sql`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Double,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+STATUSES = ("PENDING", "PROCESSING", "SUCCESS", "FAILED", "CANCELLED")
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("object_id", BigInteger, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'PENDING'")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The slot enqueue reserved: the job never starts before it (I2, I6).
+    Column("run_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    # Seconds the handler took, measured by the worker on a monotonic clock.
+    Column("duration", Double),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("error", Text),
+    CheckConstraint(
+        "status IN ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'CANCELLED')",
+        name="status",
+    ),
+    # The claim scans due pending jobs in slot order; a partial index keeps that scan
+    # proportional to the pending jobs, not to the history.
+    Index(
+        "ix_jobs_due",
+        "run_at",
+        "id",
+        postgresql_where=text("status = 'PENDING'"),
+    ),
+    # FIFO per object: "is there an older pending job of this object?" is one probe here.
+    Index(
+        "ix_jobs_pending_object",
+        "object_id",
+        "id",
+        postgresql_where=text("status = 'PENDING'"),
+    ),
+    # Listing: newest first, by object or by status.
+    Index("ix_jobs_object_id_id", "object_id", text("id DESC")),
+    Index("ix_jobs_status_id", "status", text("id DESC")),
+)
+
+# The enqueue side of an object's window: the next slot a new job of it may take.
+# Only enqueue writes here, so a burst of submits locks this row and not `object_starts`.
+object_slots = Table(
+    "object_slots",
+    metadata,
+    Column("object_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("next_slot", DateTime(timezone=True), nullable=False),
+)
+
+# The claim side of an object's window: when the object last actually started a run.
+# The claim reads it to keep starts W apart even when workers fall behind (I1), and
+# it outlives the jobs themselves, so pruning history cannot shorten a window.
+object_starts = Table(
+    "object_starts",
+    metadata,
+    Column("object_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_started_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,115 @@
+"""Jobs as the API and the workers see them, and the queries that create and read them."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from paceline.db.queries import QUERIES
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class Status(enum.StrEnum):
+    """A job's state: PENDING → PROCESSING → SUCCESS | FAILED, or CANCELLED while pending."""
+
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One row of `jobs`."""
+
+    id: int
+    object_id: int
+    status: Status
+    created_at: datetime
+    run_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None
+    attempts: int
+    error: str | None
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> Job:
+        """Build from a row that has every column of `jobs` (as the named queries return)."""
+        return cls(
+            id=record["id"],
+            object_id=record["object_id"],
+            status=Status(record["status"]),
+            created_at=record["created_at"],
+            run_at=record["run_at"],
+            started_at=record["started_at"],
+            finished_at=record["finished_at"],
+            duration=record["duration"],
+            attempts=record["attempts"],
+            error=record["error"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's view: the original fields (`timestamp` in UNIX seconds) plus the wait."""
+        return {
+            "id": self.id,
+            "object_id": self.object_id,
+            "status": self.status.value,
+            "timestamp": self.created_at.timestamp(),
+            "duration": self.duration,
+            "run_at": isoformat(self.run_at),
+            "started_at": isoformat(self.started_at),
+            "finished_at": isoformat(self.finished_at),
+            "attempts": self.attempts,
+            "error": self.error,
+        }
+
+
+def isoformat(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z`, microseconds kept (the window is exact to them)."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def enqueue(db: asyncpg.Pool, object_id: int, window: float) -> Job:
+    """Create a job in its object's next free slot (I1, I6); one statement, one round trip."""
+    record = await db.fetchrow(QUERIES["enqueue"], object_id, window)
+    assert record is not None
+    return Job.from_record(record)
+
+
+async def get_job(db: asyncpg.Pool, job_id: int) -> Job | None:
+    """The job with this id, or None."""
+    record = await db.fetchrow(QUERIES["get_job"], job_id)
+    return None if record is None else Job.from_record(record)
+
+
+async def list_jobs(
+    db: asyncpg.Pool,
+    *,
+    object_id: int | None = None,
+    status: Status | None = None,
+    before: int = INT64_MAX,
+    limit: int = 50,
+) -> list[Job]:
+    """Jobs newest first, optionally of one object and/or status, with ids below `before`."""
+    # One named query per filter combination, so each gets a plan that uses its index.
+    if object_id is not None and status is not None:
+        args: tuple[Any, ...] = ("list_jobs_by_object_and_status", object_id, status.value)
+    elif object_id is not None:
+        args = ("list_jobs_by_object", object_id)
+    elif status is not None:
+        args = ("list_jobs_by_status", status.value)
+    else:
+        args = ("list_jobs",)
+    name, *filters = args
+    records = await db.fetch(QUERIES[name], *filters, before, limit)
+    return [Job.from_record(record) for record in records]

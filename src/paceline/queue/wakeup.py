@@ -1,0 +1,86 @@
+"""Wake-ups from other replicas: LISTEN on the channel enqueue NOTIFYs.
+
+Each notification carries the seconds until the new job is due; the listener hands them to a
+callback (the worker's alarm). A dedicated connection, outside the pool, because LISTEN is tied
+to its session. When the connection is lost, it reconnects with backoff and calls `on_connect`,
+since notifications sent meanwhile are gone and the worker must look for itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+from paceline.db.pool import CONNECT_TIMEOUT, is_unavailable
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "paceline_jobs"
+
+
+class DueListener:
+    """Keeps a LISTEN connection open until `stop()`; reconnects when it drops."""
+
+    def __init__(
+        self,
+        dsn: str,
+        on_due: Callable[[float], None],
+        on_connect: Callable[[], None],
+        *,
+        keepalive: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self._on_due = on_due
+        self._on_connect = on_connect
+        self._keepalive = keepalive
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask `run()` to close the connection and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Listen until stopped."""
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self._listen_once()
+                backoff = 0.1
+            except Exception as exc:
+                if not is_unavailable(exc) and not isinstance(exc, asyncpg.PostgresError):
+                    raise
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _listen_once(self) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        try:
+            await conn.add_listener(CHANNEL, self._notified)
+            self._on_connect()
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._keepalive)
+                if lost.is_set() or conn.is_closed():
+                    raise ConnectionResetError("the LISTEN connection was closed")
+                # A cheap round trip notices a dead server the socket has not told us about.
+                await conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT)
+            if not conn.is_closed():
+                conn.terminate()
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            seconds = float(str(payload))
+        except ValueError:
+            seconds = 0.0
+        self._on_due(seconds)

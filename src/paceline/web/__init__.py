@@ -1,0 +1,1 @@
+"""HTTP: the JSON API, the HTML page, health checks, and problem+json errors."""

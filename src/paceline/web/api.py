@@ -1,0 +1,70 @@
+"""The JSON API: create a job, read one, list them. The contract is in DESIGN.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from paceline.queue import jobs
+from paceline.web.keys import POOL, SETTINGS
+from paceline.web.problems import not_found
+from paceline.web.validation import (
+    check_json_content_type,
+    parse_job_id,
+    parse_job_request,
+    parse_list_query,
+)
+
+routes = web.RouteTableDef()
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response encoded with orjson."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+@routes.post("/jobs", name="jobs")
+async def create_job(request: web.Request) -> web.Response:
+    """Accept a job; 201 with it, its `run_at` saying when its object's window lets it start."""
+    check_json_content_type(request.content_type)
+    object_id = parse_job_request(await request.read())
+    settings = request.app[SETTINGS]
+    job = await jobs.enqueue(request.app[POOL], object_id, settings.rate_window)
+    location = request.app.router["job"].url_for(job_id=str(job.id))
+    return json_response(job.to_json(), status=201, headers={"Location": str(location)})
+
+
+@routes.get("/jobs/{job_id}", name="job")
+async def read_job(request: web.Request) -> web.Response:
+    """One job, or 404."""
+    job_id = parse_job_id(request.match_info["job_id"])
+    job = await jobs.get_job(request.app[POOL], job_id)
+    if job is None:
+        raise not_found(f"There is no job {job_id}.")
+    return json_response(job.to_json())
+
+
+@routes.get("/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    """Jobs newest first, filtered by object_id and/or status; `next_cursor` pages on."""
+    object_id, status, limit, before = parse_list_query(request.query)
+    # One extra row tells whether another page exists without a count.
+    found = await jobs.list_jobs(
+        request.app[POOL], object_id=object_id, status=status, before=before, limit=limit + 1
+    )
+    page, more = found[:limit], len(found) > limit
+    next_cursor = str(page[-1].id) if more else None
+    headers = {}
+    if next_cursor is not None:
+        query = {key: value for key, value in request.query.items() if key != "cursor"}
+        url = request.app.router["jobs"].url_for().with_query({**query, "cursor": next_cursor})
+        headers["Link"] = f'<{url}>; rel="next"'
+    return json_response(
+        {"jobs": [job.to_json() for job in page], "next_cursor": next_cursor}, headers=headers
+    )

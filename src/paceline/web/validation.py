@@ -1,0 +1,152 @@
+"""Reading requests strictly: anything unexpected is a clear 4xx, before the database is touched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from paceline.queue.jobs import INT64_MAX, INT64_MIN, Status
+from paceline.web.problems import Problem, invalid, not_found
+
+MAX_BODY_BYTES = 64 * 1024
+JOB_FIELDS = frozenset({"object_id"})
+LIST_PARAMS = frozenset({"object_id", "status", "limit", "cursor"})
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+_EXAMPLE = 'send {"object_id": <integer>}'
+
+
+def check_json_content_type(content_type: str) -> None:
+    """Only JSON bodies are read; a form post or text is refused, not guessed at."""
+    if content_type != "application/json":
+        shown = content_type or "none"
+        raise Problem(
+            415,
+            "Unsupported media type",
+            f"The body must be application/json (got {shown}); {_EXAMPLE}.",
+        )
+
+
+def parse_job_request(body: bytes) -> int:
+    """The object_id of a `POST /jobs` body, or a Problem saying what is wrong with it."""
+    document = _parse_json(body)
+    if not isinstance(document, dict):
+        raise invalid(f"The body must be a JSON object; {_EXAMPLE}.")
+    unknown = sorted(set(document) - JOB_FIELDS)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise invalid(f"Unknown field(s) {names}: a job takes only object_id.", name=unknown[0])
+    if "object_id" not in document:
+        raise invalid(f"object_id is missing; {_EXAMPLE}.", name="object_id")
+    return object_id_value(document["object_id"])
+
+
+def object_id_value(value: Any) -> int:
+    """Check a JSON value is an int64 object id."""
+    # bool is an int in Python; in JSON it is not a number.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"object_id must be an integer, not {_json_kind(value)}.", name="object_id")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise invalid(
+            f"object_id must be between {INT64_MIN} and {INT64_MAX} (a 64-bit integer).",
+            name="object_id",
+        )
+    return value
+
+
+def parse_job_id(raw: str) -> int:
+    """A job id from the path; anything that cannot be an id is simply not found."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > INT64_MAX:
+        raise not_found(f"There is no job {raw!r}; job ids are positive integers.")
+    return int(raw)
+
+
+def parse_list_query(query: Mapping[str, str]) -> tuple[int | None, Status | None, int, int]:
+    """`GET /jobs` parameters: (object_id, status, limit, before id)."""
+    unknown = sorted(set(query) - LIST_PARAMS)
+    if unknown:
+        raise invalid(
+            f"Unknown query parameter(s) {', '.join(unknown)}; "
+            f"use {', '.join(sorted(LIST_PARAMS))}.",
+            name=unknown[0],
+            status=400,
+        )
+    object_id = None
+    if "object_id" in query:
+        object_id = _int_param(query, "object_id", INT64_MIN, INT64_MAX)
+    status = None
+    if "status" in query:
+        try:
+            status = Status(query["status"].upper())
+        except ValueError:
+            raise invalid(
+                f"status must be one of {', '.join(Status)}.", name="status", status=400
+            ) from None
+    limit = DEFAULT_PAGE
+    if "limit" in query:
+        limit = _int_param(query, "limit", 1, MAX_PAGE)
+    before = INT64_MAX
+    if "cursor" in query:
+        before = _int_param(query, "cursor", 1, INT64_MAX)
+    return object_id, status, limit, before
+
+
+def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int:
+    raw = query[name].strip()
+    digits = raw.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or not low <= int(raw) <= high:
+        raise invalid(
+            f"{name} must be an integer from {low} to {high} (got {raw!r}).",
+            name=name,
+            status=400,
+        )
+    return int(raw)
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise invalid(f"The body is empty; {_EXAMPLE}.", status=400)
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise invalid("The body is not UTF-8 text.", status=400) from None
+    except json.JSONDecodeError as exc:
+        raise invalid(
+            f"The body is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).",
+            status=400,
+        ) from None
+    except ValueError:
+        # Python refuses integers of more than 4300 digits; no object id is that long.
+        raise invalid("object_id must be a 64-bit integer.", name="object_id") from None
+    except RecursionError:
+        raise invalid("The body's JSON is nested too deeply.", status=400) from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise invalid(f"The field {key!r} appears twice.", name=key, status=400)
+        document[key] = value
+    return document
+
+
+def _no_constants(name: str) -> Any:
+    raise invalid(f"{name} is not a JSON number.", status=400)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return "a number with a fraction or exponent"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
