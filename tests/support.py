@@ -1,0 +1,127 @@
+"""Helpers the tests share: a real `paceline serve` process, and waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import asyncpg
+
+from paceline.db.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, interval: float = 0.02
+) -> T:
+    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+async def all_jobs(dsn: str) -> list[asyncpg.Record]:
+    """Every job row, in id order."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch("SELECT * FROM jobs ORDER BY id")
+    finally:
+        await conn.close()
+
+
+async def wait_until_finished(dsn: str, count: int, timeout: float = 30.0) -> list[asyncpg.Record]:
+    """Wait until `count` jobs exist and none is PENDING or PROCESSING; return them."""
+
+    async def probe() -> list[asyncpg.Record] | None:
+        rows = await all_jobs(dsn)
+        done = len(rows) == count and all(r["status"] in ("SUCCESS", "FAILED") for r in rows)
+        return rows if done else None
+
+    return await eventually(probe, timeout=timeout, interval=0.1)
+
+
+class ServeProcess:
+    """`python -m paceline serve` in a child process, as a user (or a replica) runs it."""
+
+    def __init__(self, env: Mapping[str, str], *, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        child_env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("PACELINE_") and key != "DATABASE_URL"
+        }
+        child_env.update(env)
+        child_env["PACELINE_PORT"] = str(self.port)
+        child_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), child_env.get("PYTHONPATH", "")])
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "paceline", "serve"],
+            env=child_env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until `/healthz` answers (the app is up, migrations are done)."""
+
+        async def probe() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"paceline exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                async with aiohttp.ClientSession() as session, session.get(
+                    f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=1)
+                ) as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(probe, timeout=timeout, interval=0.1)
+
+    def terminate(self, timeout: float = 40.0) -> int:
+        """SIGTERM, as an orchestrator stops it; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: the replica dies without a word."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+async def post_job(
+    session: aiohttp.ClientSession, base_url: str, object_id: int
+) -> dict[str, Any]:
+    """POST a job and return it, failing the test on anything but 201."""
+    async with session.post(f"{base_url}/jobs", json={"object_id": object_id}) as response:
+        body: dict[str, Any] = await response.json()
+        assert response.status == 201, body
+        return body

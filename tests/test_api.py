@@ -1,0 +1,235 @@
+"""The JSON API as a client sees it: the contract of DESIGN.md, and strict, harmless refusals."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+Client = TestClient[Any, Any]
+
+JOB_FIELDS = {
+    "id", "object_id", "status", "timestamp", "duration",
+    "run_at", "started_at", "finished_at", "attempts", "error",
+}  # fmt: skip
+
+
+def parse_time(value: str) -> datetime:
+    assert value.endswith("Z"), value
+    return datetime.fromisoformat(value)
+
+
+async def post(client: Client, body: Any) -> tuple[int, Any]:
+    response = await client.post("/jobs", json=body)
+    return response.status, await response.json(content_type=None)
+
+
+async def nothing_written(db: asyncpg.Connection) -> bool:
+    jobs = await db.fetchval("SELECT count(*) FROM jobs")
+    slots = await db.fetchval("SELECT count(*) FROM object_slots")
+    return bool(jobs == 0 and slots == 0)
+
+
+async def test_create_job_returns_201_with_the_contract_fields(client: Client) -> None:
+    response = await client.post("/jobs", json={"object_id": 42})
+    assert response.status == 201
+    job = await response.json()
+    assert set(job) == JOB_FIELDS
+    assert job["object_id"] == 42
+    assert job["status"] == "PENDING"
+    assert job["attempts"] == 0
+    assert job["duration"] is None and job["started_at"] is None and job["error"] is None
+    # A fresh object may start at once: its slot is its creation time.
+    assert parse_time(job["run_at"]).timestamp() == pytest.approx(job["timestamp"], abs=0.001)
+    assert response.headers["Location"] == f"/jobs/{job['id']}"
+
+
+async def test_created_job_reads_back_the_same(client: Client) -> None:
+    status, created = await post(client, {"object_id": 7})
+    assert status == 201
+    response = await client.get(f"/jobs/{created['id']}")
+    assert response.status == 200
+    assert await response.json() == created
+
+
+async def test_second_job_of_an_object_waits_one_window(client: Client) -> None:
+    _, first = await post(client, {"object_id": 7})
+    _, second = await post(client, {"object_id": 7})
+    _, other = await post(client, {"object_id": 8})
+    gap = parse_time(second["run_at"]) - parse_time(first["run_at"])
+    assert gap == timedelta(seconds=0.2)  # W of the test settings, to the microsecond
+    # Another object has its own window.
+    assert parse_time(other["run_at"]) < parse_time(second["run_at"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail_part"),
+    [
+        ({}, 422, "object_id is missing"),
+        ({"object_id": "7"}, 422, "not a string"),
+        ({"object_id": 7.5}, 422, "not a number with a fraction"),
+        ({"object_id": 7.0}, 422, "must be an integer"),
+        ({"object_id": True}, 422, "not a boolean"),
+        ({"object_id": None}, 422, "not null"),
+        ({"object_id": [7]}, 422, "not an array"),
+        ({"object_id": 2**63}, 422, "64-bit"),
+        ({"object_id": -(2**63) - 1}, 422, "64-bit"),
+        ({"object_id": 7, "priority": 1, "color": "red"}, 422, "'color', 'priority'"),
+        ([{"object_id": 7}], 422, "must be a JSON object"),
+        ("7", 422, "must be a JSON object"),
+    ],
+)
+async def test_invalid_job_bodies_are_refused_and_write_nothing(
+    client: Client, db: asyncpg.Connection, body: Any, status: int, detail_part: str
+) -> None:
+    response = await client.post("/jobs", json=body)
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+    problem = await response.json(content_type=None)
+    assert problem["status"] == status
+    assert detail_part in problem["detail"]
+    assert await nothing_written(db)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "detail_part"),
+    [
+        (b"", 400, "empty"),
+        (b"{", 400, "not valid JSON"),
+        (b'{"object_id": 7,}', 400, "not valid JSON"),
+        (b'{"object_id": NaN}', 400, "NaN is not a JSON number"),
+        (b'{"object_id": 1, "object_id": 2}', 400, "appears twice"),
+        (b"\xff\xfe{}", 400, "not UTF-8"),
+        (b'{"object_id": ' + b"9" * 5000 + b"}", 422, "64-bit"),
+        (b"[" * 100_00 + b"]" * 100_00, 400, "nested too deeply"),
+    ],
+)
+async def test_malformed_json_is_refused_and_writes_nothing(
+    client: Client, db: asyncpg.Connection, data: bytes, status: int, detail_part: str
+) -> None:
+    response = await client.post(
+        "/jobs", data=data, headers={"Content-Type": "application/json"}
+    )
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+    assert detail_part in (await response.json(content_type=None))["detail"]
+    assert await nothing_written(db)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+async def test_other_content_types_get_415(
+    client: Client, db: asyncpg.Connection, content_type: str
+) -> None:
+    response = await client.post(
+        "/jobs", data=b'{"object_id": 7}', headers={"Content-Type": content_type}
+    )
+    assert response.status == 415
+    assert response.content_type == "application/problem+json"
+    assert "application/json" in (await response.json(content_type=None))["detail"]
+    assert await nothing_written(db)
+
+
+async def test_body_over_64_kib_gets_413(client: Client, db: asyncpg.Connection) -> None:
+    padding = " " * (64 * 1024)
+    response = await client.post(
+        "/jobs",
+        data=f'{{"object_id": 7{padding}}}'.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status == 413
+    assert response.content_type == "application/problem+json"
+    assert "64 KiB" in (await response.json(content_type=None))["detail"]
+    assert await nothing_written(db)
+
+
+@pytest.mark.parametrize(
+    "job_id", ["999", "abc", "-1", "1.5", "0x10", "9" * 30, "%C2%B2", "1%20", "..%2F..%2Fetc"]
+)
+async def test_unknown_or_malformed_job_id_is_404(client: Client, job_id: str) -> None:
+    response = await client.get(f"/jobs/{job_id}")
+    assert response.status == 404
+    assert response.content_type == "application/problem+json"
+    assert (await response.json(content_type=None))["title"] == "Not found"
+
+
+async def test_unknown_route_and_method_are_problems(client: Client) -> None:
+    response = await client.get("/nope")
+    assert response.status == 404
+    assert response.content_type == "application/problem+json"
+    response = await client.delete("/jobs")
+    assert response.status == 405
+    assert response.content_type == "application/problem+json"
+    assert "POST" in response.headers["Allow"]
+
+
+async def test_list_is_newest_first_and_filters(client: Client, db: asyncpg.Connection) -> None:
+    ids = [(await post(client, {"object_id": oid}))[1]["id"] for oid in (1, 2, 1, 3, 1)]
+    await db.execute("UPDATE jobs SET status = 'FAILED' WHERE id = $1", ids[2])
+
+    response = await client.get("/jobs")
+    assert response.status == 200
+    listed = await response.json()
+    assert [job["id"] for job in listed["jobs"]] == ids[::-1]
+    assert listed["next_cursor"] is None
+
+    by_object = await (await client.get("/jobs", params={"object_id": "1"})).json()
+    assert [job["id"] for job in by_object["jobs"]] == [ids[4], ids[2], ids[0]]
+
+    by_status = await (await client.get("/jobs", params={"status": "failed"})).json()
+    assert [job["id"] for job in by_status["jobs"]] == [ids[2]]
+
+    both = await (
+        await client.get("/jobs", params={"object_id": "1", "status": "PENDING"})
+    ).json()
+    assert [job["id"] for job in both["jobs"]] == [ids[4], ids[0]]
+
+
+async def test_list_pages_with_a_cursor(client: Client) -> None:
+    ids = [(await post(client, {"object_id": n}))[1]["id"] for n in range(7)]
+    seen: list[int] = []
+    url: str | None = "/jobs?limit=3"
+    pages = 0
+    while url is not None:
+        response = await client.get(url)
+        page = await response.json()
+        seen += [job["id"] for job in page["jobs"]]
+        pages += 1
+        link = response.headers.get("Link")
+        if page["next_cursor"] is None:
+            assert link is None
+            url = None
+        else:
+            assert link is not None and 'rel="next"' in link
+            url = link.split(";")[0].strip("<>")
+    assert seen == ids[::-1]
+    assert pages == 3
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"status": "DONE"},
+        {"object_id": "x"},
+        {"object_id": str(2**63)},
+        {"limit": "0"},
+        {"limit": "501"},
+        {"cursor": "-5"},
+        {"sort": "asc"},
+    ],
+)
+async def test_bad_list_parameters_are_400(client: Client, query: dict[str, str]) -> None:
+    response = await client.get("/jobs", params=query)
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+    problem = await response.json(content_type=None)
+    assert problem["invalid_params"][0]["name"] in query
+
+
+async def test_health_and_readiness(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200

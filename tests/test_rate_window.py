@@ -1,0 +1,172 @@
+"""The rate window (I1–I6 of DESIGN.md) with real workers and real commits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.conftest import MakeClient
+from tests.support import all_jobs, eventually, wait_until_finished
+
+
+def starts_by_object(rows: list[asyncpg.Record]) -> dict[int, list[asyncpg.Record]]:
+    grouped: dict[int, list[asyncpg.Record]] = defaultdict(list)
+    for row in rows:
+        grouped[row["object_id"]].append(row)
+    return grouped
+
+
+def assert_window_holds(rows: list[asyncpg.Record], window: float) -> None:
+    """I1, I2, I4: per object, starts in acceptance order, W apart, never before run_at."""
+    for object_id, jobs in starts_by_object(rows).items():
+        jobs.sort(key=lambda row: row["id"])
+        for row in jobs:
+            assert row["started_at"] >= row["run_at"], f"job {row['id']} started early"
+        starts = [row["started_at"] for row in jobs]
+        assert starts == sorted(starts), f"object {object_id} ran out of order"
+        for earlier, later in zip(starts, starts[1:], strict=False):
+            assert later - earlier >= timedelta(seconds=window), (
+                f"object {object_id}: starts {earlier} and {later} are less than W apart"
+            )
+
+
+async def test_fifty_concurrent_posts_for_one_object_get_exact_slots_and_run_in_order(
+    make_client: MakeClient, database_url: str
+) -> None:
+    window = 0.1
+    client = await make_client(rate_window=window, concurrency=4)
+    base = str(client.make_url(""))
+    # Fifty separate TCP connections, all at once: the slot must come from the locked row.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def submit() -> dict[str, Any]:
+            async with session.post(f"{base}/jobs", json={"object_id": 99}) as response:
+                assert response.status == 201
+                job: dict[str, Any] = await response.json()
+                return job
+
+        created = await asyncio.gather(*(submit() for _ in range(50)))
+
+    rows = await wait_until_finished(database_url, 50, timeout=30)
+    assert {row["id"] for row in rows} == {job["id"] for job in created}
+    slots = [row["run_at"] for row in rows]  # rows are in id (acceptance) order
+    assert all(
+        later - earlier == timedelta(seconds=window)
+        for earlier, later in zip(slots, slots[1:], strict=False)
+    ), "run_at values must be exactly W apart in acceptance order"
+    assert all(row["status"] == "SUCCESS" and row["attempts"] == 1 for row in rows)
+    assert_window_holds(rows, window)
+
+
+async def test_idle_workers_start_due_jobs_within_50_ms(
+    make_client: MakeClient, database_url: str
+) -> None:
+    client = await make_client(rate_window=0.3, concurrency=8)
+    for _ in range(3):
+        for object_id in range(5):
+            response = await client.post("/jobs", json={"object_id": object_id})
+            assert response.status == 201
+    rows = await wait_until_finished(database_url, 15, timeout=10)
+    lateness = [(row["started_at"] - row["run_at"]).total_seconds() for row in rows]
+    assert max(lateness) < 0.050, f"started late: {sorted(lateness)[-3:]}"
+    assert min(lateness) >= 0
+
+
+async def test_spacing_holds_when_workers_fell_behind(
+    make_client: MakeClient, database_url: str
+) -> None:
+    window = 0.15
+    api = await make_client(rate_window=window, concurrency=0)
+    for _ in range(5):
+        for object_id in (1, 2):
+            assert (await api.post("/jobs", json={"object_id": object_id})).status == 201
+    # Let every slot pass with nobody working: all ten jobs are due at once now.
+    await asyncio.sleep(5 * window + 0.1)
+    await make_client(rate_window=window, concurrency=8)
+    rows = await wait_until_finished(database_url, 10, timeout=10)
+    # Run back to back they would start microseconds apart; the claim's check of the
+    # object's last start keeps them a window apart instead.
+    assert_window_holds(rows, window)
+
+
+async def test_retried_claims_across_two_in_process_workers_never_double_start(
+    make_client: MakeClient, database_url: str
+) -> None:
+    window = 0.05
+    first = await make_client(rate_window=window, concurrency=3)
+    await make_client(rate_window=window, concurrency=3)
+    for _ in range(6):
+        for object_id in range(4):
+            assert (await first.post("/jobs", json={"object_id": object_id})).status == 201
+    rows = await wait_until_finished(database_url, 24, timeout=15)
+    assert all(row["attempts"] == 1 for row in rows)
+    assert_window_holds(rows, window)
+
+
+async def test_handler_error_fails_the_job_with_its_text(
+    make_client: MakeClient, database_url: str
+) -> None:
+    client = await make_client(handler="tests.handlers:explode")
+    job = await (await client.post("/jobs", json={"object_id": 5})).json()
+    rows = await wait_until_finished(database_url, 1)
+    assert rows[0]["status"] == "FAILED"
+    body = await (await client.get(f"/jobs/{job['id']}")).json()
+    assert body["status"] == "FAILED"
+    assert body["error"] == f"RuntimeError: <script>alert('job {job['id']}')</script> upstream said no"
+    assert body["duration"] is not None and body["duration"] >= 0
+    assert body["finished_at"] is not None
+
+
+async def test_sleep_handler_records_its_duration(
+    make_client: MakeClient, database_url: str
+) -> None:
+    client = await make_client(handler="sleep", sleep_seconds=0.3)
+    job = await (await client.post("/jobs", json={"object_id": 5})).json()
+
+    async def processing() -> bool:
+        body = await (await client.get(f"/jobs/{job['id']}")).json()
+        return bool(body["status"] == "PROCESSING")
+
+    await eventually(processing, timeout=5)
+    await wait_until_finished(database_url, 1)
+    body = await (await client.get(f"/jobs/{job['id']}")).json()
+    assert body["status"] == "SUCCESS"
+    assert body["duration"] == pytest.approx(0.3, abs=0.1)
+    assert body["attempts"] == 1
+
+
+async def test_imported_handler_receives_the_job(
+    make_client: MakeClient,
+    database_url: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_log = tmp_path / "runs.log"
+    monkeypatch.setenv("PACELINE_TEST_RUN_LOG", str(run_log))
+    client = await make_client(handler="tests.handlers:record")
+    job = await (await client.post("/jobs", json={"object_id": 11})).json()
+    await wait_until_finished(database_url, 1)
+    job_id, attempt, _pid = run_log.read_text().split()
+    assert (int(job_id), int(attempt)) == (job["id"], 1)
+
+
+async def test_sigterm_style_shutdown_finishes_running_jobs(
+    make_client: MakeClient, database_url: str
+) -> None:
+    client = await make_client(handler="sleep", sleep_seconds=0.5)
+    await client.post("/jobs", json={"object_id": 1})
+
+    async def started() -> bool:
+        return any(row["status"] == "PROCESSING" for row in await all_jobs(database_url))
+
+    await eventually(started, timeout=5)
+    await client.close()  # runs the app's cleanup: the worker drains within its grace
+    rows = await all_jobs(database_url)
+    assert [row["status"] for row in rows] == ["SUCCESS"]
