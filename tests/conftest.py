@@ -121,7 +121,9 @@ async def make_client(settings: Settings) -> AsyncIterator[MakeClient]:
     clients: list[TestClient[Any, Any]] = []
 
     async def start(**changes: Any) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings.replace(**changes))))
+        client: TestClient[Any, Any] = TestClient(
+            TestServer(create_app(settings.replace(**changes)))
+        )
         await client.start_server()
         clients.append(client)
         return client

@@ -85,11 +85,16 @@ class ServeProcess:
 
         async def probe() -> bool:
             if self.process.poll() is not None:
-                raise AssertionError(f"paceline exited with {self.process.returncode}:\n{self.log()}")
+                raise AssertionError(
+                    f"paceline exited with {self.process.returncode}:\n{self.log()}"
+                )
             try:
-                async with aiohttp.ClientSession() as session, session.get(
-                    f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=1)
-                ) as response:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(
+                        f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=1)
+                    ) as response,
+                ):
                     return response.status == 200
             except aiohttp.ClientError:
                 return False
@@ -117,9 +122,7 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace")
 
 
-async def post_job(
-    session: aiohttp.ClientSession, base_url: str, object_id: int
-) -> dict[str, Any]:
+async def post_job(session: aiohttp.ClientSession, base_url: str, object_id: int) -> dict[str, Any]:
     """POST a job and return it, failing the test on anything but 201."""
     async with session.post(f"{base_url}/jobs", json={"object_id": object_id}) as response:
         body: dict[str, Any] = await response.json()

@@ -41,7 +41,9 @@ async def test_create_job_returns_201_with_the_contract_fields(client: Client) -
     assert job["object_id"] == 42
     assert job["status"] == "PENDING"
     assert job["attempts"] == 0
-    assert job["duration"] is None and job["started_at"] is None and job["error"] is None
+    assert job["duration"] is None
+    assert job["started_at"] is None
+    assert job["error"] is None
     # A fresh object may start at once: its slot is its creation time.
     assert parse_time(job["run_at"]).timestamp() == pytest.approx(job["timestamp"], abs=0.001)
     assert response.headers["Location"] == f"/jobs/{job['id']}"
@@ -110,9 +112,7 @@ async def test_invalid_job_bodies_are_refused_and_write_nothing(
 async def test_malformed_json_is_refused_and_writes_nothing(
     client: Client, db: asyncpg.Connection, data: bytes, status: int, detail_part: str
 ) -> None:
-    response = await client.post(
-        "/jobs", data=data, headers={"Content-Type": "application/json"}
-    )
+    response = await client.post("/jobs", data=data, headers={"Content-Type": "application/json"})
     assert response.status == status
     assert response.content_type == "application/problem+json"
     assert detail_part in (await response.json(content_type=None))["detail"]
@@ -183,9 +183,7 @@ async def test_list_is_newest_first_and_filters(client: Client, db: asyncpg.Conn
     by_status = await (await client.get("/jobs", params={"status": "failed"})).json()
     assert [job["id"] for job in by_status["jobs"]] == [ids[2]]
 
-    both = await (
-        await client.get("/jobs", params={"object_id": "1", "status": "PENDING"})
-    ).json()
+    both = await (await client.get("/jobs", params={"object_id": "1", "status": "PENDING"})).json()
     assert [job["id"] for job in both["jobs"]] == [ids[4], ids[0]]
 
 
@@ -204,7 +202,8 @@ async def test_list_pages_with_a_cursor(client: Client) -> None:
             assert link is None
             url = None
         else:
-            assert link is not None and 'rel="next"' in link
+            assert link is not None
+            assert 'rel="next"' in link
             url = link.split(";")[0].strip("<>")
     assert seen == ids[::-1]
     assert pages == 3

@@ -1,8 +1,9 @@
-"""The rate window (I1–I6 of DESIGN.md) with real workers and real commits."""
+"""The rate window (I1-I6 of DESIGN.md) with real workers and real commits."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import defaultdict
 from datetime import timedelta
 from typing import Any
@@ -30,7 +31,7 @@ def assert_window_holds(rows: list[asyncpg.Record], window: float) -> None:
             assert row["started_at"] >= row["run_at"], f"job {row['id']} started early"
         starts = [row["started_at"] for row in jobs]
         assert starts == sorted(starts), f"object {object_id} ran out of order"
-        for earlier, later in zip(starts, starts[1:], strict=False):
+        for earlier, later in itertools.pairwise(starts):
             assert later - earlier >= timedelta(seconds=window), (
                 f"object {object_id}: starts {earlier} and {later} are less than W apart"
             )
@@ -58,8 +59,7 @@ async def test_fifty_concurrent_posts_for_one_object_get_exact_slots_and_run_in_
     assert {row["id"] for row in rows} == {job["id"] for job in created}
     slots = [row["run_at"] for row in rows]  # rows are in id (acceptance) order
     assert all(
-        later - earlier == timedelta(seconds=window)
-        for earlier, later in zip(slots, slots[1:], strict=False)
+        later - earlier == timedelta(seconds=window) for earlier, later in itertools.pairwise(slots)
     ), "run_at values must be exactly W apart in acceptance order"
     assert all(row["status"] == "SUCCESS" and row["attempts"] == 1 for row in rows)
     assert_window_holds(rows, window)
@@ -119,8 +119,11 @@ async def test_handler_error_fails_the_job_with_its_text(
     assert rows[0]["status"] == "FAILED"
     body = await (await client.get(f"/jobs/{job['id']}")).json()
     assert body["status"] == "FAILED"
-    assert body["error"] == f"RuntimeError: <script>alert('job {job['id']}')</script> upstream said no"
-    assert body["duration"] is not None and body["duration"] >= 0
+    assert (
+        body["error"] == f"RuntimeError: <script>alert('job {job['id']}')</script> upstream said no"
+    )
+    assert body["duration"] is not None
+    assert body["duration"] >= 0
     assert body["finished_at"] is not None
 
 

@@ -1,0 +1,247 @@
+"""The HTML page `/` in a real headless Chromium, against a real `paceline serve` process.
+
+Everything is done as a user would: typing into the forms, clicking, reading the page. The
+JSON API is only read (never written) to check what a click did or did not create.
+Set PACELINE_SCREENSHOT=1 to also save docs/page.png after some jobs ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
+
+from tests.support import ROOT, ServeProcess
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The network is closed: nothing may try to reach out, and no browser is downloaded.
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = ROOT / "docs" / "page.png"
+# Longer than a job (0.5 s) plus its wait (a 1 s window) plus the page's 1 s refresh.
+SETTLE_MS = 6_000
+# Beyond 2**53: a JavaScript Number would round it to ...992, another object.
+BIG_OBJECT_ID = 2**53 + 1
+INT64_MAX = 2**63 - 1
+
+ACCEPTED = re.compile(r"^Accepted: job (\d+) · object (-?\d+) · PENDING · runs at ")
+
+# Columns of the "Recent jobs" table.
+ID, OBJECT, STATUS, RUNS_AT, STARTED, DURATION, ERROR = range(7)
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium (playwright's own download cannot work here); skip without it."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (CI does)")
+    return CHROMIUM
+
+
+@contextmanager
+def launch(executable: Path) -> Iterator[Browser]:
+    """A headless Chromium, driven by playwright's sync API.
+
+    The sync API keeps its own event loop marked as running while it is open, so it starts only
+    after the asyncio work (async fixtures, `wait_ready`) and is closed before their teardown.
+    """
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def serve(database_url: str, tmp_path: Path, handler: str) -> Iterator[ServeProcess]:
+    """A `paceline serve` child with a 1 s window; it must stop cleanly (exit 0) afterwards."""
+    server = ServeProcess(
+        {
+            "DATABASE_URL": database_url,
+            "PACELINE_RATE_WINDOW": "1",
+            "PACELINE_HANDLER": handler,
+            "PACELINE_SLEEP_SECONDS": "0.5",
+            "PACELINE_CONCURRENCY": "2",
+            "PACELINE_IDLE_POLL": "1",
+        },
+        log_path=tmp_path / "serve.log",
+    )
+    try:
+        asyncio.run(server.wait_ready())
+        yield server
+    finally:
+        status = server.terminate()
+        assert status == 0, f"paceline exited with {status}:\n{server.log()}"
+
+
+@contextmanager
+def open_page(browser: Browser, server: ServeProcess) -> Iterator[tuple[Page, list[str]]]:
+    """The page, loaded once; yields it with the messages of any dialog it opened."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    dialogs: list[str] = []
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    try:
+        page.goto(server.url)
+        expect(page.get_by_role("heading", name="paceline", exact=True)).to_be_visible()
+        yield page, dialogs
+    finally:
+        page.close()
+
+
+def api_jobs(server: ServeProcess, query: str = "") -> list[dict[str, Any]]:
+    """`GET /jobs` as JSON (Python keeps 64-bit ids exact)."""
+    with urllib.request.urlopen(f"{server.url}/jobs{query}", timeout=5) as response:
+        jobs: list[dict[str, Any]] = json.load(response)["jobs"]
+        return jobs
+
+
+def submit(page: Page, object_id: str) -> None:
+    page.get_by_label("Object id").fill(object_id)
+    page.get_by_role("button", name="Submit").click()
+
+
+def submit_accepted(page: Page, object_id: int) -> int:
+    """Submit through the form; wait for this submission's "Accepted"; return the job id."""
+    before = page.locator("#submit-result").text_content()
+    submit(page, str(object_id))
+    result = page.locator("#submit-result")
+    expect(result).not_to_have_text(before or "")
+    expect(result).to_have_text(ACCEPTED)
+    match = ACCEPTED.match(result.text_content() or "")
+    assert match is not None
+    assert match.group(2) == str(object_id)
+    return int(match.group(1))
+
+
+def row(page: Page, job_id: int) -> Locator:
+    """The "Recent jobs" row of one job."""
+    return page.locator("#recent tbody tr").filter(
+        has=page.locator("td:first-child", has_text=re.compile(rf"^{job_id}$"))
+    )
+
+
+def cell(page: Page, job_id: int, column: int) -> Locator:
+    return row(page, job_id).locator("td").nth(column)
+
+
+def runs_at(page: Page, job_id: int) -> datetime:
+    """The exact "Runs at" of a row (its tooltip; the cell shows it to the second)."""
+    title = cell(page, job_id, RUNS_AT).get_attribute("title")
+    assert title, f"job {job_id} has no run_at tooltip"
+    return datetime.fromisoformat(title)
+
+
+def look_up(page: Page, job_id: str) -> Locator:
+    page.get_by_label("Job id").fill(job_id)
+    page.get_by_role("button", name="Look up").click()
+    return page.locator("#lookup-result")
+
+
+def test_submit_watch_look_up_and_refuse(chromium: Path, database_url: str, tmp_path: Path) -> None:
+    with (
+        serve(database_url, tmp_path, "sleep") as server,
+        launch(chromium) as browser,
+        open_page(browser, server) as (page, dialogs),
+    ):
+        loads: list[str] = []
+        page.on("load", lambda _: loads.append(page.url))
+
+        # A job for object 7 shows up in the table by itself and turns SUCCESS by itself.
+        first = submit_accepted(page, 7)
+        expect(row(page, first)).to_have_count(1)
+        expect(cell(page, first, OBJECT)).to_have_text("7")
+        expect(cell(page, first, STATUS)).to_have_text("SUCCESS", timeout=SETTLE_MS)
+        expect(cell(page, first, DURATION)).to_have_text(re.compile(r"^0\.\d{3} s$"))
+
+        # A second job for the same object waits for the window: it runs a second later.
+        second = submit_accepted(page, 7)
+        assert second > first
+        expect(row(page, second)).to_have_count(1)
+        assert runs_at(page, second) - runs_at(page, first) >= timedelta(seconds=1)
+        first_shown = cell(page, first, RUNS_AT).text_content()
+        expect(cell(page, second, RUNS_AT)).not_to_have_text(first_shown or "")
+        expect(cell(page, second, STATUS)).to_have_text("SUCCESS", timeout=SETTLE_MS)
+
+        # An id beyond JavaScript's exact integers is the object typed, not a rounded neighbour.
+        big = submit_accepted(page, BIG_OBJECT_ID)
+        expect(cell(page, big, OBJECT)).to_have_text(str(BIG_OBJECT_ID))
+        assert [job["id"] for job in api_jobs(server, f"?object_id={BIG_OBJECT_ID}")] == [big]
+
+        # What cannot be an object id is refused on the page, and creates no job.
+        ids_before = [job["id"] for job in api_jobs(server)]
+        field = page.get_by_label("Object id")
+        submit(page, "1.5")
+        expect(page.locator("#submit-result")).to_have_text(re.compile(r"^Refused: \S"))
+        browser_says = field.evaluate("input => input.validationMessage")
+        assert browser_says
+        expect(page.locator("#submit-result")).to_have_text(f"Refused: {browser_says}")
+        submit(page, str(INT64_MAX + 1))
+        expect(page.locator("#submit-result")).to_have_text(
+            re.compile(r"^Refused: object_id must be between .*9223372036854775807")
+        )
+        assert [job["id"] for job in api_jobs(server)] == ids_before
+
+        # Looking a job up shows it; an unknown id says there is no such job.
+        expect(cell(page, big, STATUS)).to_have_text("SUCCESS", timeout=SETTLE_MS)
+        expect(look_up(page, str(first))).to_have_text(
+            re.compile(rf"^job {first} · object 7 · SUCCESS · runs at ")
+        )
+        expect(look_up(page, str(big))).to_have_text(
+            re.compile(rf"^job {big} · object {BIG_OBJECT_ID} · SUCCESS")
+        )
+        expect(look_up(page, "999999")).to_have_text("There is no job 999999.")
+
+        # All of it happened on the page as first loaded: no reload, no dialog.
+        assert loads == []
+        assert dialogs == []
+        expect(page.locator("#refreshed")).to_have_text(re.compile(r"^Updated "))
+        if os.environ.get("PACELINE_SCREENSHOT"):
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=SCREENSHOT, full_page=True)
+
+
+def test_handler_error_is_shown_as_text(chromium: Path, database_url: str, tmp_path: Path) -> None:
+    with (
+        serve(database_url, tmp_path, "tests.handlers:explode") as server,
+        launch(chromium) as browser,
+        open_page(browser, server) as (page, dialogs),
+    ):
+        job = submit_accepted(page, 7)
+        expect(cell(page, job, STATUS)).to_have_text("FAILED", timeout=SETTLE_MS)
+
+        markup = f"<script>alert('job {job}')</script>"
+        expect(cell(page, job, ERROR)).to_have_text(f"RuntimeError: {markup} upstream said no")
+        expect(look_up(page, str(job))).to_have_text(
+            re.compile(rf"^job {job} · object 7 · FAILED · .* · error: RuntimeError: ")
+        )
+        expect(page.locator("#lookup-result")).to_contain_text(markup)
+        # Shown, not run: no element was made from the text, and no alert ever opened.
+        expect(page.locator("#recent script")).to_have_count(0)
+        expect(page.locator("#lookup-result script")).to_have_count(0)
+        assert dialogs == []

@@ -1,0 +1,187 @@
+"""The named SQL: every query prepares on the real schema, the parser refuses ambiguous files,
+and the hot queries keep using the indexes made for them once the history is large."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import asyncpg
+import pytest
+
+from paceline.db.queries import QUERIES, parse
+from paceline.db.schema import jobs
+from paceline.queue.jobs import INT64_MAX, Status
+
+# The queries whose rows become a `Job` (Job.from_record reads every column of `jobs`).
+JOB_QUERIES = (
+    "enqueue",
+    "claim_due_jobs",
+    "get_job",
+    "list_jobs",
+    "list_jobs_by_object",
+    "list_jobs_by_status",
+    "list_jobs_by_object_and_status",
+)
+
+WINDOW = 0.5
+HISTORY = 20_000  # finished jobs, spread over HISTORY_OBJECTS objects
+HISTORY_OBJECTS = 500
+PENDING = 300  # pending jobs, 3 per object, half of them due
+BUSY_OBJECT = 7  # an object of the history
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+async def test_query_prepares_on_the_migrated_schema(db: asyncpg.Connection, name: str) -> None:
+    """A query naming a missing column or an untypable parameter fails here, not in production."""
+    statement = await db.prepare(QUERIES[name])
+    assert statement.get_query() == QUERIES[name]
+
+
+@pytest.mark.parametrize("name", JOB_QUERIES)
+async def test_job_query_returns_every_column_of_jobs(db: asyncpg.Connection, name: str) -> None:
+    """A job query missing a column would make every response built from it a 500."""
+    statement = await db.prepare(QUERIES[name])
+    assert [attribute.name for attribute in statement.get_attributes()] == list(jobs.c.keys())
+
+
+def test_parse_splits_on_name_lines_and_drops_the_preamble() -> None:
+    """The loader finds every query by its name, and only the text that belongs to it."""
+    text = "-- preamble\n\n-- name: one\nSELECT 1;\n\n-- name: two\n-- $1 x.\nSELECT $1;\n"
+    assert parse(text) == {"one": "SELECT 1;", "two": "-- $1 x.\nSELECT $1;"}
+
+
+def test_parse_rejects_a_duplicated_name() -> None:
+    """Two blocks of one name would silently run whichever came last; loading fails instead."""
+    with pytest.raises(ValueError, match="'one' is defined twice"):
+        parse("-- name: one\nSELECT 1;\n-- name: one\nSELECT 2;\n")
+
+
+def test_parse_rejects_an_empty_query() -> None:
+    """A name with no SQL under it would fail only when called; loading fails instead."""
+    with pytest.raises(ValueError, match="'empty' is empty"):
+        parse("-- name: empty\n\n-- name: one\nSELECT 1;\n")
+
+
+class PlanNode(NamedTuple):
+    node_type: str
+    relation_name: str | None
+    index_name: str | None
+
+
+def walk_plan(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan tree, depth first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from walk_plan(child)
+
+
+async def explain(db: asyncpg.Connection, name: str, *args: object) -> list[Mapping[str, Any]]:
+    """The plan nodes of a named query with these parameters (not executed: no ANALYZE)."""
+    raw = await db.fetchval("EXPLAIN (FORMAT JSON) " + QUERIES[name], *args)
+    document: list[dict[str, Any]] = json.loads(raw)
+    return list(walk_plan(document[0]["Plan"]))
+
+
+def summary(plan: list[Mapping[str, Any]]) -> list[PlanNode]:
+    """(Node Type, Relation Name, Index Name) of each node."""
+    return [
+        PlanNode(node["Node Type"], node.get("Relation Name"), node.get("Index Name"))
+        for node in plan
+    ]
+
+
+def assert_no_seq_scan_on_jobs(nodes: list[PlanNode]) -> None:
+    assert PlanNode("Seq Scan", "jobs", None) not in nodes, nodes
+
+
+def assert_uses_index(nodes: list[PlanNode], index: str) -> None:
+    assert index in {node.index_name for node in nodes}, nodes
+
+
+@pytest.fixture
+async def history(db: asyncpg.Connection) -> asyncpg.Connection:
+    """The database of a service that has run a while: a large history, a small backlog."""
+    await db.execute(
+        """
+        INSERT INTO jobs (object_id, status, created_at, run_at, started_at, finished_at,
+                          duration, attempts)
+        SELECT g % $2, 'SUCCESS', t, t, t, t + interval '1 second', 1.0, 1
+        FROM generate_series(1, $1::int) AS g,
+             LATERAL (SELECT now() - make_interval(mins => $1::int - g) AS t) AS at
+        """,
+        HISTORY,
+        HISTORY_OBJECTS,
+    )
+    # Objects of the backlog come after those of the history; half their slots are due.
+    await db.execute(
+        """
+        INSERT INTO jobs (object_id, run_at)
+        SELECT $2::int + g % ($1::int / 3), now() + make_interval(secs => g - $1::int / 2)
+        FROM generate_series(1, $1::int) AS g
+        """,
+        PENDING,
+        HISTORY_OBJECTS,
+    )
+    await db.execute(
+        """
+        INSERT INTO object_starts (object_id, last_started_at)
+        SELECT object_id, max(started_at) FROM jobs WHERE started_at IS NOT NULL GROUP BY 1;
+        INSERT INTO object_slots (object_id, next_slot)
+        SELECT object_id, max(run_at) + interval '1 second' FROM jobs GROUP BY 1;
+        ANALYZE
+        """
+    )
+    rows = await db.fetch("SELECT status, count(*) FROM jobs GROUP BY 1")
+    counts = {row["status"]: row["count"] for row in rows}
+    assert counts == {Status.SUCCESS.value: HISTORY, Status.PENDING.value: PENDING}
+    return db
+
+
+async def test_claim_scans_only_due_pending_jobs(history: asyncpg.Connection) -> None:
+    """Every worker poll runs the claim: scanning the whole history, it slows as jobs pile up."""
+    nodes = summary(await explain(history, "claim_due_jobs", 10, WINDOW))
+    assert PlanNode("Index Scan", "jobs", "ix_jobs_due") in nodes, nodes
+    assert_no_seq_scan_on_jobs(nodes)
+
+
+async def test_enqueue_finds_the_object_slot_by_its_primary_key(
+    history: asyncpg.Connection,
+) -> None:
+    """Every POST /jobs runs enqueue: its slot upsert must be one primary-key probe."""
+    plan = await explain(history, "enqueue", BUSY_OBJECT, WINDOW)
+    upserts = [
+        node
+        for node in plan
+        if node["Node Type"] == "ModifyTable" and node.get("Relation Name") == "object_slots"
+    ]
+    assert [node.get("Conflict Arbiter Indexes") for node in upserts] == [["pk_object_slots"]]
+    assert_no_seq_scan_on_jobs(summary(plan))
+
+
+async def test_list_by_object_uses_its_index(history: asyncpg.Connection) -> None:
+    """GET /jobs?object_id= reads one object's jobs, not the whole table."""
+    nodes = summary(await explain(history, "list_jobs_by_object", BUSY_OBJECT, INT64_MAX, 50))
+    assert_uses_index(nodes, "ix_jobs_object_id_id")
+    assert_no_seq_scan_on_jobs(nodes)
+
+
+async def test_list_by_status_uses_its_index(history: asyncpg.Connection) -> None:
+    """GET /jobs?status=PENDING (the backlog) reads the pending jobs, not the whole history.
+
+    For the status nearly every row has, walking the primary key backwards is cheaper and
+    PostgreSQL rightly does that, so the rare status is the one that needs the index.
+    """
+    nodes = summary(
+        await explain(history, "list_jobs_by_status", Status.PENDING.value, INT64_MAX, 50)
+    )
+    assert_uses_index(nodes, "ix_jobs_status_id")
+    assert_no_seq_scan_on_jobs(nodes)
+
+
+async def test_next_due_reads_the_first_pending_jobs_by_slot(history: asyncpg.Connection) -> None:
+    """Every idle worker asks when to wake up: that must not read the whole history."""
+    nodes = summary(await explain(history, "seconds_until_next_due", WINDOW))
+    assert PlanNode("Index Scan", "jobs", "ix_jobs_due") in nodes, nodes
+    assert_no_seq_scan_on_jobs(nodes)
