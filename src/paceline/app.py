@@ -13,25 +13,30 @@ from aiohttp import web
 
 from paceline.config import Settings
 from paceline.db.pool import create_pool
+from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler, resolve_handler
 from paceline.queue.wakeup import DueListener
 from paceline.queue.worker import Worker
 from paceline.resources import templates_dir
 from paceline.web import api, health, pages
-from paceline.web.keys import POOL, SETTINGS, WORKER
+from paceline.web.keys import EVENTS, POOL, SETTINGS, WORKER
 from paceline.web.problems import problem_middleware
 from paceline.web.validation import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> web.Application:
-    """A paceline application for `settings`, whose `database_url` must be set."""
+def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Application:
+    """A paceline application for `settings`, whose `database_url` must be set.
+
+    `events` observes job transitions in this process (metrics hook in here).
+    """
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (the CLI starts an embedded one)")
     handler = resolve_handler(settings)  # fail at start-up, not at the first job
     app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
+    app[EVENTS] = events if events is not None else JobEvents()
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(templates_dir()),
@@ -71,6 +76,7 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
     worker = Worker(
         app[POOL],
         handler,
+        events=app[EVENTS],
         concurrency=settings.concurrency,
         rate_window=settings.rate_window,
         idle_poll=settings.idle_poll,

@@ -1,4 +1,5 @@
-"""Named SQL: `queries.sql` split on its `-- name: x` lines into a read-only mapping."""
+"""Named SQL: every `*.sql` file here (one per concern), split on `-- name: x` lines, as one
+read-only mapping. Names are unique across files."""
 
 from __future__ import annotations
 
@@ -25,8 +26,21 @@ def parse(text: str) -> dict[str, str]:
 
 
 def _load() -> Mapping[str, str]:
-    text = resources.files("paceline.db").joinpath("queries.sql").read_text(encoding="utf-8")
-    return MappingProxyType(parse(text))
+    found: dict[str, str] = {}
+    files = sorted(
+        (
+            entry
+            for entry in resources.files("paceline.db").iterdir()
+            if entry.name.endswith(".sql")
+        ),
+        key=lambda entry: entry.name,
+    )
+    for entry in files:
+        for name, sql in parse(entry.read_text(encoding="utf-8")).items():
+            if name in found:
+                raise ValueError(f"query {name!r} is defined in two files")
+            found[name] = sql
+    return MappingProxyType(found)
 
 
 QUERIES: Mapping[str, str] = _load()

@@ -18,6 +18,7 @@ import asyncpg
 
 from paceline.db.pool import is_unavailable
 from paceline.db.queries import QUERIES
+from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler
 from paceline.queue.jobs import Job, Status
 
@@ -77,6 +78,7 @@ class Worker:
         pool: asyncpg.Pool,
         handler: Handler,
         *,
+        events: JobEvents | None = None,
         concurrency: int,
         rate_window: float,
         idle_poll: float = 5.0,
@@ -84,6 +86,7 @@ class Worker:
     ) -> None:
         self._pool = pool
         self._handler = handler
+        self._events = events if events is not None else JobEvents()
         self._concurrency = concurrency
         self._window = rate_window
         self._idle_poll = idle_poll
@@ -167,6 +170,7 @@ class Worker:
 
     async def _execute(self, job: Job) -> None:
         log.info("job %d (object %d) started, attempt %d", job.id, job.object_id, job.attempts)
+        self._events.started(job)
         started = time.monotonic()
         error: str | None = None
         try:
@@ -197,6 +201,8 @@ class Worker:
                 log.warning("cannot record job %d as %s yet (%s)", job.id, status, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+        if updated is not None:
+            self._events.finished(job, status, duration, error)
         if updated is None:
             log.warning(
                 "job %d attempt %d was taken back; its result is dropped", job.id, job.attempts
@@ -212,6 +218,7 @@ class Worker:
         try:
             await self._pool.fetchval(QUERIES["release_job"], job.id, job.attempts)
             log.info("job %d (object %d) released at shutdown", job.id, job.object_id)
+            self._events.released(job)
         except Exception:
             log.exception("could not release job %d at shutdown", job.id)
 

@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from paceline.queue import jobs
-from paceline.web.keys import POOL, SETTINGS
+from paceline.web.keys import EVENTS, POOL, SETTINGS
 from paceline.web.problems import not_found
 from paceline.web.validation import (
     check_json_content_type,
@@ -36,6 +36,7 @@ async def create_job(request: web.Request) -> web.Response:
     object_id = parse_job_request(await request.read())
     settings = request.app[SETTINGS]
     job = await jobs.enqueue(request.app[POOL], object_id, settings.rate_window)
+    request.app[EVENTS].enqueued(job)
     location = request.app.router["job"].url_for(job_id=str(job.id))
     return json_response(job.to_json(), status=201, headers={"Location": str(location)})
 

@@ -6,8 +6,10 @@ import asyncpg
 from aiohttp import web
 
 from paceline.config import Settings
+from paceline.queue.events import JobEvents
 from paceline.queue.worker import Worker
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 WORKER = web.AppKey("worker", Worker)
+EVENTS = web.AppKey("events", JobEvents)
