@@ -11,12 +11,14 @@ from sqlalchemy import (
     Column,
     DateTime,
     Double,
+    ForeignKey,
     Identity,
     Index,
     Integer,
     MetaData,
     Table,
     Text,
+    Uuid,
     func,
     text,
 )
@@ -48,6 +50,10 @@ jobs = Table(
     Column("duration", Double),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("error", Text),
+    # While PROCESSING: until when the claiming replica's lease holds (renewed as it runs),
+    # and which replica that is. An expired lease means the replica is gone: taken back.
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("worker_id", Uuid),
     CheckConstraint(
         "status IN ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'CANCELLED')",
         name="status",
@@ -70,6 +76,55 @@ jobs = Table(
     # Listing: newest first, by object or by status.
     Index("ix_jobs_object_id_id", "object_id", text("id DESC")),
     Index("ix_jobs_status_id", "status", text("id DESC")),
+    # The reaper looks for running jobs whose lease ran out.
+    Index(
+        "ix_jobs_lease",
+        "lease_expires_at",
+        postgresql_where=text("status = 'PROCESSING'"),
+    ),
+    # Retention prunes finished jobs oldest first.
+    Index(
+        "ix_jobs_finished",
+        "finished_at",
+        postgresql_where=text("status IN ('SUCCESS', 'FAILED', 'CANCELLED')"),
+    ),
+)
+
+# Every start of a job, kept apart from the job row (which shows only its latest attempt):
+# the evidence that starts of an object were a window apart, also across retries and lost
+# replicas, and the history the per-object timeline shows.
+job_attempts = Table(
+    "job_attempts",
+    metadata,
+    Column(
+        "job_id",
+        BigInteger,
+        ForeignKey("jobs.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    Column("object_id", BigInteger, nullable=False),
+    Column("worker_id", Uuid),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    # NULL while running; then SUCCESS, FAILED, RETRY, LOST (lease expired) or RELEASED.
+    Column("outcome", Text),
+    Column("error", Text),
+    Index("ix_job_attempts_object_id_started_at", "object_id", "started_at"),
+)
+
+# Live replicas: each process with workers registers here and beats every few seconds.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("running", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_heartbeat", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 # The enqueue side of an object's window: the next slot a new job of it may take.
