@@ -113,7 +113,7 @@ async def test_retried_claims_across_two_in_process_workers_never_double_start(
 async def test_handler_error_fails_the_job_with_its_text(
     make_client: MakeClient, database_url: str
 ) -> None:
-    client = await make_client(handler="tests.handlers:explode")
+    client = await make_client(handler="tests.handlers:explode", max_attempts=1)
     job = await (await client.post("/jobs", json={"object_id": 5})).json()
     rows = await wait_until_finished(database_url, 1)
     assert rows[0]["status"] == "FAILED"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -144,7 +145,7 @@ async def history(db: asyncpg.Connection) -> asyncpg.Connection:
 
 async def test_claim_scans_only_due_pending_jobs(history: asyncpg.Connection) -> None:
     """Every worker poll runs the claim: scanning the whole history, it slows as jobs pile up."""
-    nodes = summary(await explain(history, "claim_due_jobs", 10, WINDOW))
+    nodes = summary(await explain(history, "claim_due_jobs", 10, WINDOW, 30.0, uuid.UUID(int=1)))
     assert PlanNode("Index Scan", "jobs", "ix_jobs_due") in nodes, nodes
     assert_no_seq_scan_on_jobs(nodes)
 

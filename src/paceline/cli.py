@@ -17,6 +17,7 @@ from paceline import __version__
 from paceline.config import ConfigError, Settings
 from paceline.db import embedded, migrate
 from paceline.db.pool import CONNECT_TIMEOUT, is_unavailable
+from paceline.logs import configure_logging
 
 log = logging.getLogger("paceline")
 
@@ -60,10 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"paceline: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     try:
         with _database(settings) as dsn:
             settings = settings.replace(database_url=dsn)
@@ -115,6 +113,12 @@ def _serve(settings: Settings) -> int:
 
     app = create_app(settings)
     log.info("paceline %s on http://%s:%d", __version__, settings.host, settings.port)
+    if settings.api_token is None:
+        log.warning(
+            "PACELINE_API_TOKEN is not set: anyone who can reach %s:%d may use the API",
+            settings.host,
+            settings.port,
+        )
     web.run_app(
         app,
         host=settings.host,

@@ -37,7 +37,22 @@ class Settings:
     shutdown_grace: float = 30.0
     # Longest a worker sleeps without news; a safety net for a missed NOTIFY, not the wake-up.
     idle_poll: float = 5.0
+    # Seconds a claim holds without renewal; a replica that stops renewing (killed, cut off)
+    # loses its jobs to the others after this long. Renewed every lease / 3.
+    lease: float = 30.0
+    # Attempts per job (a first run and its retries); then FAILED with the last error.
+    max_attempts: int = 3
+    # First retry delay in seconds; doubles per attempt, with jitter.
+    retry_backoff: float = 2.0
+    # Seconds a handler may run before it is cancelled and the attempt fails; None: no limit.
+    job_timeout: float | None = None
+    # Finished jobs older than this many seconds are deleted (7 days).
+    retention: float = 7 * 24 * 3600.0
+    # When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    api_token: str | None = dataclasses.field(default=None, repr=False)
     log_level: str = "INFO"
+    # `text` for people, `json` (one object a line) for log collectors.
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.rate_window > 0:
@@ -52,6 +67,20 @@ class Settings:
             raise ConfigError("PACELINE_POOL_SIZE must be at least 2")
         if self.shutdown_grace < 0:
             raise ConfigError("PACELINE_SHUTDOWN_GRACE must be 0 or more")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("PACELINE_LOG_FORMAT must be text or json")
+        if not self.lease > 0:
+            raise ConfigError("PACELINE_LEASE must be a positive number of seconds")
+        if self.max_attempts < 1:
+            raise ConfigError("PACELINE_MAX_ATTEMPTS must be at least 1")
+        if self.retry_backoff < 0:
+            raise ConfigError("PACELINE_RETRY_BACKOFF must be 0 or more")
+        if self.job_timeout is not None and not self.job_timeout > 0:
+            raise ConfigError("PACELINE_JOB_TIMEOUT must be a positive number of seconds")
+        if not self.retention > 0:
+            raise ConfigError("PACELINE_RETENTION must be a positive number of seconds")
+        if self.api_token is not None and len(self.api_token) < 16:
+            raise ConfigError("PACELINE_API_TOKEN must be at least 16 characters")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -79,7 +108,7 @@ def env_name(field: str) -> str:
 
 def _parse(name: str, type_name: Any, raw: str) -> Any:
     # Field types are strings under `from __future__ import annotations`.
-    kind = str(type_name)
+    kind = str(type_name).removesuffix(" | None")
     try:
         if kind == "int":
             return int(raw)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection of our own or one borrowed from the pool; queries take either.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 # How long a request waits for a connection or for PostgreSQL to answer a connect before
 # it is told the database is unavailable; short, so the API answers 503 instead of hanging.

@@ -31,7 +31,8 @@ CROSS JOIN LATERAL (
 ) AS wake;
 
 -- name: claim_due_jobs
--- $1 how many (the worker's free capacity), $2 W. Start due jobs; returns them.
+-- $1 how many (the worker's free capacity), $2 W, $3 lease seconds, $4 worker id.
+-- Start due jobs under a lease held by this worker; returns them.
 WITH due AS (
     SELECT j.id
     FROM jobs AS j
@@ -61,7 +62,8 @@ WITH due AS (
 ),
 started AS (
     UPDATE jobs AS j
-    SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1
+    SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1,
+        lease_expires_at = now() + make_interval(secs => $3), worker_id = $4
     FROM due
     WHERE j.id = due.id
     RETURNING j.id, j.object_id, j.status, j.created_at, j.run_at, j.started_at,
@@ -73,6 +75,11 @@ window_start AS (
     INSERT INTO object_starts AS s (object_id, last_started_at)
     SELECT object_id, started_at FROM started
     ON CONFLICT (object_id) DO UPDATE SET last_started_at = EXCLUDED.last_started_at
+),
+history AS (
+    -- The attempt's own record; the job row will only show the latest attempt.
+    INSERT INTO job_attempts (job_id, attempt, object_id, worker_id, started_at)
+    SELECT id, attempts, object_id, $4, started_at FROM started
 )
 SELECT * FROM started;
 
@@ -110,20 +117,162 @@ SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
     END)::float8 AS next_start;
 
 -- name: finish_job
--- $1 id, $2 attempt, $3 status, $4 duration, $5 error. Fenced by the attempt: a worker
--- whose attempt was taken back meanwhile changes nothing (returns no row).
-UPDATE jobs
-SET status = $3, finished_at = clock_timestamp(), duration = $4, error = $5
-WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
-RETURNING id;
+-- $1 id, $2 attempt, $3 status (SUCCESS or FAILED), $4 duration, $5 error. Fenced by the
+-- attempt: a worker whose attempt was taken back meanwhile (its lease expired, the job was
+-- requeued or re-claimed) changes nothing and gets no row back.
+WITH finished AS (
+    UPDATE jobs
+    SET status = $3, finished_at = clock_timestamp(), duration = $4, error = $5,
+        lease_expires_at = NULL
+    WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
+    RETURNING id, attempts, finished_at
+),
+history AS (
+    UPDATE job_attempts AS a
+    SET outcome = $3, finished_at = finished.finished_at, error = $5
+    FROM finished
+    WHERE a.job_id = finished.id AND a.attempt = finished.attempts
+)
+SELECT id FROM finished;
 
--- name: release_job
--- $1 id, $2 attempt. Give a running job back (shutdown): it runs again, as a new
--- attempt, once its object's window since this start has passed (the claim's I1 check).
-UPDATE jobs
-SET status = 'PENDING', started_at = NULL
+-- name: lock_running_job
+-- $1 id, $2 attempt. First step of putting a running job back to PENDING (retry, release):
+-- lock it if this attempt still holds it. Jobs are always locked before object_slots rows.
+SELECT object_id FROM jobs
 WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
-RETURNING id;
+FOR UPDATE;
+
+-- name: lock_object_slots
+-- $1 object_id. Holds off enqueues of this object while its pending slots move.
+SELECT next_slot FROM object_slots WHERE object_id = $1 FOR UPDATE;
+
+-- name: requeue_job
+-- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 W, $5 error, $6 outcome for the
+-- attempt's record (RETRY, RELEASED, LOST). Back to PENDING, no earlier than the delay and
+-- than a window after the object's last start (I1 holds for retries too); returns the new slot.
+WITH requeued AS (
+    UPDATE jobs AS j
+    SET status = 'PENDING',
+        run_at = GREATEST(
+            now() + make_interval(secs => $3),
+            (SELECT s.last_started_at + make_interval(secs => $4)
+             FROM object_starts AS s WHERE s.object_id = j.object_id)
+        ),
+        started_at = NULL, lease_expires_at = NULL, error = $5
+    WHERE j.id = $1 AND j.attempts = $2 AND j.status = 'PROCESSING'
+    RETURNING j.id, j.attempts, j.run_at
+),
+history AS (
+    UPDATE job_attempts AS a
+    SET outcome = $6, finished_at = clock_timestamp(), error = $5
+    FROM requeued
+    WHERE a.job_id = requeued.id AND a.attempt = requeued.attempts
+)
+SELECT run_at FROM requeued;
+
+-- name: shift_later_slots
+-- $1 object_id, $2 id of the requeued job, $3 its new slot, $4 W. The object's jobs behind it
+-- keep their order and move back so each is still a window after the one before (their run_at
+-- stays an honest prediction, I6); the object's next free slot moves after the last of them.
+WITH later AS (
+    SELECT id, row_number() OVER (ORDER BY id) AS position
+    FROM jobs
+    WHERE object_id = $1 AND status = 'PENDING' AND id > $2
+),
+moved AS (
+    UPDATE jobs AS j
+    SET run_at = GREATEST(j.run_at, $3::timestamptz + later.position * make_interval(secs => $4))
+    FROM later
+    WHERE j.id = later.id
+    RETURNING j.run_at
+)
+UPDATE object_slots
+SET next_slot = GREATEST(
+    next_slot,
+    $3::timestamptz + make_interval(secs => $4),
+    (SELECT max(run_at) FROM moved) + make_interval(secs => $4)
+)
+WHERE object_id = $1;
+
+-- name: renew_leases
+-- $1 job ids, $2 their attempts, $3 lease seconds, $4 worker id. Extends the leases this
+-- worker still holds; a job missing from the answer was taken back and must stop.
+UPDATE jobs AS j
+SET lease_expires_at = now() + make_interval(secs => $3)
+FROM unnest($1::bigint[], $2::int[]) AS held(id, attempt)
+WHERE j.id = held.id AND j.attempts = held.attempt AND j.status = 'PROCESSING'
+  AND j.worker_id = $4
+RETURNING j.id;
+
+-- name: expired_leases
+-- $1 how many. Running jobs whose replica stopped renewing; locked for the reaper's
+-- transaction, skipping ones another reaper is handling.
+SELECT id, attempts, object_id
+FROM jobs
+WHERE status = 'PROCESSING' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: fail_lost_job
+-- $1 id, $2 attempt, $3 error. A lost attempt that was the last one allowed: FAILED.
+WITH failed AS (
+    UPDATE jobs
+    SET status = 'FAILED', finished_at = clock_timestamp(), error = $3, lease_expires_at = NULL
+    WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
+    RETURNING id, attempts, finished_at
+)
+UPDATE job_attempts AS a
+SET outcome = 'LOST', finished_at = failed.finished_at, error = $3
+FROM failed
+WHERE a.job_id = failed.id AND a.attempt = failed.attempts;
+
+-- name: heartbeat
+-- $1 worker id, $2 host, $3 pid, $4 concurrency, $5 running now. Register or beat.
+INSERT INTO workers (id, host, pid, concurrency, running)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE
+SET running = EXCLUDED.running, last_heartbeat = now();
+
+-- name: unregister_worker
+-- $1 worker id. A replica leaving gracefully.
+DELETE FROM workers WHERE id = $1;
+
+-- name: forget_dead_workers
+-- $1 seconds. Replicas silent this long are gone (killed); their jobs' leases expire on their own.
+DELETE FROM workers WHERE last_heartbeat < now() - make_interval(secs => $1);
+
+-- name: cancel_job
+-- $1 id. Only a job that has not started can be cancelled; its slot stays reserved, so the
+-- object's later jobs keep their order and slots.
+UPDATE jobs
+SET status = 'CANCELLED', finished_at = clock_timestamp()
+WHERE id = $1 AND status = 'PENDING'
+RETURNING id, object_id, status, created_at, run_at, started_at, finished_at,
+          duration, attempts, error;
+
+-- name: prune_finished_jobs
+-- $1 retention seconds, $2 batch size. Oldest finished jobs first, a small batch per
+-- transaction so pruning never holds many locks; their attempts go with them (cascade).
+WITH doomed AS (
+    SELECT id FROM jobs
+    WHERE status IN ('SUCCESS', 'FAILED', 'CANCELLED')
+      AND finished_at < now() - make_interval(secs => $1)
+    ORDER BY finished_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id;
+
+-- name: prune_passed_windows
+-- $1 W. Window rows whose window has passed constrain nothing (a missing row means "free
+-- now"), so they go; the tables stay as small as the set of recently active objects.
+WITH slots AS (
+    DELETE FROM object_slots
+    WHERE next_slot < now() - make_interval(secs => $1)
+)
+DELETE FROM object_starts
+WHERE last_started_at < now() - make_interval(secs => $1);
 
 -- name: get_job
 -- $1 id.

@@ -92,6 +92,12 @@ async def get_job(db: asyncpg.Pool, job_id: int) -> Job | None:
     return None if record is None else Job.from_record(record)
 
 
+async def cancel_job(db: asyncpg.Pool, job_id: int) -> Job | None:
+    """Cancel the job if it is still PENDING; the cancelled job, or None if it was not."""
+    record = await db.fetchrow(QUERIES["cancel_job"], job_id)
+    return None if record is None else Job.from_record(record)
+
+
 async def list_jobs(
     db: asyncpg.Pool,
     *,

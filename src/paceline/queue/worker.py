@@ -2,27 +2,41 @@
 
 One claim loop per process claims as many jobs as it has free slots, in one statement
 (`claim_due_jobs`), and runs each in its own task. When nothing more is claimable it asks the
-database how long until something will be, and sleeps on an alarm that fires at that moment,
-when a NOTIFY says a job is due sooner, or when a running job finishes and frees a slot.
+database when the next job may start, and sleeps on an alarm that fires at that moment, when a
+NOTIFY says a job is due sooner, or when a running job finishes and frees a slot.
+
+Each claim is a lease the worker renews while the handler runs. Every write about a running
+job is fenced by its attempt number, so a worker that lost its lease (it was cut off, the job
+was taken back) cannot overwrite what another attempt did; it stops the handler instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
+import os
+import random
+import socket
 import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 import asyncpg
 
 from paceline.db.pool import is_unavailable
 from paceline.db.queries import QUERIES
 from paceline.queue.events import JobEvents
-from paceline.queue.handlers import Handler
+from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
 from paceline.queue.jobs import Job, Status
+from paceline.queue.requeue import requeue
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Woken a hair before a slot (timers and clocks are not exact), the claim would find nothing;
 # sleeping this much past it costs less than a wasted round trip.
@@ -30,6 +44,10 @@ _ALARM_SLACK = 0.0002
 # Something is due but was not claimable (another replica holds it locked right now): look
 # again after this, doubling while it persists, rather than spinning.
 _RECHECK = 0.002
+# After the shutdown grace, a job whose outcome is being written gets this much more.
+_RECORDING_GRACE = 5.0
+# Retries never wait longer than this, however many attempts came before.
+_MAX_BACKOFF = 3600.0
 
 
 class Alarm:
@@ -70,6 +88,21 @@ class Alarm:
             self._armed = False
 
 
+@dataclasses.dataclass
+class _Running:
+    """A job this worker runs, and what the lease keeper needs to know about it."""
+
+    job: Job
+    task: asyncio.Task[None]
+    lease_deadline: float  # monotonic; past it, with no renewal, the job may be taken back
+    recording: bool = False  # the handler is done; its outcome is being written
+    lost: bool = False  # the lease is gone: the handler was stopped, nothing is written
+
+
+def _log_extra(job: Job) -> dict[str, Any]:
+    return {"job_id": job.id, "object_id": job.object_id, "attempt": job.attempts}
+
+
 class Worker:
     """Runs jobs from the shared queue; start with `run()`, end with `stop()`."""
 
@@ -81,17 +114,26 @@ class Worker:
         events: JobEvents | None = None,
         concurrency: int,
         rate_window: float,
+        lease: float = 30.0,
+        max_attempts: int = 3,
+        retry_backoff: float = 2.0,
+        job_timeout: float | None = None,
         idle_poll: float = 5.0,
         shutdown_grace: float = 30.0,
     ) -> None:
+        self.id = uuid.uuid4()
         self._pool = pool
         self._handler = handler
         self._events = events if events is not None else JobEvents()
         self._concurrency = concurrency
         self._window = rate_window
+        self._lease = lease
+        self._max_attempts = max_attempts
+        self._backoff = retry_backoff
+        self._job_timeout = job_timeout
         self._idle_poll = idle_poll
         self._grace = shutdown_grace
-        self._running: dict[int, asyncio.Task[None]] = {}
+        self._running: dict[int, _Running] = {}
         self._stopping = False
         self.alarm = Alarm()
 
@@ -107,41 +149,51 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and run jobs until `stop()`; then drain or release what is running."""
-        backoff = 0.05
-        recheck = _RECHECK
+        keeper = asyncio.create_task(self._keep_leases(), name="paceline-leases")
         try:
-            while not self._stopping:
-                self.alarm.reset()
-                free = self._concurrency - len(self._running)
-                if free <= 0:
-                    # Full: only a finishing job (or stop) can change anything.
-                    await self.alarm.wait(math.inf, heed_due=False)
-                    continue
-                try:
-                    claimed = await self._claim(free)
-                    sleep = 0.0 if len(claimed) == free else await self._seconds_until_due()
-                except Exception as exc:
-                    if not is_unavailable(exc):
-                        log.exception("claiming jobs failed")
-                    else:
-                        log.warning("database unavailable (%s); retrying in %.2fs", exc, backoff)
-                    await self.alarm.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                backoff = 0.05
-                for job in claimed:
-                    self._start(job)
-                if claimed or sleep > 0:
-                    recheck = _RECHECK
-                else:
-                    sleep, recheck = recheck, min(recheck * 2, self._idle_poll)
-                if sleep > 0:
-                    await self.alarm.wait(sleep)
+            await self._claim_loop()
         finally:
             await self._drain()
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await self._unregister()
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.05
+        recheck = _RECHECK
+        while not self._stopping:
+            self.alarm.reset()
+            free = self._concurrency - len(self._running)
+            if free <= 0:
+                # Full: only a finishing job (or stop) can change anything.
+                await self.alarm.wait(math.inf, heed_due=False)
+                continue
+            try:
+                claimed = await self._claim(free)
+                sleep = 0.0 if len(claimed) == free else await self._seconds_until_due()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("claiming jobs failed")
+                else:
+                    log.warning("database unavailable (%s); retrying in %.2fs", exc, backoff)
+                await self.alarm.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.05
+            for job in claimed:
+                self._start(job)
+            if claimed or sleep > 0:
+                recheck = _RECHECK
+            else:
+                sleep, recheck = recheck, min(recheck * 2, self._idle_poll)
+            if sleep > 0:
+                await self.alarm.wait(sleep)
 
     async def _claim(self, limit: int) -> list[Job]:
-        records = await self._pool.fetch(QUERIES["claim_due_jobs"], limit, self._window)
+        records = await self._pool.fetch(
+            QUERIES["claim_due_jobs"], limit, self._window, self._lease, self.id
+        )
         return [Job.from_record(record) for record in records]
 
     async def _seconds_until_due(self) -> float:
@@ -157,8 +209,10 @@ class Worker:
         return min(seconds + _ALARM_SLACK, self._idle_poll)
 
     def _start(self, job: Job) -> None:
+        # The lease counts from the claim; the monotonic deadline errs early by the round trip.
+        deadline = time.monotonic() + self._lease
         task = asyncio.create_task(self._execute(job), name=f"paceline-job-{job.id}")
-        self._running[job.id] = task
+        self._running[job.id] = _Running(job=job, task=task, lease_deadline=deadline)
 
         def done(finished: asyncio.Task[None]) -> None:
             self._running.pop(job.id, None)
@@ -169,66 +223,245 @@ class Worker:
         task.add_done_callback(done)
 
     async def _execute(self, job: Job) -> None:
-        log.info("job %d (object %d) started, attempt %d", job.id, job.object_id, job.attempts)
+        log.info(
+            "job %d (object %d) started, attempt %d",
+            job.id,
+            job.object_id,
+            job.attempts,
+            extra=_log_extra(job),
+        )
         self._events.started(job)
         started = time.monotonic()
-        error: str | None = None
         try:
-            await self._handler(job)
+            outcome = await self._call_handler(job)
         except asyncio.CancelledError:
+            entry = self._running.get(job.id)
+            if entry is not None and entry.lost:
+                log.warning(
+                    "job %d attempt %d stopped: its lease was lost",
+                    job.id,
+                    job.attempts,
+                    extra=_log_extra(job),
+                )
+                return
             # Shutdown ran out of grace: give the job back so another replica can run it.
             await asyncio.shield(self._release(job))
             raise
-        except Exception as exc:
-            status, error = Status.FAILED, f"{type(exc).__name__}: {exc}"
-        else:
-            status = Status.SUCCESS
         duration = time.monotonic() - started
-        await self._finish(job, status, duration, error)
+        entry = self._running.get(job.id)
+        if entry is not None:
+            entry.recording = True
+        await self._record(job, outcome, duration)
+
+    async def _call_handler(self, job: Job) -> BaseException | None:
+        """Run the handler; the exception it ended with (a timeout as TimeoutError), or None."""
+        try:
+            async with asyncio.timeout(self._job_timeout) as deadline:
+                await self._handler(job)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return TimeoutError(
+                    f"the handler ran longer than PACELINE_JOB_TIMEOUT={self._job_timeout:g}s"
+                )
+            return exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _record(self, job: Job, outcome: BaseException | None, duration: float) -> None:
+        if outcome is None:
+            await self._finish(job, Status.SUCCESS, duration, None)
+            return
+        error = f"{type(outcome).__name__}: {outcome}"
+        last_attempt = job.attempts >= self._max_attempts
+        if isinstance(outcome, PermanentFailure) or last_attempt:
+            # The last error, as the handler said it; `attempts` tells how many there were.
+            await self._finish(job, Status.FAILED, duration, error)
+            return
+        if isinstance(outcome, RetryLater):
+            delay = outcome.delay
+        else:
+            exponential = self._backoff * 2 ** (job.attempts - 1)
+            delay = min(exponential * random.uniform(0.5, 1.5), _MAX_BACKOFF)
+        await self._retry(job, delay, error, duration)
 
     async def _finish(self, job: Job, status: Status, duration: float, error: str | None) -> None:
-        backoff = 0.05
-        updated: int | None
-        while True:
-            try:
-                updated = await self._pool.fetchval(
-                    QUERIES["finish_job"], job.id, job.attempts, status.value, duration, error
-                )
-                break
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    raise
-                log.warning("cannot record job %d as %s yet (%s)", job.id, status, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-        if updated is not None:
-            self._events.finished(job, status, duration, error)
+        updated = await self._persist(
+            lambda: self._pool.fetchval(
+                QUERIES["finish_job"], job.id, job.attempts, status.value, duration, error
+            )
+        )
+        extra = _log_extra(job)
         if updated is None:
             log.warning(
-                "job %d attempt %d was taken back; its result is dropped", job.id, job.attempts
+                "job %d attempt %d was taken back; result dropped",
+                job.id,
+                job.attempts,
+                extra=extra,
             )
-        elif status is Status.FAILED:
+            return
+        self._events.finished(job, status, duration, error)
+        if status is Status.FAILED:
             log.warning(
-                "job %d (object %d) failed after %.3fs: %s", job.id, job.object_id, duration, error
+                "job %d (object %d) failed after %.3fs: %s",
+                job.id,
+                job.object_id,
+                duration,
+                error,
+                extra=extra,
             )
         else:
-            log.info("job %d (object %d) succeeded in %.3fs", job.id, job.object_id, duration)
+            log.info(
+                "job %d (object %d) succeeded in %.3fs",
+                job.id,
+                job.object_id,
+                duration,
+                extra=extra,
+            )
+
+    async def _retry(self, job: Job, delay: float, error: str, duration: float) -> None:
+        async def write() -> datetime | None:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await requeue(
+                    conn,
+                    job.id,
+                    job.attempts,
+                    delay=delay,
+                    window=self._window,
+                    error=error,
+                    outcome="RETRY",
+                )
+
+        run_at = await self._persist(write)
+        if run_at is None:
+            log.warning("job %d attempt %d was taken back", job.id, job.attempts)
+            return
+        self._events.retried(job, error, delay)
+        log.warning(
+            "job %d (object %d) attempt %d failed after %.3fs: %s; retry at %s",
+            job.id,
+            job.object_id,
+            job.attempts,
+            duration,
+            error,
+            run_at.isoformat(),
+            extra=_log_extra(job),
+        )
+
+    async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a write until the database takes it; gives up once the lease has surely expired
+        (the job is then someone else's: the reaper requeues it)."""
+        backoff = 0.05
+        give_up = time.monotonic() + self._lease
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if not is_unavailable(exc) or time.monotonic() > give_up:
+                    raise
+                log.warning("database unavailable (%s); retrying the write", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     async def _release(self, job: Job) -> None:
         try:
-            await self._pool.fetchval(QUERIES["release_job"], job.id, job.attempts)
+            async with self._pool.acquire() as conn, conn.transaction():
+                run_at = await requeue(
+                    conn,
+                    job.id,
+                    job.attempts,
+                    delay=0.0,
+                    window=self._window,
+                    error="released unfinished at shutdown",
+                    outcome="RELEASED",
+                )
+        except Exception:
+            log.exception("could not release job %d at shutdown; its lease will expire", job.id)
+            return
+        if run_at is not None:
             log.info("job %d (object %d) released at shutdown", job.id, job.object_id)
             self._events.released(job)
-        except Exception:
-            log.exception("could not release job %d at shutdown", job.id)
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of running jobs and beat the heart, every lease / 3."""
+        interval = self._lease / 3
+        while True:
+            try:
+                await self._renew_leases()
+                await self._pool.execute(
+                    QUERIES["heartbeat"],
+                    self.id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    self._concurrency,
+                    len(self._running),
+                )
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("renewing leases failed")
+                self._abandon_expired()
+            await asyncio.sleep(interval)
+
+    async def _renew_leases(self) -> None:
+        held = [entry for entry in self._running.values() if not entry.lost]
+        if not held:
+            return
+        sent = time.monotonic()
+        renewed = {
+            record["id"]
+            for record in await self._pool.fetch(
+                QUERIES["renew_leases"],
+                [entry.job.id for entry in held],
+                [entry.job.attempts for entry in held],
+                self._lease,
+                self.id,
+            )
+        }
+        for entry in held:
+            if entry.job.id in renewed:
+                entry.lease_deadline = sent + self._lease
+            elif not entry.task.done() and not entry.recording:
+                self._abandon(entry, "it was taken back")
+
+    def _abandon_expired(self) -> None:
+        now = time.monotonic()
+        for entry in list(self._running.values()):
+            if now > entry.lease_deadline and not entry.recording and not entry.lost:
+                self._abandon(entry, "its lease expired while the database was unreachable")
+
+    def _abandon(self, entry: _Running, why: str) -> None:
+        # The job may already run elsewhere as a new attempt: stop ours and write nothing.
+        log.warning(
+            "job %d attempt %d: stopping the handler, %s",
+            entry.job.id,
+            entry.job.attempts,
+            why,
+            extra=_log_extra(entry.job),
+        )
+        entry.lost = True
+        entry.task.cancel()
 
     async def _drain(self) -> None:
         if not self._running:
             return
-        tasks = list(self._running.values())
-        log.info("waiting up to %.0fs for %d running job(s)", self._grace, len(tasks))
-        _done, pending = await asyncio.wait(tasks, timeout=self._grace)
-        for task in pending:
+        entries = list(self._running.values())
+        log.info("waiting up to %.0fs for %d running job(s)", self._grace, len(entries))
+        _done, pending = await asyncio.wait([e.task for e in entries], timeout=self._grace)
+        if not pending:
+            return
+        # Handlers still running are stopped and released; outcomes being written get a
+        # little longer, since stopping them could leave the job PROCESSING until its lease ends.
+        for entry in entries:
+            if entry.task in pending and not entry.recording:
+                entry.task.cancel()
+        _done, still = await asyncio.wait(pending, timeout=_RECORDING_GRACE)
+        for task in still:
             task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        if still:
+            await asyncio.wait(still)
+
+    async def _unregister(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._pool.execute(QUERIES["unregister_worker"], self.id), 2)

@@ -9,12 +9,13 @@ from aiohttp import web
 
 from paceline.queue import jobs
 from paceline.web.keys import EVENTS, POOL, SETTINGS
-from paceline.web.problems import not_found
+from paceline.web.problems import Problem, not_found
 from paceline.web.validation import (
     check_json_content_type,
     parse_job_id,
     parse_job_request,
     parse_list_query,
+    read_body,
 )
 
 routes = web.RouteTableDef()
@@ -33,12 +34,31 @@ def json_response(
 async def create_job(request: web.Request) -> web.Response:
     """Accept a job; 201 with it, its `run_at` saying when its object's window lets it start."""
     check_json_content_type(request.content_type)
-    object_id = parse_job_request(await request.read())
+    object_id = parse_job_request(await read_body(request))
     settings = request.app[SETTINGS]
     job = await jobs.enqueue(request.app[POOL], object_id, settings.rate_window)
     request.app[EVENTS].enqueued(job)
     location = request.app.router["job"].url_for(job_id=str(job.id))
     return json_response(job.to_json(), status=201, headers={"Location": str(location)})
+
+
+@routes.post("/jobs/{job_id}/cancel", name="cancel_job")
+async def cancel_job(request: web.Request) -> web.Response:
+    """Cancel a job that has not started: 200 with it; 409 if it already started or ended."""
+    job_id = parse_job_id(request.match_info["job_id"])
+    pool = request.app[POOL]
+    cancelled = await jobs.cancel_job(pool, job_id)
+    if cancelled is not None:
+        return json_response(cancelled.to_json())
+    current = await jobs.get_job(pool, job_id)
+    if current is None:
+        raise not_found(f"There is no job {job_id}.")
+    raise Problem(
+        409,
+        "Conflict",
+        f"Job {job_id} is {current.status.value}; only a PENDING job can be cancelled.",
+        job=current.to_json(),
+    )
 
 
 @routes.get("/jobs/{job_id}", name="job")

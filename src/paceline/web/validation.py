@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from aiohttp import web
 
 from paceline.queue.jobs import INT64_MAX, INT64_MIN, Status
 from paceline.web.problems import Problem, invalid, not_found
 
 MAX_BODY_BYTES = 64 * 1024
+# A job request is a few bytes; a body still arriving after this long is a slow-loris, not a
+# client, and it must not keep a connection (and memory) forever.
+BODY_TIMEOUT = 10.0
 JOB_FIELDS = frozenset({"object_id"})
 LIST_PARAMS = frozenset({"object_id", "status", "limit", "cursor"})
 DEFAULT_PAGE = 50
@@ -27,6 +33,20 @@ def check_json_content_type(content_type: str) -> None:
             "Unsupported media type",
             f"The body must be application/json (got {shown}); {_EXAMPLE}.",
         )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, refused if it trickles in slower than a client with a job should."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await request.read()
+    except TimeoutError:
+        raise Problem(
+            408,
+            "Request timeout",
+            f"The body did not arrive within {BODY_TIMEOUT:g} seconds; nothing was written.",
+            headers={"Connection": "close"},
+        ) from None
 
 
 def parse_job_request(body: bytes) -> int:

@@ -1,0 +1,40 @@
+"""Putting a job back to PENDING: retries, releases at shutdown, and attempts lost with a replica.
+
+One transaction each: lock the job (only if this attempt still holds it), lock the object's
+slot row (so no enqueue slips a job in between), give the job its new slot, and move the
+object's later pending jobs back behind it. Jobs are always locked before object_slots rows,
+here and in the reaper, so the two cannot deadlock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from paceline.db.pool import Connection
+from paceline.db.queries import QUERIES
+
+
+async def requeue(
+    conn: Connection,
+    job_id: int,
+    attempt: int,
+    *,
+    delay: float,
+    window: float,
+    error: str | None,
+    outcome: str,
+) -> datetime | None:
+    """Requeue attempt `attempt` of job `job_id`; its new `run_at`, or None if it was taken back.
+
+    Call inside a transaction.
+    """
+    object_id = await conn.fetchval(QUERIES["lock_running_job"], job_id, attempt)
+    if object_id is None:
+        return None
+    await conn.execute(QUERIES["lock_object_slots"], object_id)
+    run_at: datetime | None = await conn.fetchval(
+        QUERIES["requeue_job"], job_id, attempt, delay, window, error, outcome
+    )
+    if run_at is not None:
+        await conn.execute(QUERIES["shift_later_slots"], object_id, job_id, run_at, window)
+    return run_at
