@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from paceline.queue.handlers import PermanentFailure, RetryLater
 from paceline.queue.jobs import Job
 
 
@@ -27,3 +28,25 @@ async def explode(job: Job) -> None:
 
 def not_async(job: Job) -> None:
     """Not a coroutine function: PACELINE_HANDLER must refuse it."""
+
+
+async def flaky(job: Job) -> None:
+    """Fails the first two attempts, succeeds on the third."""
+    if job.attempts < 3:
+        raise ConnectionError(f"upstream refused attempt {job.attempts}")
+
+
+async def rate_limited(job: Job) -> None:
+    """Upstream says 429 with Retry-After: 0.6 on the first attempt."""
+    if job.attempts == 1:
+        raise RetryLater(0.6, "upstream answered 429, Retry-After: 0.6")
+
+
+async def refuses(job: Job) -> None:
+    """Retrying cannot help (like an HTTP 400)."""
+    raise PermanentFailure("upstream answered 400: unknown object")
+
+
+async def blocks(job: Job) -> None:
+    """Runs until cancelled."""
+    await asyncio.Event().wait()

@@ -21,7 +21,7 @@ routes = web.RouteTableDef()
 
 COOKIE = "paceline_session"
 # Route names anyone may reach.
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "login", "openapi"})
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "login", "sign_in", "openapi"})
 _MAX_FORM_BYTES = 4096
 
 
@@ -65,7 +65,7 @@ async def login_form(request: web.Request) -> web.Response:
     return aiohttp_jinja2.render_template("login.html", request, {"error": None})
 
 
-@routes.post("/login")
+@routes.post("/login", name="sign_in")
 async def login(request: web.Request) -> web.Response:
     """Check the token from the form; on success set the session cookie and go to the page."""
     token = request.app[SETTINGS].api_token
