@@ -10,7 +10,11 @@ from paceline.queue.jobs import Job
 
 
 async def record(job: Job) -> None:
-    """Append `job_id attempt pid` to $PACELINE_TEST_RUN_LOG: proof of every run, per process."""
+    """Append `job_id attempt pid` to $PACELINE_TEST_RUN_LOG: proof of every run, per process.
+
+    Then works for $PACELINE_TEST_RUN_SECONDS; a first attempt works for
+    $PACELINE_TEST_FIRST_RUN_SECONDS instead, when that is set (a slow run, then a quick retry).
+    """
     line = f"{job.id} {job.attempts} {os.getpid()}\n"
     # O_APPEND writes of one short line do not interleave between processes.
     fd = os.open(os.environ["PACELINE_TEST_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -18,7 +22,10 @@ async def record(job: Job) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
-    await asyncio.sleep(float(os.environ.get("PACELINE_TEST_RUN_SECONDS", "0")))
+    seconds = os.environ.get("PACELINE_TEST_RUN_SECONDS", "0")
+    if job.attempts == 1:
+        seconds = os.environ.get("PACELINE_TEST_FIRST_RUN_SECONDS", seconds)
+    await asyncio.sleep(float(seconds))
 
 
 async def explode(job: Job) -> None:
@@ -50,3 +57,11 @@ async def refuses(job: Job) -> None:
 async def blocks(job: Job) -> None:
     """Runs until cancelled."""
     await asyncio.Event().wait()
+
+
+async def by_object(job: Job) -> None:
+    """Object 2 fails for good; object 3 fails its first attempt; the rest succeed."""
+    if job.object_id == 2:
+        raise PermanentFailure("upstream answered 400: unknown object")
+    if job.object_id == 3 and job.attempts == 1:
+        raise ConnectionError("upstream refused the first attempt")

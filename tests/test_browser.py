@@ -2,42 +2,22 @@
 
 Everything is done as a user would: typing into the forms, clicking, reading the page. The
 JSON API is only read (never written) to check what a click did or did not create.
-Set PACELINE_SCREENSHOT=1 to also save docs/page.png after some jobs ran.
+The dashboard's own parts (live overview, timeline, failures) are in test_browser_dashboard.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import re
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect
 
-from tests.support import ROOT, ServeProcess
+from tests.browser import api_jobs, launch, open_page, require_chromium, serve
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-# The network is closed: nothing may try to reach out, and no browser is downloaded.
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOT = ROOT / "docs" / "page.png"
 # Longer than a job (0.5 s) plus its wait (a 1 s window) plus the page's 1 s refresh.
 SETTLE_MS = 6_000
 # Beyond 2**53: a JavaScript Number would round it to ...992, another object.
@@ -46,83 +26,18 @@ INT64_MAX = 2**63 - 1
 
 ACCEPTED = re.compile(r"^Accepted: job (\d+) · object (-?\d+) · PENDING · runs at ")
 
-# Columns of the "Recent jobs" table.
+# Columns of the "Jobs" table.
 ID, OBJECT, STATUS, RUNS_AT, STARTED, DURATION, ERROR = range(7)
 
 
 @pytest.fixture
 def chromium() -> Path:
-    """Debian's Chromium (playwright's own download cannot work here); skip without it."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (CI does)")
-    return CHROMIUM
-
-
-@contextmanager
-def launch(executable: Path) -> Iterator[Browser]:
-    """A headless Chromium, driven by playwright's sync API.
-
-    The sync API keeps its own event loop marked as running while it is open, so it starts only
-    after the asyncio work (async fixtures, `wait_ready`) and is closed before their teardown.
-    """
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@contextmanager
-def serve(database_url: str, tmp_path: Path, handler: str) -> Iterator[ServeProcess]:
-    """A `paceline serve` child with a 1 s window; it must stop cleanly (exit 0) afterwards."""
-    server = ServeProcess(
-        {
-            "DATABASE_URL": database_url,
-            "PACELINE_RATE_WINDOW": "1",
-            "PACELINE_HANDLER": handler,
-            "PACELINE_SLEEP_SECONDS": "0.5",
-            "PACELINE_CONCURRENCY": "2",
-            "PACELINE_IDLE_POLL": "1",
-        },
-        log_path=tmp_path / "serve.log",
-    )
-    try:
-        asyncio.run(server.wait_ready())
-        yield server
-    finally:
-        status = server.terminate()
-        assert status == 0, f"paceline exited with {status}:\n{server.log()}"
-
-
-@contextmanager
-def open_page(browser: Browser, server: ServeProcess) -> Iterator[tuple[Page, list[str]]]:
-    """The page, loaded once; yields it with the messages of any dialog it opened."""
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    dialogs: list[str] = []
-
-    def on_dialog(dialog: Dialog) -> None:
-        dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    try:
-        page.goto(server.url)
-        expect(page.get_by_role("heading", name="paceline", exact=True)).to_be_visible()
-        yield page, dialogs
-    finally:
-        page.close()
-
-
-def api_jobs(server: ServeProcess, query: str = "") -> list[dict[str, Any]]:
-    """`GET /jobs` as JSON (Python keeps 64-bit ids exact)."""
-    with urllib.request.urlopen(f"{server.url}/jobs{query}", timeout=5) as response:
-        jobs: list[dict[str, Any]] = json.load(response)["jobs"]
-        return jobs
+    """Debian's Chromium; the test is skipped without it."""
+    return require_chromium()
 
 
 def submit(page: Page, object_id: str) -> None:
-    page.get_by_label("Object id").fill(object_id)
+    page.get_by_label("Object id", exact=True).fill(object_id)
     page.get_by_role("button", name="Submit").click()
 
 
@@ -140,7 +55,7 @@ def submit_accepted(page: Page, object_id: int) -> int:
 
 
 def row(page: Page, job_id: int) -> Locator:
-    """The "Recent jobs" row of one job."""
+    """The "Jobs" row of one job."""
     return page.locator("#recent tbody tr").filter(
         has=page.locator("td:first-child", has_text=re.compile(rf"^{job_id}$"))
     )
@@ -167,7 +82,7 @@ def test_submit_watch_look_up_and_refuse(chromium: Path, database_url: str, tmp_
     with (
         serve(database_url, tmp_path, "sleep") as server,
         launch(chromium) as browser,
-        open_page(browser, server) as (page, dialogs),
+        open_page(browser, server.url) as (page, dialogs),
     ):
         loads: list[str] = []
         page.on("load", lambda _: loads.append(page.url))
@@ -195,7 +110,7 @@ def test_submit_watch_look_up_and_refuse(chromium: Path, database_url: str, tmp_
 
         # What cannot be an object id is refused on the page, and creates no job.
         ids_before = [job["id"] for job in api_jobs(server)]
-        field = page.get_by_label("Object id")
+        field = page.get_by_label("Object id", exact=True)
         submit(page, "1.5")
         expect(page.locator("#submit-result")).to_have_text(re.compile(r"^Refused: \S"))
         browser_says = field.evaluate("input => input.validationMessage")
@@ -221,16 +136,13 @@ def test_submit_watch_look_up_and_refuse(chromium: Path, database_url: str, tmp_
         assert loads == []
         assert dialogs == []
         expect(page.locator("#refreshed")).to_have_text(re.compile(r"^Updated "))
-        if os.environ.get("PACELINE_SCREENSHOT"):
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=SCREENSHOT, full_page=True)
 
 
 def test_handler_error_is_shown_as_text(chromium: Path, database_url: str, tmp_path: Path) -> None:
     with (
         serve(database_url, tmp_path, "tests.handlers:explode") as server,
         launch(chromium) as browser,
-        open_page(browser, server) as (page, dialogs),
+        open_page(browser, server.url) as (page, dialogs),
     ):
         job = submit_accepted(page, 7)
         expect(cell(page, job, STATUS)).to_have_text("FAILED", timeout=SETTLE_MS)

@@ -15,10 +15,12 @@ from paceline.config import Settings
 from paceline.db.pool import create_pool
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler, resolve_handler
+from paceline.queue.maintenance import Janitor
 from paceline.queue.wakeup import DueListener
 from paceline.queue.worker import Worker
 from paceline.resources import templates_dir
-from paceline.web import api, health, pages
+from paceline.web import api, auth, dashboard, health, metrics, openapi, pages
+from paceline.web.auth import auth_middleware
 from paceline.web.keys import EVENTS, POOL, SETTINGS, WORKER
 from paceline.web.problems import problem_middleware
 from paceline.web.validation import MAX_BODY_BYTES
@@ -34,9 +36,13 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (the CLI starts an embedded one)")
     handler = resolve_handler(settings)  # fail at start-up, not at the first job
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    # The problem middleware is outermost, so refusals by the auth middleware are problems too.
+    app = web.Application(
+        middlewares=[problem_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+    )
     app[SETTINGS] = settings
-    app[EVENTS] = events if events is not None else JobEvents()
+    # Prometheus counters and the enqueue log line see every transition, then `events`.
+    app[EVENTS] = metrics.observe(app, events)
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(templates_dir()),
@@ -45,9 +51,17 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
     app.add_routes(pages.routes)
     app.add_routes(api.routes)
     app.add_routes(health.routes)
+    app.add_routes(dashboard.routes)
+    app.add_routes(metrics.routes)
+    health.setup(app)
+    app.add_routes(auth.routes)
+    app.add_routes(openapi.routes)
 
     # Cleanup runs in reverse: workers stop (and finish their jobs) before the pool closes.
     app.cleanup_ctx.append(_pool_ctx)
+    # The page's overview reader and the window auditor use the pool.
+    dashboard.setup(app)
+    metrics.setup(app)
     if settings.concurrency > 0:
 
         async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -79,8 +93,19 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
         events=app[EVENTS],
         concurrency=settings.concurrency,
         rate_window=settings.rate_window,
+        lease=settings.lease,
+        max_attempts=settings.max_attempts,
+        retry_backoff=settings.retry_backoff,
+        job_timeout=settings.job_timeout,
         idle_poll=settings.idle_poll,
         shutdown_grace=settings.shutdown_grace,
+    )
+    janitor = Janitor(
+        app[POOL],
+        window=settings.rate_window,
+        max_attempts=settings.max_attempts,
+        retention=settings.retention,
+        interval=min(settings.lease / 3, settings.idle_poll),
     )
     listener = DueListener(
         settings.database_url,
@@ -92,6 +117,7 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
     tasks = [
         asyncio.create_task(listener.run(), name="paceline-listener"),
         asyncio.create_task(worker.run(), name="paceline-worker"),
+        asyncio.create_task(janitor.run(), name="paceline-janitor"),
     ]
     log.info(
         "worker running %d job(s) at once with handler %s, window %gs",
@@ -104,9 +130,14 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
     finally:
         worker.stop()
         listener.stop()
+        janitor.stop()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         for task, outcome in zip(tasks, outcomes, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(
                 outcome, asyncio.CancelledError
             ):
                 log.error("%s ended with an error", task.get_name(), exc_info=outcome)
+        # What the handler holds (the webhook's HTTP session) goes once no job can use it.
+        aclose = getattr(handler, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,4 +1,4 @@
-"""`paceline serve` and `paceline migrate`; every flag also has its environment variable."""
+"""`paceline serve`, `migrate` and `replan`; every flag also has its environment variable."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from paceline.config import ConfigError, Settings
 from paceline.db import embedded, migrate
 from paceline.db.pool import CONNECT_TIMEOUT, is_unavailable
 from paceline.logs import configure_logging
+from paceline.queue.jobs import isoformat
+from paceline.queue.planning import adopt_window
 
 log = logging.getLogger("paceline")
 
@@ -42,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate_cmd = commands.add_parser("migrate", help="apply pending database migrations")
     _database_flag(migrate_cmd)
+
+    replan = commands.add_parser(
+        "replan",
+        help="re-space pending jobs to PACELINE_RATE_WINDOW (serve does it on a change)",
+    )
+    _database_flag(replan)
+    replan.add_argument(
+        "--dry-run", action="store_true", help="show the slots before and after; change nothing"
+    )
     return parser
 
 
@@ -55,7 +66,7 @@ def _database_flag(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `paceline` script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command",)}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "dry_run")}
     try:
         settings = Settings.from_env(**overrides)
     except ConfigError as exc:
@@ -70,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "migrate":
                 log.info("database is at the newest migration")
                 return 0
+            if args.command == "replan":
+                return asyncio.run(_replan(dsn, settings.rate_window, dry_run=args.dry_run))
+            asyncio.run(_replan(dsn, settings.rate_window, dry_run=False))
             return _serve(settings)
     except (ConfigError, embedded.EmbeddedPostgresError) as exc:
         log.error("%s", exc)
@@ -101,6 +115,29 @@ def _wait_for_database(dsn: str) -> None:
                 last_said = time.monotonic()
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def _replan(dsn: str, window: float, *, dry_run: bool) -> int:
+    """Adopt `window` for the pending slots, printing what moves (all of it, when dry)."""
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+    try:
+        async with conn.transaction():
+            previous, changes = await adopt_window(conn, window, dry_run=dry_run)
+    finally:
+        await conn.close()
+    if previous is None or previous == window:
+        log.info("pending slots are planned with the window of %gs; nothing to re-plan", window)
+        return 0
+    verb = "would move" if dry_run else "moved"
+    log.info("window %gs -> %gs: %s %d pending job(s)", previous, window, verb, len(changes))
+    if dry_run:
+        print(f"{'job':>10} {'object':>20}  {'slot before':<32} slot after")
+        for change in changes:
+            print(
+                f"{change.job_id:>10} {change.object_id:>20}  "
+                f"{isoformat(change.before)!s:<32} {isoformat(change.after)}"
+            )
+    return 0
 
 
 async def _ping(dsn: str) -> None:

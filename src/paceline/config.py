@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,14 @@ class Settings:
     retention: float = 7 * 24 * 3600.0
     # When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
     api_token: str | None = dataclasses.field(default=None, repr=False)
+    # What a request without `on_busy` gets when its object's window is busy:
+    # queue (wait for the next slot), coalesce (join its pending job) or reject (429).
+    on_busy: str = "queue"
+    # The `webhook` handler POSTs each job here (http or https), signed with the secret.
+    webhook_url: str | None = None
+    webhook_secret: str | None = dataclasses.field(default=None, repr=False)
+    # Seconds a webhook call may take in all (connect, send, answer) before the attempt fails.
+    webhook_timeout: float = 10.0
     log_level: str = "INFO"
     # `text` for people, `json` (one object a line) for log collectors.
     log_format: str = "text"
@@ -71,6 +80,8 @@ class Settings:
             raise ConfigError("PACELINE_LOG_FORMAT must be text or json")
         if not self.lease > 0:
             raise ConfigError("PACELINE_LEASE must be a positive number of seconds")
+        if self.on_busy not in ("queue", "coalesce", "reject"):
+            raise ConfigError("PACELINE_ON_BUSY must be queue, coalesce or reject")
         if self.max_attempts < 1:
             raise ConfigError("PACELINE_MAX_ATTEMPTS must be at least 1")
         if self.retry_backoff < 0:
@@ -81,6 +92,22 @@ class Settings:
             raise ConfigError("PACELINE_RETENTION must be a positive number of seconds")
         if self.api_token is not None and len(self.api_token) < 16:
             raise ConfigError("PACELINE_API_TOKEN must be at least 16 characters")
+        self._check_webhook()
+
+    def _check_webhook(self) -> None:
+        if self.handler == "webhook" and not self.webhook_url:
+            raise ConfigError("PACELINE_HANDLER=webhook needs PACELINE_WEBHOOK_URL")
+        if self.webhook_url is not None:
+            # The URL is not echoed: its path or query may carry a credential.
+            try:
+                url = urlsplit(self.webhook_url)
+                valid = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+            except ValueError:  # a malformed host or port
+                valid = False
+            if not valid:
+                raise ConfigError("PACELINE_WEBHOOK_URL must be an http:// or https:// URL")
+        if not self.webhook_timeout > 0:
+            raise ConfigError("PACELINE_WEBHOOK_TIMEOUT must be a positive number of seconds")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from paceline.resources import migrations_dir
 
@@ -28,3 +29,9 @@ def upgrade(dsn: str, revision: str = "head") -> None:
 def downgrade(dsn: str, revision: str) -> None:
     """Migrate the database at `dsn` down to `revision`. Blocking; runs its own event loop."""
     command.downgrade(alembic_config(dsn), revision)
+
+
+def known_revisions() -> list[str]:
+    """Every migration this code ships, oldest first (the last one is the head)."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]

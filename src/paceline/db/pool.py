@@ -43,5 +43,8 @@ def is_unavailable(exc: BaseException) -> bool:
         | asyncpg.exceptions.CrashShutdownError
         | asyncpg.exceptions.TooManyConnectionsError
         | asyncpg.exceptions.ConnectionFailureError
-        | asyncpg.exceptions.InterfaceError,
+        | asyncpg.exceptions.InterfaceError
+        # What asyncpg raises when the server's "terminating connection" message lands
+        # mid-statement (MagicStack/asyncpg#784): the session is gone, not a bug of ours.
+        | asyncpg.exceptions.InternalClientError,
     )

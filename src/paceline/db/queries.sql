@@ -150,6 +150,8 @@ SELECT next_slot FROM object_slots WHERE object_id = $1 FOR UPDATE;
 -- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 W, $5 error, $6 outcome for the
 -- attempt's record (RETRY, RELEASED, LOST). Back to PENDING, no earlier than the delay and
 -- than a window after the object's last start (I1 holds for retries too); returns the new slot.
+-- Like enqueue, it NOTIFYs (at commit) the seconds until the new slot: a job released or reaped
+-- here is usually run by another replica, whose worker may be asleep until its idle poll (I5).
 WITH requeued AS (
     UPDATE jobs AS j
     SET status = 'PENDING',
@@ -168,7 +170,11 @@ history AS (
     FROM requeued
     WHERE a.job_id = requeued.id AND a.attempt = requeued.attempts
 )
-SELECT run_at FROM requeued;
+SELECT requeued.run_at
+FROM requeued
+CROSS JOIN LATERAL (
+    SELECT pg_notify('paceline_jobs', EXTRACT(EPOCH FROM requeued.run_at - now())::text)
+) AS wake;
 
 -- name: shift_later_slots
 -- $1 object_id, $2 id of the requeued job, $3 its new slot, $4 W. The object's jobs behind it
@@ -241,15 +247,6 @@ DELETE FROM workers WHERE id = $1;
 -- name: forget_dead_workers
 -- $1 seconds. Replicas silent this long are gone (killed); their jobs' leases expire on their own.
 DELETE FROM workers WHERE last_heartbeat < now() - make_interval(secs => $1);
-
--- name: cancel_job
--- $1 id. Only a job that has not started can be cancelled; its slot stays reserved, so the
--- object's later jobs keep their order and slots.
-UPDATE jobs
-SET status = 'CANCELLED', finished_at = clock_timestamp()
-WHERE id = $1 AND status = 'PENDING'
-RETURNING id, object_id, status, created_at, run_at, started_at, finished_at,
-          duration, attempts, error;
 
 -- name: prune_finished_jobs
 -- $1 retention seconds, $2 batch size. Oldest finished jobs first, a small batch per

@@ -112,6 +112,8 @@ job_attempts = Table(
     Column("outcome", Text),
     Column("error", Text),
     Index("ix_job_attempts_object_id_started_at", "object_id", "started_at"),
+    # The window auditor reads the starts of the last few seconds, of every object.
+    Index("ix_job_attempts_started_at", "started_at"),
 )
 
 # Live replicas: each process with workers registers here and beats every few seconds.
@@ -144,4 +146,27 @@ object_starts = Table(
     metadata,
     Column("object_id", BigInteger, primary_key=True, autoincrement=False),
     Column("last_started_at", DateTime(timezone=True), nullable=False),
+)
+
+
+# Idempotency-Key of POST /jobs: the same key and request return the same job for 24 hours.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", Text, primary_key=True),
+    # sha256 of the request's meaning (object_id and policy), to refuse a reused key.
+    Column("fingerprint", Text, nullable=False),
+    Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+# What the replicas agree on across restarts, e.g. the window the pending slots were planned
+# with (a restart with another PACELINE_RATE_WINDOW re-plans them).
+service_state = Table(
+    "service_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -45,16 +45,23 @@ def sleeper(seconds: float) -> Handler:
 
 
 def resolve_handler(settings: Settings) -> Handler:
-    """The handler PACELINE_HANDLER names: `noop`, `sleep`, or `package.module:function`."""
+    """The handler PACELINE_HANDLER names: `noop`, `sleep`, `webhook`, or
+    `package.module:function`."""
     name = settings.handler
     if name == "noop":
         return noop
     if name == "sleep":
         return sleeper(settings.sleep_seconds)
+    if name == "webhook":
+        # Imported here: the webhook module raises this module's RetryLater/PermanentFailure.
+        from paceline.queue.webhook import webhook_handler  # noqa: PLC0415
+
+        return webhook_handler(settings)
     if ":" in name:
         return _import_handler(name)
     raise ConfigError(
-        f"PACELINE_HANDLER={name!r} is unknown: use noop, sleep, or package.module:function"
+        f"PACELINE_HANDLER={name!r} is unknown: "
+        "use noop, sleep, webhook, or package.module:function"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from paceline.db.pool import Connection
 from paceline.db.queries import QUERIES
 
 INT64_MIN = -(2**63)
@@ -79,22 +81,36 @@ def isoformat(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+async def fetch_committed(db: asyncpg.Pool, query: str, *args: Any) -> list[asyncpg.Record]:
+    """`db.fetch` for a statement that changes something, robust to the server going away.
+
+    When PostgreSQL ends a session (a shutdown's FATAL message) right around a statement,
+    asyncpg can raise InternalClientError ("cannot switch to state ...; another operation (2)
+    is in progress", MagicStack/asyncpg#784) rather than a connection error:
+    - from the statement itself, which was then never sent: raised here as the outage it is;
+    - from handing the connection back, after the statement's answer came (so it committed):
+      ignored, like any error of that hand-back (the pool drops the connection itself), so the
+      caller learns what was done (a created job, claimed jobs, a finish) instead of losing it.
+    """
+    conn = await db.acquire()
+    try:
+        return await conn.fetch(query, *args)
+    except asyncpg.InternalClientError as exc:
+        raise asyncpg.ConnectionDoesNotExistError(f"the server ended the session ({exc})") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await db.release(conn)
+
+
 async def enqueue(db: asyncpg.Pool, object_id: int, window: float) -> Job:
     """Create a job in its object's next free slot (I1, I6); one statement, one round trip."""
-    record = await db.fetchrow(QUERIES["enqueue"], object_id, window)
-    assert record is not None
+    (record,) = await fetch_committed(db, QUERIES["enqueue"], object_id, window)
     return Job.from_record(record)
 
 
-async def get_job(db: asyncpg.Pool, job_id: int) -> Job | None:
+async def get_job(db: asyncpg.Pool | Connection, job_id: int) -> Job | None:
     """The job with this id, or None."""
     record = await db.fetchrow(QUERIES["get_job"], job_id)
-    return None if record is None else Job.from_record(record)
-
-
-async def cancel_job(db: asyncpg.Pool, job_id: int) -> Job | None:
-    """Cancel the job if it is still PENDING; the cancelled job, or None if it was not."""
-    record = await db.fetchrow(QUERIES["cancel_job"], job_id)
     return None if record is None else Job.from_record(record)
 
 

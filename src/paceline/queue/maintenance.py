@@ -15,6 +15,7 @@ import asyncpg
 from paceline.db.pool import is_unavailable
 from paceline.db.queries import QUERIES
 from paceline.queue.requeue import requeue
+from paceline.queue.submit import IDEMPOTENCY_TTL
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,9 @@ class Janitor:
                 break
             await asyncio.sleep(0.05)  # let the hot paths in between batches
         await self._pool.execute(QUERIES["prune_passed_windows"], self._window)
+        await self._pool.execute(
+            QUERIES["prune_idempotency_keys"], IDEMPOTENCY_TTL, PRUNE_BATCH * 10
+        )
         await self._pool.execute(QUERIES["forget_dead_workers"], FORGET_DEAD_AFTER)
         if total:
             log.info("pruned %d finished job(s) older than %gs", total, self._retention)

@@ -66,8 +66,19 @@ class DueListener:
             await conn.add_listener(CHANNEL, self._notified)
             self._on_connect()
             while not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._keepalive)
+                # Wake at once when the server drops us, not at the next keepalive tick:
+                # the workers are deaf to NOTIFY until we are back.
+                waits = [
+                    asyncio.ensure_future(self._stopping.wait()),
+                    asyncio.ensure_future(lost.wait()),
+                ]
+                _done, pending = await asyncio.wait(
+                    waits, timeout=self._keepalive, return_when=asyncio.FIRST_COMPLETED
+                )
+                for waiter in pending:
+                    waiter.cancel()
+                if self._stopping.is_set():
+                    break
                 if lost.is_set() or conn.is_closed():
                     raise ConnectionResetError("the LISTEN connection was closed")
                 # A cheap round trip notices a dead server the socket has not told us about.

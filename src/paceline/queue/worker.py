@@ -32,7 +32,7 @@ from paceline.db.pool import is_unavailable
 from paceline.db.queries import QUERIES
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
-from paceline.queue.jobs import Job, Status
+from paceline.queue.jobs import Job, Status, fetch_committed
 from paceline.queue.requeue import requeue
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ _RECHECK = 0.002
 _RECORDING_GRACE = 5.0
 # Retries never wait longer than this, however many attempts came before.
 _MAX_BACKOFF = 3600.0
+# A job that starts this much after its slot (workers were down or behind) pushes its
+# object's later slots back, so each waiting job's run_at stays an honest prediction.
+_LATE_START = 0.05
 
 
 class Alarm:
@@ -134,6 +137,7 @@ class Worker:
         self._idle_poll = idle_poll
         self._grace = shutdown_grace
         self._running: dict[int, _Running] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.alarm = Alarm()
 
@@ -171,6 +175,10 @@ class Worker:
                 continue
             try:
                 claimed = await self._claim(free)
+                # Start them before anything else can fail: the claim has committed, and a job
+                # not started now would sit PROCESSING, unrun, until its lease ran out.
+                for job in claimed:
+                    self._start(job)
                 sleep = 0.0 if len(claimed) == free else await self._seconds_until_due()
             except Exception as exc:
                 if not is_unavailable(exc):
@@ -181,8 +189,6 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.05
-            for job in claimed:
-                self._start(job)
             if claimed or sleep > 0:
                 recheck = _RECHECK
             else:
@@ -191,8 +197,8 @@ class Worker:
                 await self.alarm.wait(sleep)
 
     async def _claim(self, limit: int) -> list[Job]:
-        records = await self._pool.fetch(
-            QUERIES["claim_due_jobs"], limit, self._window, self._lease, self.id
+        records = await fetch_committed(
+            self._pool, QUERIES["claim_due_jobs"], limit, self._window, self._lease, self.id
         )
         return [Job.from_record(record) for record in records]
 
@@ -209,6 +215,33 @@ class Worker:
         return min(seconds + _ALARM_SLACK, self._idle_poll)
 
     def _start(self, job: Job) -> None:
+        if (
+            job.started_at is not None
+            and (job.started_at - job.run_at).total_seconds() > _LATE_START
+        ):
+            reslot = asyncio.create_task(self._reslot_after_late_start(job))
+            self._background.add(reslot)
+            reslot.add_done_callback(self._background.discard)
+        self._start_task(job)
+
+    async def _reslot_after_late_start(self, job: Job) -> None:
+        assert job.started_at is not None
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(QUERIES["lock_object_for_submit"], job.object_id)
+                await conn.execute(
+                    QUERIES["shift_later_slots"],
+                    job.object_id,
+                    job.id,
+                    job.started_at,
+                    self._window,
+                )
+        except Exception as exc:
+            # Only the predictions of later jobs stay stale; the claim still enforces I1.
+            if not is_unavailable(exc):
+                log.exception("re-planning object %d after a late start failed", job.object_id)
+
+    def _start_task(self, job: Job) -> None:
         # The lease counts from the claim; the monotonic deadline errs early by the round trip.
         deadline = time.monotonic() + self._lease
         task = asyncio.create_task(self._execute(job), name=f"paceline-job-{job.id}")
@@ -289,12 +322,18 @@ class Worker:
 
     async def _finish(self, job: Job, status: Status, duration: float, error: str | None) -> None:
         updated = await self._persist(
-            lambda: self._pool.fetchval(
-                QUERIES["finish_job"], job.id, job.attempts, status.value, duration, error
+            lambda: fetch_committed(
+                self._pool,
+                QUERIES["finish_job"],
+                job.id,
+                job.attempts,
+                status.value,
+                duration,
+                error,
             )
         )
         extra = _log_extra(job)
-        if updated is None:
+        if not updated:
             log.warning(
                 "job %d attempt %d was taken back; result dropped",
                 job.id,
@@ -447,7 +486,7 @@ class Worker:
         if not self._running:
             return
         entries = list(self._running.values())
-        log.info("waiting up to %.0fs for %d running job(s)", self._grace, len(entries))
+        log.info("waiting up to %gs for %d running job(s)", self._grace, len(entries))
         _done, pending = await asyncio.wait([e.task for e in entries], timeout=self._grace)
         if not pending:
             return

@@ -8,10 +8,14 @@ import orjson
 from aiohttp import web
 
 from paceline.queue import jobs
+from paceline.queue.jobs import isoformat
+from paceline.queue.planning import cancel_and_compact
+from paceline.queue.submit import Busy, KeyReused, OnBusy, Submission, submit
 from paceline.web.keys import EVENTS, POOL, SETTINGS
-from paceline.web.problems import Problem, not_found
+from paceline.web.problems import Problem, invalid, not_found
 from paceline.web.validation import (
     check_json_content_type,
+    parse_idempotency_key,
     parse_job_id,
     parse_job_request,
     parse_list_query,
@@ -34,12 +38,39 @@ def json_response(
 async def create_job(request: web.Request) -> web.Response:
     """Accept a job; 201 with it, its `run_at` saying when its object's window lets it start."""
     check_json_content_type(request.content_type)
-    object_id = parse_job_request(await read_body(request))
+    body = parse_job_request(await read_body(request))
     settings = request.app[SETTINGS]
-    job = await jobs.enqueue(request.app[POOL], object_id, settings.rate_window)
-    request.app[EVENTS].enqueued(job)
-    location = request.app.router["job"].url_for(job_id=str(job.id))
-    return json_response(job.to_json(), status=201, headers={"Location": str(location)})
+    submission = Submission(
+        object_id=body.object_id,
+        on_busy=OnBusy(body.on_busy or settings.on_busy),
+        max_backlog=body.max_backlog,
+        idempotency_key=parse_idempotency_key(request.headers.get("Idempotency-Key")),
+    )
+    try:
+        admitted = await submit(request.app[POOL], submission, settings.rate_window)
+    except Busy as busy:
+        raise Problem(
+            429,
+            "Too many requests",
+            busy.detail,
+            headers={"Retry-After": str(busy.retry_after)},
+            next_free_slot=isoformat(busy.next_free),
+            retry_after=busy.retry_after,
+        ) from None
+    except KeyReused as reused:
+        raise invalid(str(reused), name="Idempotency-Key") from None
+    job = admitted.job
+    location = str(request.app.router["job"].url_for(job_id=str(job.id)))
+    if admitted.created:
+        request.app[EVENTS].enqueued(job)
+        return json_response(job.to_json(), status=201, headers={"Location": location})
+    document = job.to_json()
+    headers = {"Location": location}
+    if admitted.coalesced:
+        document["coalesced"] = True
+    if admitted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(document, status=200, headers=headers)
 
 
 @routes.post("/jobs/{job_id}/cancel", name="cancel_job")
@@ -47,7 +78,8 @@ async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job that has not started: 200 with it; 409 if it already started or ended."""
     job_id = parse_job_id(request.match_info["job_id"])
     pool = request.app[POOL]
-    cancelled = await jobs.cancel_job(pool, job_id)
+    async with pool.acquire() as conn, conn.transaction():
+        cancelled = await cancel_and_compact(conn, job_id, request.app[SETTINGS].rate_window)
     if cancelled is not None:
         return json_response(cancelled.to_json())
     current = await jobs.get_job(pool, job_id)

@@ -22,6 +22,8 @@ routes = web.RouteTableDef()
 COOKIE = "paceline_session"
 # Route names anyone may reach.
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "login", "sign_in", "openapi"})
+# HTML pages: a visitor who is not signed in is sent to the sign-in form instead of a 401.
+PAGE_ROUTES = frozenset({"index", "object"})
 _MAX_FORM_BYTES = 4096
 
 
@@ -49,7 +51,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     route_name = request.match_info.route.name
     if token is None or route_name in PUBLIC_ROUTES or is_authorized(request, token):
         return await handler(request)
-    if request.method == "GET" and route_name == "index":
+    if request.method == "GET" and route_name in PAGE_ROUTES:
         raise web.HTTPSeeOther(request.app.router["login"].url_for())
     raise Problem(
         401,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 from aiohttp import web
 
 from paceline.config import Settings
+from paceline.observability.metrics import JobMetrics
+from paceline.observability.overview import OverviewCache
 from paceline.queue.events import JobEvents
 from paceline.queue.worker import Worker
 
@@ -13,3 +17,10 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 WORKER = web.AppKey("worker", Worker)
 EVENTS = web.AppKey("events", JobEvents)
+# The dashboard and /metrics (paceline.observability).
+METRICS = web.AppKey("metrics", JobMetrics)
+OVERVIEW = web.AppKey("overview", OverviewCache)
+# Set at shutdown: long-lived event streams end, so shutdown does not wait on them.
+CLOSING = web.AppKey("closing", asyncio.Event)
+# Every migration this code knows, oldest first; /readyz wants the last one in the database.
+MIGRATIONS = web.AppKey("migrations", list[str])

@@ -46,10 +46,29 @@ class Problem(Exception):
         }
         return web.Response(
             status=self.status,
-            body=orjson.dumps(body),
+            body=_encode(body),
             content_type=PROBLEM_JSON,
             headers=self.headers,
         )
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        # A lone surrogate (a field name sent as "\ud800") is not UTF-8, so orjson refuses it:
+        # echo it escaped, as the client wrote it, rather than fail the refusal with a 500.
+        return orjson.dumps(_escape_surrogates(document))
+
+
+def _escape_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escape_surrogates(key): _escape_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escape_surrogates(item) for item in value]
+    return value
 
 
 def invalid(detail: str, *, name: str | None = None, status: int = 422) -> Problem:

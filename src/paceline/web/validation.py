@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,10 @@ MAX_BODY_BYTES = 64 * 1024
 # A job request is a few bytes; a body still arriving after this long is a slow-loris, not a
 # client, and it must not keep a connection (and memory) forever.
 BODY_TIMEOUT = 10.0
-JOB_FIELDS = frozenset({"object_id"})
+JOB_FIELDS = frozenset({"object_id", "on_busy", "max_backlog"})
+ON_BUSY_VALUES = ("queue", "coalesce", "reject")
+MAX_BACKLOG_LIMIT = 1_000_000
+MAX_IDEMPOTENCY_KEY = 255
 LIST_PARAMS = frozenset({"object_id", "status", "limit", "cursor"})
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -49,18 +53,56 @@ async def read_body(request: web.Request) -> bytes:
         ) from None
 
 
-def parse_job_request(body: bytes) -> int:
-    """The object_id of a `POST /jobs` body, or a Problem saying what is wrong with it."""
+@dataclasses.dataclass(frozen=True)
+class JobRequest:
+    """A `POST /jobs` body: the object, and optionally its backlog policy and cap."""
+
+    object_id: int
+    on_busy: str | None = None
+    max_backlog: int | None = None
+
+
+def parse_job_request(body: bytes) -> JobRequest:
+    """What a `POST /jobs` body asks for, or a Problem saying what is wrong with it."""
     document = _parse_json(body)
     if not isinstance(document, dict):
         raise invalid(f"The body must be a JSON object; {_EXAMPLE}.")
     unknown = sorted(set(document) - JOB_FIELDS)
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
-        raise invalid(f"Unknown field(s) {names}: a job takes only object_id.", name=unknown[0])
+        raise invalid(
+            f"Unknown field(s) {names}: a job takes object_id, on_busy and max_backlog.",
+            name=unknown[0],
+        )
     if "object_id" not in document:
         raise invalid(f"object_id is missing; {_EXAMPLE}.", name="object_id")
-    return object_id_value(document["object_id"])
+    object_id = object_id_value(document["object_id"])
+    on_busy = document.get("on_busy")
+    if on_busy is not None and on_busy not in ON_BUSY_VALUES:
+        raise invalid(f"on_busy must be one of {', '.join(ON_BUSY_VALUES)}.", name="on_busy")
+    max_backlog = document.get("max_backlog")
+    if max_backlog is not None and (
+        isinstance(max_backlog, bool)
+        or not isinstance(max_backlog, int)
+        or not 1 <= max_backlog <= MAX_BACKLOG_LIMIT
+    ):
+        raise invalid(
+            f"max_backlog must be an integer from 1 to {MAX_BACKLOG_LIMIT}.", name="max_backlog"
+        )
+    return JobRequest(object_id, on_busy, max_backlog)
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header: 1-255 visible ASCII characters, or absent."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not all("!" <= char <= "~" for char in value):
+        raise invalid(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces).",
+            name="Idempotency-Key",
+            status=400,
+        )
+    return value
 
 
 def object_id_value(value: Any) -> int:

@@ -1,0 +1,261 @@
+"""A small async client for paceline's JSON API: submit, read, list, cancel, wait for a job.
+
+    async with PacelineClient("http://127.0.0.1:8080", token=token) as paceline:
+        job = await paceline.submit(7)
+        done = await paceline.wait_until_done(job.id, timeout=600)
+
+A refusal raises PacelineError, built from the server's problem document (RFC 9457); a 429
+raises its subclass Busy, whose `retry_after` says when to ask again. Network failures are
+aiohttp's own exceptions. Needs only aiohttp, not the rest of paceline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import aiohttp
+from yarl import URL
+
+OnBusy = Literal["queue", "coalesce", "reject"]
+# A job in one of these states will not change any more.
+FINISHED = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
+# An error quotes this much of an answer that is not a problem document (a proxy's page).
+_EXCERPT_CHARS = 300
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the API shows it. `raw` is the whole document, fields added later included."""
+
+    id: int
+    object_id: int
+    status: str
+    timestamp: float  # created, UNIX seconds
+    run_at: datetime  # the earliest moment it may start
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration: float | None  # seconds its processing took
+    attempts: int
+    error: str | None
+    raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        """SUCCESS, FAILED or CANCELLED: it will not change any more."""
+        return self.status in FINISHED
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Job:
+        """Build from the API's JSON for a job."""
+        return cls(
+            id=document["id"],
+            object_id=document["object_id"],
+            status=document["status"],
+            timestamp=document["timestamp"],
+            run_at=datetime.fromisoformat(document["run_at"]),
+            started_at=_optional_moment(document.get("started_at")),
+            finished_at=_optional_moment(document.get("finished_at")),
+            duration=document.get("duration"),
+            attempts=document.get("attempts", 0),
+            error=document.get("error"),
+            raw=document,
+        )
+
+
+class PacelineError(Exception):
+    """The API refused a request: the status and its problem document (`title`, `detail`)."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        problem: dict[str, Any],
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{status} {title}: {detail}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.problem = problem
+        # Seconds the server asked to wait (Retry-After), if it said.
+        self.retry_after = retry_after
+
+
+class Busy(PacelineError):
+    """429: the server will not take this now (e.g. `on_busy="reject"` and a full backlog);
+    `retry_after` says after how many seconds to ask again, if the server said."""
+
+
+class PacelineClient:
+    """The JSON API of one paceline service. Use as `async with`; a `session` passed in is
+    used as is and left open."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        self._base = URL(base_url)
+        self._headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = timeout
+
+    async def __aenter__(self) -> Self:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout)
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session this client opened (not one it was given)."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def submit(
+        self,
+        object_id: int,
+        *,
+        on_busy: OnBusy | None = None,
+        max_backlog: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Create a job for `object_id`; the options are sent only when given."""
+        body: dict[str, Any] = {"object_id": object_id}
+        if on_busy is not None:
+            body["on_busy"] = on_busy
+        if max_backlog is not None:
+            body["max_backlog"] = max_backlog
+        headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+        return Job.from_json(await self._call("POST", "jobs", body=body, headers=headers))
+
+    async def get(self, job_id: int) -> Job:
+        """The job; PacelineError with status 404 if there is none."""
+        return Job.from_json(await self._call("GET", "jobs", str(int(job_id))))
+
+    async def cancel(self, job_id: int) -> Job:
+        """Cancel a job that has not started; PacelineError 409 if it has, 404 if unknown."""
+        return Job.from_json(await self._call("POST", "jobs", str(int(job_id)), "cancel"))
+
+    async def list(
+        self, object_id: int | None = None, status: str | None = None, limit: int = 50
+    ) -> AsyncIterator[Job]:
+        """Jobs newest first, optionally of one object and/or status, fetched `limit` (1-500)
+        at a time; iterating follows `next_cursor` through every page."""
+        query = {"limit": str(limit)}
+        if object_id is not None:
+            query["object_id"] = str(object_id)
+        if status is not None:
+            query["status"] = status
+        while True:
+            page = await self._call("GET", "jobs", query=query)
+            for document in page["jobs"]:
+                yield Job.from_json(document)
+            if page.get("next_cursor") is None:
+                return
+            query["cursor"] = str(page["next_cursor"])
+
+    async def wait_until_done(
+        self,
+        job_id: int,
+        timeout: float,  # noqa: ASYNC109 - how long to wait is part of the question asked
+        poll_interval: float = 0.1,
+    ) -> Job:
+        """Poll until the job is SUCCESS, FAILED or CANCELLED and return it; TimeoutError if
+        it is not within `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                while True:
+                    job = await self.get(job_id)
+                    if job.done:
+                        return job
+                    await asyncio.sleep(poll_interval)
+        except TimeoutError:
+            if deadline.expired():
+                raise TimeoutError(f"job {job_id} did not finish within {timeout:g}s") from None
+            raise
+
+    async def _call(
+        self,
+        method: str,
+        *path: str,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        if self._session is None:
+            raise RuntimeError("use the client as `async with PacelineClient(...) as client`")
+        url = self._base.joinpath(*path)
+        async with self._session.request(
+            method, url, json=body, params=query, headers={**self._headers, **(headers or {})}
+        ) as response:
+            if response.status >= 400:
+                raise await _error(response)
+            return await response.json(content_type=None)
+
+
+async def _error(response: aiohttp.ClientResponse) -> PacelineError:
+    text = (await response.read()).decode("utf-8", "replace")
+    problem: dict[str, Any] = {}
+    if response.content_type.endswith("json"):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            document = None
+        if isinstance(document, dict):
+            problem = document
+    reason = response.reason or "Error"
+    excerpt = " ".join(text.split())[:_EXCERPT_CHARS]
+    title = str(problem.get("title") or reason)
+    detail = str(problem.get("detail") or excerpt or reason)
+    kind = Busy if response.status == 429 else PacelineError
+    return kind(
+        response.status,
+        title,
+        detail,
+        problem or {"status": response.status, "title": title, "detail": detail},
+        retry_after=_retry_after(response.headers.get("Retry-After")),
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (it may be a number of seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _optional_moment(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)

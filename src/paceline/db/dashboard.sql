@@ -1,0 +1,160 @@
+-- What the page, /metrics, /readyz and the window auditor read. Loaded by paceline.db.queries.
+-- None of these may read the history of finished jobs row by row: with a million of them, a
+-- refresh a second would be a full scan a second. Each query says which index keeps it small;
+-- tests/test_dashboard_sql.py proves the plans on a large history.
+
+-- name: overview_counts
+-- $1 the most rows one count reads: a backlog beyond it shows as "at least $1".
+-- The live queue, exactly. Pending and running jobs are the only rows read, through the
+-- partial indexes that hold nothing else (ix_jobs_due, ix_jobs_lease), so the cost follows the
+-- backlog, never the history; the LIMITs cap even a huge backlog.
+SELECT
+    now() AS now,
+    (SELECT count(*) FROM (
+        SELECT 1 FROM jobs WHERE status = 'PENDING' LIMIT $1
+    ) AS pending) AS pending,
+    -- Due: past the reserved slot and not started yet. With free workers this stays near 0;
+    -- when it grows, the workers are behind. A range of ix_jobs_due up to now().
+    (SELECT count(*) FROM (
+        SELECT 1 FROM jobs WHERE status = 'PENDING' AND run_at <= now() LIMIT $1
+    ) AS due) AS due,
+    -- At most the replicas' total concurrency: ix_jobs_lease holds only running jobs.
+    (SELECT count(*) FROM jobs WHERE status = 'PROCESSING') AS processing;
+
+-- name: overview_first_due
+-- The pending job whose slot comes first: the most overdue one, or the next to start.
+-- The first entry of ix_jobs_due.
+SELECT id, object_id, created_at, run_at
+FROM jobs
+WHERE status = 'PENDING'
+ORDER BY run_at, id
+LIMIT 1;
+
+-- name: overview_oldest_pending
+-- The pending job accepted first: the oldest wait. The first PENDING entry of
+-- ix_jobs_status_id (status, id DESC) read backwards; ids grow with acceptance.
+SELECT id, object_id, created_at, run_at
+FROM jobs
+WHERE status = 'PENDING'
+ORDER BY status, id
+LIMIT 1;
+
+-- name: overview_table_estimates
+-- Finished jobs are too many to count on every refresh; these are estimates from the
+-- statistics PostgreSQL keeps anyway: the live rows of `jobs` (pg_stat_user_tables, current
+-- within seconds) and the share of each status in ANALYZE's sample (pg_stats). Catalog reads
+-- only. No row when the table was never analyzed.
+SELECT t.n_live_tup::float8 AS live_rows, v.status, v.share::float8 AS share
+FROM pg_stat_user_tables AS t
+CROSS JOIN LATERAL (
+    SELECT u.status, u.share
+    FROM pg_stats AS s
+    CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+        AS u (status, share)
+    WHERE s.schemaname = t.schemaname AND s.tablename = 'jobs' AND s.attname = 'status'
+) AS v
+WHERE t.relid = 'jobs'::regclass;
+
+-- name: overview_live_rows
+-- The live-row count alone, for a table not analyzed yet (see overview_table_estimates).
+SELECT n_live_tup::float8 AS live_rows
+FROM pg_stat_user_tables
+WHERE relid = 'jobs'::regclass;
+
+-- name: overview_finished_per_minute
+-- $1 minutes. Jobs finished per minute and status over the last $1 minutes, exactly: a range
+-- scan of ix_jobs_finished from the first of those minutes, so the cost follows the recent
+-- throughput, not the history. The WHERE repeats the index's predicate so it applies.
+SELECT date_bin('1 minute', finished_at, TIMESTAMPTZ '2000-01-01') AS minute,
+       status,
+       count(*) AS jobs
+FROM jobs
+WHERE status IN ('SUCCESS', 'FAILED', 'CANCELLED')
+  AND finished_at >= date_bin(
+      '1 minute', now() - make_interval(mins => $1 - 1), TIMESTAMPTZ '2000-01-01'
+  )
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: overview_recent_failures
+-- $1 how many. The newest failed jobs with their error: the first FAILED entries of
+-- ix_jobs_status_id (status, id DESC), however many jobs succeeded.
+SELECT id, object_id, finished_at, attempts, error
+FROM jobs
+WHERE status = 'FAILED'
+ORDER BY id DESC
+LIMIT $1;
+
+-- name: replicas
+-- $1 seconds without a heartbeat after which a replica counts as dead. One row per process
+-- with workers (a handful); dead ones stay until the janitor forgets them.
+SELECT id, host, pid, concurrency, running, started_at, last_heartbeat,
+       last_heartbeat > now() - make_interval(secs => $1) AS alive
+FROM workers
+ORDER BY started_at, host, pid;
+
+-- name: timeline_windows
+-- $1 object_id. The object's two halves of its window: when it last started a run, and the
+-- next slot a new job of it would get. Primary-key probes.
+SELECT now() AS now,
+       (SELECT last_started_at FROM object_starts WHERE object_id = $1) AS last_started_at,
+       (SELECT next_slot FROM object_slots WHERE object_id = $1) AS next_slot;
+
+-- name: timeline_waiting
+-- $1 object_id, $2 how many. The object's pending jobs in the order they will start (FIFO,
+-- so id order), each holding its reserved slot: ix_jobs_pending_object (object_id, id).
+SELECT id, created_at, run_at, attempts, error
+FROM jobs
+WHERE object_id = $1 AND status = 'PENDING'
+ORDER BY id
+LIMIT $2;
+
+-- name: timeline_waiting_count
+-- $1 object_id, $2 the most rows counted. ix_jobs_pending_object again, capped.
+SELECT count(*)
+FROM (SELECT 1 FROM jobs WHERE object_id = $1 AND status = 'PENDING' LIMIT $2) AS waiting;
+
+-- name: timeline_runs
+-- $1 object_id, $2 how many. The object's latest starts (every attempt, retries included),
+-- newest first: ix_job_attempts_object_id_started_at read backwards. The replica is a
+-- primary-key probe of `workers`; gone once that replica stopped.
+SELECT a.job_id, a.attempt, a.started_at, a.finished_at, a.outcome, a.error, a.worker_id,
+       w.host, w.pid
+FROM job_attempts AS a
+LEFT JOIN workers AS w ON w.id = a.worker_id
+WHERE a.object_id = $1
+ORDER BY a.started_at DESC, a.job_id DESC, a.attempt DESC
+LIMIT $2;
+
+-- name: audit_horizon
+-- $1 seconds. The newest start the auditor may trust to be committed: now() minus a margin
+-- longer than any claim transaction, so a start committed late is not skipped.
+SELECT now() - make_interval(secs => $1) AS horizon;
+
+-- name: audit_window
+-- $1 after, $2 up to (both start times), $3 W. Starts in ($1, $2] that came less than W after
+-- the previous start of the same object: violations of I1, which must never exist.
+-- The starts come from ix_job_attempts_started_at (a few seconds' worth per call); each
+-- previous start is one backwards probe of ix_job_attempts_object_id_started_at.
+SELECT a.object_id, a.job_id, a.attempt, a.started_at,
+       p.job_id AS previous_job_id, p.attempt AS previous_attempt,
+       p.started_at AS previous_started_at
+FROM job_attempts AS a
+CROSS JOIN LATERAL (
+    SELECT p.job_id, p.attempt, p.started_at
+    FROM job_attempts AS p
+    WHERE p.object_id = a.object_id
+      AND p.started_at <= a.started_at
+      -- Two starts at the same instant are one pair, reported once.
+      AND (p.started_at, p.job_id, p.attempt) < (a.started_at, a.job_id, a.attempt)
+    ORDER BY p.started_at DESC, p.job_id DESC, p.attempt DESC
+    LIMIT 1
+) AS p
+WHERE a.started_at > $1
+  AND a.started_at <= $2
+  AND p.started_at > a.started_at - make_interval(secs => $3)
+ORDER BY a.started_at;
+
+-- name: schema_revisions
+-- What Alembic recorded: the migrations the database is at (/readyz compares with the code).
+SELECT version_num FROM alembic_version;

@@ -1,0 +1,5 @@
+"""Seeing the queue: what the page and /metrics show, the window auditor, transition logs.
+
+Everything here reads the database through `paceline.db` and never the history row by row;
+`web` serves it.
+"""

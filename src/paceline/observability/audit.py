@@ -1,0 +1,117 @@
+"""The window auditor: checks, after the fact, that starts of one object were a window apart.
+
+The claim enforces I1; the auditor is the independent witness. Every few seconds it reads the
+attempts that started since its last look (from `job_attempts`, the record of every start) and
+compares each with the previous start of its object. A violation is logged and counted
+(`paceline_window_violations_total`, which must stay 0). Every replica audits the whole
+database, so alert on the maximum across replicas, not the sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import asyncpg
+
+from paceline.db.pool import is_unavailable
+from paceline.db.queries import QUERIES
+
+log = logging.getLogger(__name__)
+
+# Starts younger than this may belong to a claim not committed yet; they wait for the next look.
+COMMIT_MARGIN = 5.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Violation:
+    """Two starts of one object less than a window apart."""
+
+    object_id: int
+    job_id: int
+    attempt: int
+    started_at: datetime
+    previous_job_id: int
+    previous_attempt: int
+    previous_started_at: datetime
+
+    @property
+    def gap(self) -> float:
+        """Seconds between the two starts."""
+        return (self.started_at - self.previous_started_at).total_seconds()
+
+
+class WindowAuditor:
+    """Audits new starts every `interval` seconds until `stop()`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        window: float,
+        on_violation: Callable[[Violation], None],
+        interval: float = 10.0,
+        margin: float = COMMIT_MARGIN,
+        since: datetime | None = None,
+    ) -> None:
+        self._pool = pool
+        self._window = window
+        self._on_violation = on_violation
+        self._interval = interval
+        self._margin = margin
+        # Starts up to here are audited. None: from the first look on (a replica audits what
+        # happens while it lives; the previous start it compares with may be older).
+        self.audited_to = since
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask `run()` to return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Audit until stopped; an unreachable database only delays the next look."""
+        while not self._stopping.is_set():
+            try:
+                await self.check()
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("the window audit failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+
+    async def check(self) -> list[Violation]:
+        """Audit the starts since the last check; report and return the violations found."""
+        horizon = await self._pool.fetchval(QUERIES["audit_horizon"], self._margin)
+        if self.audited_to is None:
+            self.audited_to = horizon
+            return []
+        if horizon <= self.audited_to:
+            return []
+        rows = await self._pool.fetch(
+            QUERIES["audit_window"], self.audited_to, horizon, self._window
+        )
+        self.audited_to = horizon
+        violations = [Violation(**dict(row)) for row in rows]
+        for violation in violations:
+            log.error(
+                "window violated: object %d started job %d (attempt %d) %.6fs after job %d "
+                "(attempt %d); the window is %gs",
+                violation.object_id,
+                violation.job_id,
+                violation.attempt,
+                violation.gap,
+                violation.previous_job_id,
+                violation.previous_attempt,
+                self._window,
+                extra={
+                    "job_id": violation.job_id,
+                    "object_id": violation.object_id,
+                    "attempt": violation.attempt,
+                },
+            )
+            self._on_violation(violation)
+        return violations

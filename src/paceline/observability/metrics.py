@@ -1,0 +1,161 @@
+"""Prometheus metrics: what this process did to jobs, and how the whole queue looks.
+
+Counters and histograms count this process's transitions (an observer of `JobEvents`), so sum
+them across replicas. The gauges describe the whole database (every replica reports the same
+values), so take their maximum, not their sum.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from paceline.observability.audit import Violation
+from paceline.observability.overview import Overview
+from paceline.queue.events import JobEvents
+from paceline.queue.jobs import Job, Status
+
+# From "on time" (the claim starts a due job within milliseconds) to "workers are far behind".
+LATENESS_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
+)  # fmt: skip
+PROCESSING_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
+)  # fmt: skip
+
+
+class JobMetrics(JobEvents):
+    """The metrics of one application, in a registry of its own (tests run several apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.enqueued_total = Counter(
+            "paceline_jobs_enqueued", "Jobs accepted by this process's API.", registry=r
+        )
+        self.started_total = Counter(
+            "paceline_jobs_started",
+            "Attempts started by this process's workers (a retry is another start).",
+            registry=r,
+        )
+        self.succeeded_total = Counter(
+            "paceline_jobs_succeeded", "Jobs this process ran to SUCCESS.", registry=r
+        )
+        self.failed_total = Counter(
+            "paceline_jobs_failed",
+            "Jobs that ended FAILED here (no retry left, or the handler refused retries).",
+            registry=r,
+        )
+        self.retried_total = Counter(
+            "paceline_jobs_retried",
+            "Failed attempts here whose job went back to the queue for another try.",
+            registry=r,
+        )
+        self.released_total = Counter(
+            "paceline_jobs_released",
+            "Running jobs this process gave back unfinished at shutdown.",
+            registry=r,
+        )
+        self.lateness = Histogram(
+            "paceline_job_lateness_seconds",
+            "How long after its reserved slot (run_at) an attempt started.",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.processing = Histogram(
+            "paceline_job_processing_seconds",
+            "How long the handler worked on a job that finished here.",
+            buckets=PROCESSING_BUCKETS,
+            registry=r,
+        )
+        self.window_violations = Counter(
+            "paceline_window_violations",
+            "Starts of one object less than a window apart, found by the auditor. Must stay 0.",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "paceline_queue_depth",
+            "Jobs waiting (PENDING) or running (PROCESSING), all replicas.",
+            ["status"],
+            registry=r,
+        )
+        self.due = Gauge(
+            "paceline_jobs_due",
+            "Pending jobs past their slot that have not started (near 0 unless workers lag).",
+            registry=r,
+        )
+        self.oldest_due = Gauge(
+            "paceline_oldest_due_seconds",
+            "How long the most overdue pending job has been past its slot (0: none is).",
+            registry=r,
+        )
+        self.replicas = Gauge(
+            "paceline_replicas",
+            "Replicas with workers by heartbeat: alive, or dead (silent for 15 s).",
+            ["state"],
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "paceline_database_up",
+            "1 when the last scrape could read the queue from the database.",
+            registry=r,
+        )
+
+    # JobEvents: called by the API and the workers of this process at each transition.
+
+    def enqueued(self, job: Job) -> None:
+        self.enqueued_total.inc()
+
+    def started(self, job: Job) -> None:
+        self.started_total.inc()
+        if job.started_at is not None:
+            # Both times are the database's clock, so replicas' clock skew cannot show here.
+            late = (job.started_at - job.run_at).total_seconds()
+            self.lateness.observe(max(0.0, late))
+
+    def finished(self, job: Job, status: Status, duration: float, error: str | None) -> None:
+        (self.succeeded_total if status is Status.SUCCESS else self.failed_total).inc()
+        self.processing.observe(duration)
+
+    def retried(self, job: Job, error: str, delay: float) -> None:
+        self.retried_total.inc()
+
+    def released(self, job: Job) -> None:
+        self.released_total.inc()
+
+    def violation(self, violation: Violation) -> None:
+        """The auditor found two starts of one object less than a window apart."""
+        self.window_violations.inc()
+
+    def observe_queue(self, overview: Overview | None) -> None:
+        """Set the gauges from a fresh overview; None: the database could not be read."""
+        if overview is None:
+            self.database_up.set(0)
+            for gauge in (self.due, self.oldest_due):
+                gauge.set(float("nan"))
+            for status in ("PENDING", "PROCESSING"):
+                self.queue_depth.labels(status).set(float("nan"))
+            return
+        self.database_up.set(1)
+        self.queue_depth.labels("PENDING").set(overview.pending)
+        self.queue_depth.labels("PROCESSING").set(overview.processing)
+        self.due.set(overview.due)
+        first = overview.first_due
+        overdue = 0.0 if first is None else (overview.now - first.run_at).total_seconds()
+        self.oldest_due.set(max(0.0, overdue))
+        alive = sum(replica.alive for replica in overview.replicas)
+        self.replicas.labels("alive").set(alive)
+        self.replicas.labels("dead").set(len(overview.replicas) - alive)
+
+    def render(self) -> bytes:
+        """Everything in the Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,237 @@
+"""The queue at a glance, as the page and /metrics show it, read without touching the history.
+
+Exact where the rows are few (pending and running jobs, the last minutes, the newest
+failures), estimated where they are many (all finished jobs). `dashboard.sql` says which
+index keeps each read small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from paceline.db.queries import QUERIES
+from paceline.queue.jobs import isoformat
+
+# A count stops reading here; the page says "at least" beyond it.
+COUNT_CAP = 100_000
+# "Throughput and failures over the last minutes": this many, one bar a minute.
+MINUTES = 15
+FAILURES_SHOWN = 10
+# A replica whose heartbeat is older than this is dead (it beats every ~5 s).
+DEAD_AFTER = 15.0
+FINISHED = ("SUCCESS", "FAILED", "CANCELLED")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueuedJob:
+    """A pending job the overview points at (the oldest wait, the first slot)."""
+
+    id: int
+    object_id: int
+    created_at: datetime
+    run_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """For the page."""
+        return {
+            "id": self.id,
+            "object_id": self.object_id,
+            "created_at": isoformat(self.created_at),
+            "run_at": isoformat(self.run_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Replica:
+    """One process with workers, as its heartbeat row says."""
+
+    id: uuid.UUID
+    host: str
+    pid: int
+    concurrency: int
+    running: int
+    started_at: datetime
+    last_heartbeat: datetime
+    alive: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """For the page and GET /workers."""
+        return {
+            "id": str(self.id),
+            "host": self.host,
+            "pid": self.pid,
+            "concurrency": self.concurrency,
+            "running": self.running,
+            "started_at": isoformat(self.started_at),
+            "last_heartbeat": isoformat(self.last_heartbeat),
+            "alive": self.alive,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Overview:
+    """One consistent look at the whole queue (all replicas), on the database clock."""
+
+    now: datetime
+    pending: int
+    due: int
+    processing: int
+    first_due: QueuedJob | None
+    oldest_pending: QueuedJob | None
+    # Estimated rows per finished status; None where the statistics cannot tell yet.
+    finished_estimate: int | None
+    finished_by_status: Mapping[str, int | None]
+    # (minute, {status: jobs finished in it}), oldest first, the current minute last.
+    per_minute: Sequence[tuple[datetime, Mapping[str, int]]]
+    recent_failures: Sequence[Mapping[str, Any]]
+    replicas: Sequence[Replica]
+
+    @property
+    def waiting(self) -> int:
+        """Pending jobs whose slot has not come yet: they wait for their object's window."""
+        return max(0, self.pending - self.due)
+
+    def to_json(self) -> dict[str, Any]:
+        """What the page renders; counts say whether they are exact."""
+        counts: dict[str, Any] = {
+            "PENDING": {"count": self.pending, "exact": True, "capped": self.pending >= COUNT_CAP},
+            "PROCESSING": {"count": self.processing, "exact": True, "capped": False},
+        }
+        for status in FINISHED:
+            counts[status] = {
+                "count": self.finished_by_status.get(status),
+                "exact": False,
+                "capped": False,
+            }
+        totals = {
+            status: sum(minute[status] for _, minute in self.per_minute) for status in FINISHED
+        }
+        return {
+            "now": isoformat(self.now),
+            "counts": counts,
+            "count_cap": COUNT_CAP,
+            "due": self.due,
+            "waiting": self.waiting,
+            "first_due": self.first_due.to_json() if self.first_due else None,
+            "oldest_pending": self.oldest_pending.to_json() if self.oldest_pending else None,
+            "finished_estimate": self.finished_estimate,
+            "last_minutes": {
+                "minutes": MINUTES,
+                **totals,
+                "per_minute": [
+                    {"minute": isoformat(minute), **finished}
+                    for minute, finished in self.per_minute
+                ],
+            },
+            "recent_failures": [dict(failure) for failure in self.recent_failures],
+            "replicas": [replica.to_json() for replica in self.replicas],
+        }
+
+
+async def read_overview(pool: asyncpg.Pool) -> Overview:
+    """Read the overview in one snapshot, so its numbers add up."""
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        counts = await conn.fetchrow(QUERIES["overview_counts"], COUNT_CAP)
+        assert counts is not None
+        first_due = await conn.fetchrow(QUERIES["overview_first_due"])
+        oldest = await conn.fetchrow(QUERIES["overview_oldest_pending"])
+        shares = await conn.fetch(QUERIES["overview_table_estimates"])
+        live_rows = await conn.fetchval(QUERIES["overview_live_rows"])
+        minutes = await conn.fetch(QUERIES["overview_finished_per_minute"], MINUTES)
+        failures = await conn.fetch(QUERIES["overview_recent_failures"], FAILURES_SHOWN)
+        replicas = await read_replicas(conn)
+    finished = _finished_estimate(live_rows, counts["pending"] + counts["processing"])
+    return Overview(
+        now=counts["now"],
+        pending=counts["pending"],
+        due=counts["due"],
+        processing=counts["processing"],
+        first_due=_queued(first_due),
+        oldest_pending=_queued(oldest),
+        finished_estimate=finished,
+        finished_by_status=_split(finished, shares),
+        per_minute=_per_minute(counts["now"], minutes),
+        recent_failures=[
+            {
+                "id": row["id"],
+                "object_id": row["object_id"],
+                "finished_at": isoformat(row["finished_at"]),
+                "attempts": row["attempts"],
+                "error": row["error"],
+            }
+            for row in failures
+        ],
+        replicas=replicas,
+    )
+
+
+async def read_replicas(
+    conn: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[asyncpg.Record],
+) -> list[Replica]:
+    """Every registered replica, oldest first, each marked alive or dead."""
+    rows = await conn.fetch(QUERIES["replicas"], DEAD_AFTER)
+    return [Replica(**dict(row)) for row in rows]
+
+
+class OverviewCache:
+    """At most one read of the overview per `max_age` seconds, however many viewers ask."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_age: float = 0.5) -> None:
+        self._pool = pool
+        self._max_age = max_age
+        self._lock = asyncio.Lock()
+        self._value: Overview | None = None
+        self._read_at = 0.0
+
+    async def get(self) -> Overview:
+        """The overview, read now or at most `max_age` ago."""
+        async with self._lock:
+            if self._value is None or time.monotonic() - self._read_at >= self._max_age:
+                self._value = await read_overview(self._pool)
+                self._read_at = time.monotonic()
+            return self._value
+
+
+def _queued(row: asyncpg.Record | None) -> QueuedJob | None:
+    return None if row is None else QueuedJob(**dict(row))
+
+
+def _finished_estimate(live_rows: float | None, unfinished: int) -> int | None:
+    # n_live_tup is -1 or NULL before the statistics know the table.
+    if live_rows is None or live_rows < 0:
+        return None
+    return max(0, round(live_rows) - unfinished)
+
+
+def _split(finished: int | None, shares: Sequence[asyncpg.Record]) -> dict[str, int | None]:
+    """Share the estimated finished rows out by the statuses' shares in ANALYZE's sample."""
+    found = {row["status"]: row["share"] for row in shares if row["status"] in FINISHED}
+    total = sum(found.values())
+    if finished is None or total <= 0:
+        return dict.fromkeys(FINISHED)
+    return {status: round(finished * found.get(status, 0.0) / total) for status in FINISHED}
+
+
+def _per_minute(
+    now: datetime, rows: Sequence[asyncpg.Record]
+) -> list[tuple[datetime, dict[str, int]]]:
+    """Every one of the last MINUTES minutes, those without a finished job included."""
+    current = now.replace(second=0, microsecond=0)
+    minutes = [current - timedelta(minutes=back) for back in range(MINUTES - 1, -1, -1)]
+    table = {minute: dict.fromkeys(FINISHED, 0) for minute in minutes}
+    for row in rows:
+        if row["minute"] in table:
+            table[row["minute"]][row["status"]] = row["jobs"]
+    return [(minute, table[minute]) for minute in minutes]

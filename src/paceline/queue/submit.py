@@ -1,0 +1,144 @@
+"""Admitting a job under a backlog policy and an optional idempotency key.
+
+`queue` (the default) with no cap and no key is the one-statement enqueue. Everything else
+runs in a transaction that first takes the object's slot row lock (so concurrent requests for
+one object, on any replica, decide one after the other on what the previous ones committed),
+then decides, then enqueues or refuses; a refusal rolls back and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import math
+from datetime import datetime
+
+import asyncpg
+
+from paceline.db.pool import Connection
+from paceline.db.queries import QUERIES
+from paceline.queue.jobs import Job, enqueue, get_job
+
+# How long an Idempotency-Key returns the same job.
+IDEMPOTENCY_TTL = 24 * 3600.0
+
+
+class OnBusy(enum.StrEnum):
+    """What a request wants when its object's window is busy."""
+
+    QUEUE = "queue"  # wait for the next free slot
+    COALESCE = "coalesce"  # join the object's pending job, if it has one
+    REJECT = "reject"  # refuse with 429 and Retry-After
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """A validated POST /jobs."""
+
+    object_id: int
+    on_busy: OnBusy = OnBusy.QUEUE
+    max_backlog: int | None = None
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        """What the request means, to tell a retry of it from another request with its key."""
+        text = f"{self.object_id}|{self.on_busy.value}|{self.max_backlog}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Admitted:
+    """The job a request got: created now, joined (coalesced), or replayed (idempotency)."""
+
+    job: Job
+    created: bool
+    coalesced: bool = False
+    replayed: bool = False
+
+
+class Busy(Exception):
+    """The request's policy refused it; nothing was written."""
+
+    def __init__(self, detail: str, *, retry_after: int, next_free: datetime) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+        self.next_free = next_free
+
+
+class KeyReused(Exception):
+    """An Idempotency-Key came back with a different request."""
+
+
+async def submit(pool: asyncpg.Pool, request: Submission, window: float) -> Admitted:
+    """Admit `request`; raises Busy or KeyReused when it must be refused."""
+    plain = request.on_busy is OnBusy.QUEUE and request.max_backlog is None
+    if plain and request.idempotency_key is None:
+        return Admitted(await enqueue(pool, request.object_id, window), created=True)
+    async with pool.acquire() as conn, conn.transaction():
+        if request.idempotency_key is not None:
+            replay = await _claim_key(conn, request)
+            if replay is not None:
+                return replay
+        admitted = await _admit(conn, request, window)
+        if request.idempotency_key is not None:
+            await conn.execute(
+                QUERIES["bind_idempotency_key"], request.idempotency_key, admitted.job.id
+            )
+        return admitted
+
+
+async def _claim_key(conn: Connection, request: Submission) -> Admitted | None:
+    key = request.idempotency_key
+    fingerprint = request.fingerprint()
+    if await conn.fetchval(QUERIES["claim_idempotency_key"], key, fingerprint) is not None:
+        return None
+    earlier = await conn.fetchrow(QUERIES["read_idempotency_key"], key, IDEMPOTENCY_TTL)
+    if earlier is None or earlier["expired"] or earlier["job_id"] is None:
+        # Expired (or its job was pruned): this request takes the key over.
+        await conn.execute(QUERIES["forget_idempotency_key"], key)
+        await conn.execute(QUERIES["claim_idempotency_key"], key, fingerprint)
+        return None
+    if earlier["fingerprint"] != fingerprint:
+        raise KeyReused(
+            f"The Idempotency-Key {key!r} was used for a different request in the last 24 hours."
+        )
+    job = await get_job(conn, earlier["job_id"])
+    if job is None:
+        await conn.execute(QUERIES["forget_idempotency_key"], key)
+        await conn.execute(QUERIES["claim_idempotency_key"], key, fingerprint)
+        return None
+    return Admitted(job, created=False, replayed=True)
+
+
+async def _admit(conn: Connection, request: Submission, window: float) -> Admitted:
+    object_id = request.object_id
+    await conn.execute(QUERIES["lock_object_for_submit"], object_id)
+    cap = (request.max_backlog or 0) + 1
+    state = await conn.fetchrow(QUERIES["object_backlog"], object_id, window, cap)
+    assert state is not None
+    if request.on_busy is OnBusy.COALESCE and state["head_id"] is not None:
+        job = await get_job(conn, state["head_id"])
+        assert job is not None
+        return Admitted(job, created=False, coalesced=True)
+    if request.on_busy is OnBusy.REJECT and state["next_free"] > state["now"]:
+        seconds = (state["next_free"] - state["now"]).total_seconds()
+        raise Busy(
+            f"Object {object_id} is busy until {state['next_free'].isoformat()}; "
+            "nothing was queued.",
+            retry_after=max(1, math.ceil(seconds)),
+            next_free=state["next_free"],
+        )
+    if request.max_backlog is not None and state["pending"] >= request.max_backlog:
+        head_wait = (state["head_run_at"] - state["now"]).total_seconds()
+        raise Busy(
+            f"Object {object_id} already has {request.max_backlog} pending job(s), "
+            f"its max_backlog; nothing was queued.",
+            retry_after=max(1, math.ceil(head_wait)),
+            next_free=state["next_free"],
+        )
+    # The object's row is ours already: the enqueue statement's upsert does not wait.
+    record = await conn.fetchrow(QUERIES["enqueue"], object_id, window)
+    assert record is not None
+    return Admitted(Job.from_record(record), created=True)

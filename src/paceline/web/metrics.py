@@ -1,0 +1,68 @@
+"""`GET /metrics` for Prometheus, and the observers and auditor that feed it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from paceline.db.pool import is_unavailable
+from paceline.observability.audit import WindowAuditor
+from paceline.observability.metrics import JobMetrics
+from paceline.observability.overview import Overview
+from paceline.observability.transitions import EnqueueLog
+from paceline.queue.events import EventFanout, JobEvents
+from paceline.web.keys import METRICS, OVERVIEW, POOL, SETTINGS
+
+routes = web.RouteTableDef()
+
+# How often the window auditor looks at new starts.
+AUDIT_INTERVAL = 10.0
+
+
+def observe(app: web.Application, events: JobEvents | None) -> JobEvents:
+    """The observer of this app's job transitions: metrics and logs, then `events` if given."""
+    app[METRICS] = JobMetrics()
+    observers: list[JobEvents] = [app[METRICS], EnqueueLog()]
+    if events is not None:
+        observers.append(events)
+    return EventFanout(*observers)
+
+
+def setup(app: web.Application) -> None:
+    """Run the window auditor while the app runs (after the pool opens, before it closes)."""
+
+    async def auditor_ctx(app: web.Application) -> AsyncIterator[None]:
+        auditor = WindowAuditor(
+            app[POOL],
+            window=app[SETTINGS].rate_window,
+            on_violation=app[METRICS].violation,
+            interval=AUDIT_INTERVAL,
+        )
+        task = asyncio.create_task(auditor.run(), name="paceline-auditor")
+        yield
+        auditor.stop()
+        await task
+
+    app.cleanup_ctx.append(auditor_ctx)
+
+
+@routes.get("/metrics", name="metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Counters of this process and gauges of the whole queue, in the Prometheus text format.
+
+    Answers 200 with the counters even when the database is down (then
+    `paceline_database_up` is 0 and the queue gauges are NaN).
+    """
+    snapshot: Overview | None
+    try:
+        snapshot = await request.app[OVERVIEW].get()
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        snapshot = None
+    registry = request.app[METRICS]
+    registry.observe_queue(snapshot)
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,579 @@
+"""The API as an OpenAPI 3.1 document, served at `GET /openapi.json`; the tests hold the app to it.
+
+The document is a plain dict built once at import and encoded once; the bounds it states come
+from the same constants the request validation uses, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from paceline import __version__
+from paceline.queue.jobs import INT64_MAX, INT64_MIN, Status
+from paceline.web.problems import PROBLEM_JSON
+from paceline.web.validation import (
+    DEFAULT_PAGE,
+    MAX_BACKLOG_LIMIT,
+    MAX_BODY_BYTES,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_PAGE,
+)
+
+routes = web.RouteTableDef()
+
+JSON = "application/json"
+
+# JSON Schema's `format` is only an annotation; the bounds make int64 a constraint.
+INT64: dict[str, Any] = {
+    "type": "integer",
+    "format": "int64",
+    "minimum": INT64_MIN,
+    "maximum": INT64_MAX,
+}
+JOB_ID: dict[str, Any] = {**INT64, "minimum": 1}
+# isoformat() in UTC with a `Z`, microseconds when there are any.
+UTC_TIME: dict[str, Any] = {"type": "string", "format": "date-time", "pattern": "Z$"}
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _problem(
+    description: str,
+    headers: dict[str, Any] | None = None,
+    schema: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": schema or _ref("schemas", "Problem")}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _json(description: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
+
+
+JOB_PROPERTIES: dict[str, Any] = {
+    "id": JOB_ID,
+    "object_id": INT64,
+    "status": _ref("schemas", "Status"),
+    "timestamp": {"type": "number", "description": "UNIX seconds when it was created."},
+    "duration": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "description": "Seconds its last run took; null until it finished.",
+    },
+    "run_at": {**UTC_TIME, "description": "Its reserved slot (UTC): it never starts before this."},
+    "started_at": {**UTC_TIME, "type": ["string", "null"]},
+    "finished_at": {**UTC_TIME, "type": ["string", "null"]},
+    "attempts": {"type": "integer", "minimum": 0},
+    "error": {"type": ["string", "null"], "description": "Why the last attempt failed."},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "JobRequest": {
+        "type": "object",
+        "required": ["object_id"],
+        "properties": {
+            "object_id": INT64,
+            "on_busy": {
+                "type": ["string", "null"],
+                "enum": ["queue", "coalesce", "reject", None],
+                "description": (
+                    "When the object's window is busy: queue (wait for the next free slot), "
+                    "coalesce (return its pending job, 200), reject (429 with Retry-After). "
+                    "Null or absent: PACELINE_ON_BUSY (default queue)."
+                ),
+            },
+            "max_backlog": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": MAX_BACKLOG_LIMIT,
+                "description": (
+                    "Refuse (429) when the object already has this many pending jobs; null: no cap."
+                ),
+            },
+        },
+        "additionalProperties": False,
+        "description": (
+            "Duplicate keys, NaN/Infinity and numbers with a fraction or exponent (even 7.0) "
+            "are refused."
+        ),
+    },
+    "JoinedJob": {
+        "type": "object",
+        "required": list(JOB_PROPERTIES),
+        "additionalProperties": False,
+        "properties": {
+            **JOB_PROPERTIES,
+            "coalesced": {
+                "type": "boolean",
+                "description": "True: on_busy=coalesce returned the object's pending job.",
+            },
+        },
+    },
+    "Status": {
+        "type": "string",
+        "enum": [status.value for status in Status],
+        "description": "PENDING → PROCESSING → SUCCESS | FAILED; CANCELLED for a pending job.",
+    },
+    "Job": {
+        "type": "object",
+        # Every field is always there; those without a value yet are null.
+        "required": list(JOB_PROPERTIES),
+        "additionalProperties": False,
+        "properties": JOB_PROPERTIES,
+    },
+    "JobPage": {
+        "type": "object",
+        "required": ["jobs", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "jobs": {"type": "array", "items": _ref("schemas", "Job"), "maxItems": MAX_PAGE},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "pattern": "^[1-9][0-9]*$",
+                "description": "Pass as `cursor` for the next page; null on the last one.",
+            },
+        },
+    },
+    # What the dashboard reads (GET /overview, /objects/{object_id}/timeline, /workers).
+    "Overview": {
+        "type": "object",
+        "required": [
+            "now",
+            "counts",
+            "due",
+            "waiting",
+            "first_due",
+            "oldest_pending",
+            "last_minutes",
+            "recent_failures",
+            "replicas",
+        ],
+        "properties": {
+            "now": {**UTC_TIME, "description": "The database's clock."},
+            "counts": {
+                "type": "object",
+                "description": "Per status: exact for PENDING and PROCESSING (up to `count_cap`), "
+                "estimated from table statistics for the finished ones (null: not known yet).",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["count", "exact", "capped"],
+                    "properties": {
+                        "count": {"type": ["integer", "null"], "minimum": 0},
+                        "exact": {"type": "boolean"},
+                        "capped": {"type": "boolean"},
+                    },
+                },
+            },
+            "count_cap": {"type": "integer"},
+            "due": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Past their slot, not started.",
+            },
+            "waiting": {"type": "integer", "minimum": 0, "description": "Slot still ahead."},
+            "first_due": {"anyOf": [_ref("schemas", "QueuedJob"), {"type": "null"}]},
+            "oldest_pending": {"anyOf": [_ref("schemas", "QueuedJob"), {"type": "null"}]},
+            "finished_estimate": {"type": ["integer", "null"]},
+            "last_minutes": {
+                "type": "object",
+                "required": ["minutes", "per_minute"],
+                "properties": {
+                    "minutes": {"type": "integer"},
+                    "per_minute": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "recent_failures": {"type": "array", "items": {"type": "object"}},
+            "replicas": {"type": "array", "items": _ref("schemas", "Replica")},
+        },
+    },
+    "QueuedJob": {
+        "type": "object",
+        "required": ["id", "object_id", "created_at", "run_at"],
+        "properties": {
+            "id": JOB_ID,
+            "object_id": INT64,
+            "created_at": UTC_TIME,
+            "run_at": UTC_TIME,
+        },
+    },
+    "Replica": {
+        "type": "object",
+        "required": [
+            "id",
+            "host",
+            "pid",
+            "concurrency",
+            "running",
+            "started_at",
+            "last_heartbeat",
+            "alive",
+        ],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "concurrency": {"type": "integer"},
+            "running": {"type": "integer"},
+            "started_at": UTC_TIME,
+            "last_heartbeat": UTC_TIME,
+            "alive": {"type": "boolean", "description": "A heartbeat within the last 15 s."},
+        },
+    },
+    "Timeline": {
+        "type": "object",
+        "required": [
+            "object_id",
+            "window",
+            "now",
+            "last_start",
+            "next_free_slot",
+            "waiting",
+            "waiting_total",
+            "runs",
+        ],
+        "properties": {
+            "object_id": INT64,
+            "window": {"type": "number"},
+            "now": UTC_TIME,
+            "last_start": {**UTC_TIME, "type": ["string", "null"]},
+            "next_free_slot": {**UTC_TIME, "type": ["string", "null"]},
+            "waiting": {
+                "type": "array",
+                "description": "Pending jobs in the order they will start, each with `wait`: "
+                "why it waits (`window`, `queue` behind an older job, or `due`).",
+                "items": {"type": "object", "required": ["id", "run_at", "wait"]},
+            },
+            "waiting_total": {"type": "integer", "minimum": 0},
+            "runs": {
+                "type": "array",
+                "description": "Starts newest first, with `gap` seconds since the one before.",
+                "items": {"type": "object", "required": ["job_id", "attempt", "started_at"]},
+            },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}},
+    },
+    # RFC 9457; more members may follow (extensions).
+    "Problem": {
+        "type": "object",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string", "format": "uri-reference", "default": "about:blank"},
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": {"type": "string", "minLength": 1, "description": "A sentence for humans."},
+            "invalid_params": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "reason"],
+                    "properties": {"name": {"type": "string"}, "reason": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+
+RESPONSES: dict[str, Any] = {
+    "BadRequest": _problem("Malformed: not JSON, not UTF-8, duplicate keys, bad parameters."),
+    "Unauthorized": _problem(
+        "PACELINE_API_TOKEN is set and no matching bearer token was sent.",
+        headers={"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+    ),
+    "NotFound": _problem("No such job (anything that is not a job id is not found either)."),
+    "RequestTimeout": _problem(
+        "The body trickled in too slowly; nothing was written.",
+        headers={"Connection": {"schema": {"type": "string", "const": "close"}}},
+    ),
+    "Conflict": _problem(
+        "The job already started or finished; only a PENDING job can be cancelled.",
+        schema={
+            "allOf": [_ref("schemas", "Problem")],
+            "properties": {"job": {**_ref("schemas", "Job"), "description": "As it is now."}},
+        },
+    ),
+    "ContentTooLarge": _problem(f"The body is over {MAX_BODY_BYTES // 1024} KiB."),
+    "UnsupportedMediaType": _problem("The body is not application/json."),
+    "UnprocessableContent": _problem("Well-formed JSON, but not a job request."),
+    "ServiceUnavailable": _problem(
+        "The database is unreachable; nothing was changed. Retry shortly.",
+        headers={"Retry-After": {"schema": {"type": "string"}, "required": True}},
+    ),
+}
+
+JOB_ID_PARAMETER: dict[str, Any] = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": JOB_ID,
+}
+
+# Every route but the probes may answer these.
+COMMON = {"401": _ref("responses", "Unauthorized"), "503": _ref("responses", "ServiceUnavailable")}
+JOB = _ref("schemas", "Job")
+JOB_LINKS = {
+    "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+    "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
+}
+
+PATHS: dict[str, Any] = {
+    "/jobs": {
+        "post": {
+            "operationId": "createJob",
+            "summary": "Create a job in its object's next free slot of the rate window",
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": (
+                        "Retries with the same key and body return the same job (200) for 24 h; "
+                        "the same key with another body is a 422."
+                    ),
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_IDEMPOTENCY_KEY,
+                        "pattern": "^[!-~]+$",
+                    },
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": _ref("schemas", "JobRequest")}},
+            },
+            "responses": {
+                "201": _json(
+                    "Created; `run_at` says when its object's window lets it start.",
+                    JOB,
+                    headers={
+                        "Location": {
+                            "description": "The job's address.",
+                            "required": True,
+                            "schema": {"type": "string", "format": "uri-reference"},
+                        }
+                    },
+                    links=JOB_LINKS,
+                ),
+                "200": _json(
+                    "An existing job: coalesced onto the object's pending job, or the replay "
+                    "of an Idempotency-Key (header Idempotent-Replayed: true).",
+                    _ref("schemas", "JoinedJob"),
+                    headers={
+                        "Location": {
+                            "description": "The job's address.",
+                            "required": True,
+                            "schema": {"type": "string", "format": "uri-reference"},
+                        }
+                    },
+                ),
+                "429": _problem(
+                    "on_busy=reject and the object's window is busy, or max_backlog is reached; "
+                    "nothing was written. The problem names `next_free_slot` and `retry_after`.",
+                    headers={
+                        "Retry-After": {
+                            "description": "Whole seconds until the object's next free slot.",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    },
+                ),
+                "400": _ref("responses", "BadRequest"),
+                "408": _ref("responses", "RequestTimeout"),
+                "413": _ref("responses", "ContentTooLarge"),
+                "415": _ref("responses", "UnsupportedMediaType"),
+                "422": _ref("responses", "UnprocessableContent"),
+                **COMMON,
+            },
+        },
+        "get": {
+            "operationId": "listJobs",
+            "summary": "Jobs newest first, optionally of one object and/or status",
+            "parameters": [
+                {"name": "object_id", "in": "query", "schema": INT64},
+                {
+                    "name": "status",
+                    "in": "query",
+                    "description": "Case-insensitive.",
+                    "schema": _ref("schemas", "Status"),
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_PAGE,
+                        "default": DEFAULT_PAGE,
+                    },
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "description": "The `next_cursor` of the previous page.",
+                    "schema": JOB_ID,
+                },
+            ],
+            "responses": {
+                "200": _json(
+                    "One page.",
+                    _ref("schemas", "JobPage"),
+                    headers={
+                        "Link": {
+                            "description": '`<url>; rel="next"`; absent on the last page.',
+                            "schema": {"type": "string"},
+                        }
+                    },
+                ),
+                "400": _ref("responses", "BadRequest"),
+                **COMMON,
+            },
+        },
+    },
+    "/jobs/{job_id}": {
+        "get": {
+            "operationId": "getJob",
+            "summary": "One job",
+            "parameters": [JOB_ID_PARAMETER],
+            "responses": {
+                "200": _json("The job.", JOB, links=JOB_LINKS),
+                "404": _ref("responses", "NotFound"),
+                **COMMON,
+            },
+        }
+    },
+    "/jobs/{job_id}/cancel": {
+        "post": {
+            "operationId": "cancelJob",
+            "summary": "Cancel a pending job",
+            "parameters": [JOB_ID_PARAMETER],
+            "responses": {
+                "200": _json("The job, now CANCELLED.", JOB),
+                "404": _ref("responses", "NotFound"),
+                "409": _ref("responses", "Conflict"),
+                **COMMON,
+            },
+        }
+    },
+    "/healthz": {
+        "get": {
+            "operationId": "healthz",
+            "summary": "The process is up",
+            "security": [],
+            "responses": {"200": _json("Alive.", _ref("schemas", "Health"))},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "operationId": "readyz",
+            "summary": "The database answers",
+            "security": [],
+            "responses": {
+                "200": _json("Ready.", _ref("schemas", "Health")),
+                "503": _ref("responses", "ServiceUnavailable"),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {
+                    "description": "The text exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **COMMON,
+            },
+        }
+    },
+    "/overview": {
+        "get": {
+            "operationId": "overview",
+            "summary": "The queue now: counts, due vs. waiting, the last minutes, failures",
+            "responses": {"200": _json("The whole queue.", _ref("schemas", "Overview")), **COMMON},
+        }
+    },
+    "/objects/{object_id}/timeline": {
+        "get": {
+            "operationId": "objectTimeline",
+            "summary": "An object's runs and reserved slots, and why each waiting job waits",
+            "parameters": [{"name": "object_id", "in": "path", "required": True, "schema": INT64}],
+            "responses": {
+                "200": _json("The timeline.", _ref("schemas", "Timeline")),
+                "404": _ref("responses", "NotFound"),
+                **COMMON,
+            },
+        }
+    },
+    "/workers": {
+        "get": {
+            "operationId": "workers",
+            "summary": "The replicas with workers, alive or dead",
+            "responses": {
+                "200": _json(
+                    "Oldest first.",
+                    {
+                        "type": "object",
+                        "required": ["workers"],
+                        "properties": {
+                            "workers": {"type": "array", "items": _ref("schemas", "Replica")}
+                        },
+                    },
+                ),
+                **COMMON,
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": _json("OpenAPI 3.1.", {"type": "object"})},
+        }
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "paceline",
+        "version": __version__,
+        "summary": "A job service with a per-object rate window.",
+        "description": (
+            "At most one run of an object per window; extra requests wait for their object's "
+            "next free slot. Errors are application/problem+json (RFC 9457) with a sentence in "
+            "`detail`; a refused request changes nothing."
+        ),
+    },
+    # Optional: only when PACELINE_API_TOKEN is set; the probes and this document never need it.
+    "security": [{}, {"bearerAuth": []}],
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "responses": RESPONSES,
+        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+    },
+}
+
+_ENCODED = orjson.dumps(DOCUMENT)
+
+
+@routes.get("/openapi.json", name="openapi")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document of this API."""
+    return web.Response(body=_ENCODED, content_type=JSON)

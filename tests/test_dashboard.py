@@ -1,0 +1,260 @@
+"""What the dashboard reads: the queue overview and its event stream, an object's timeline, the
+replicas. In-process apps on a real PostgreSQL; rows written as the queue would leave them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from paceline.observability.timeline import explain_waits
+from tests.conftest import MakeClient
+from tests.queue_data import insert_attempt, insert_job, insert_worker
+from tests.support import eventually
+
+Client = TestClient[Any, Any]
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+async def get_json(client: Client, path: str, status: int = 200) -> Any:
+    response = await client.get(path)
+    assert response.status == status, await response.text()
+    return await response.json(content_type=None)
+
+
+async def next_event(stream: aiohttp.StreamReader) -> tuple[str, Any]:
+    """The next named server-sent event (skipping `retry:` and comments)."""
+    while True:
+        block = (await stream.readuntil(b"\n\n")).decode()
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            return fields["event"], json.loads(fields["data"])
+
+
+async def test_overview_counts_the_live_queue_and_the_last_minutes(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    # The last minutes: 3 successes, 2 failures; older history is not in them.
+    for ago in (30, 90, 200):
+        await insert_job(db, 1, "SUCCESS", started=-ago - 1, finished=-ago, attempts=1)
+    await insert_job(db, 1, "SUCCESS", started=-3601, finished=-3600, attempts=1)
+    first_failure = await insert_job(
+        db, 2, "FAILED", started=-61, finished=-60, attempts=3, error="TimeoutError: slow"
+    )
+    last_failure = await insert_job(
+        db, 3, "FAILED", started=-11, finished=-10, attempts=1, error="ValueError: <b>bad</b>"
+    )
+    # Four waiting for their window (accepted long ago, slots far ahead), two running, three
+    # past their slot (the workers are behind).
+    waiting = [await insert_job(db, 20 + n, run_at=60.0 * (n + 1), created=-600) for n in range(4)]
+    for object_id in (4, 5):
+        await insert_job(db, object_id, "PROCESSING", run_at=-2, started=-1, attempts=1)
+    overdue = [await insert_job(db, 10 + n, run_at=-5.0 + n, created=-30 + n) for n in range(3)]
+
+    overview = await get_json(client, "/overview")
+
+    counts = overview["counts"]
+    assert counts["PENDING"] == {"count": 7, "exact": True, "capped": False}
+    assert counts["PROCESSING"]["count"] == 2
+    assert (overview["due"], overview["waiting"]) == (3, 4)
+    # The most overdue job is the first to start; the longest wait is the first accepted.
+    assert overview["first_due"]["id"] == overdue[0]
+    assert parse_time(overview["first_due"]["run_at"]) < parse_time(overview["now"])
+    assert overview["oldest_pending"]["id"] == waiting[0]
+    last = overview["last_minutes"]
+    assert (last["SUCCESS"], last["FAILED"], last["CANCELLED"]) == (3, 2, 0)
+    assert len(last["per_minute"]) == last["minutes"] == 15
+    assert sum(minute["SUCCESS"] for minute in last["per_minute"]) == 3
+    minutes = [parse_time(minute["minute"]) for minute in last["per_minute"]]
+    assert minutes == sorted(minutes)
+    assert minutes[-1] <= parse_time(overview["now"]) < minutes[-1] + timedelta(minutes=1)
+    failures = overview["recent_failures"]
+    assert [failure["id"] for failure in failures] == [last_failure, first_failure]
+    assert failures[0]["error"] == "ValueError: <b>bad</b>"  # data, not markup: the page escapes
+
+
+async def test_finished_totals_are_estimated_from_table_statistics(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """All-time totals are not counted row by row; they come from PostgreSQL's statistics."""
+    await db.execute(
+        """
+        INSERT INTO jobs (object_id, status, run_at, started_at, finished_at, attempts, error)
+        SELECT g, CASE WHEN g % 10 = 0 THEN 'FAILED' ELSE 'SUCCESS' END,
+               now() - interval '1 day', now() - interval '1 day', now() - interval '1 day', 1,
+               CASE WHEN g % 10 = 0 THEN 'boom' END
+        FROM generate_series(1, 2000) AS g;
+        ANALYZE jobs;
+        """
+    )
+    # Autovacuum would analyze the table within a minute; the live-row count reaches the
+    # statistics when this session goes idle, and this makes that happen at once.
+    await db.execute("SELECT pg_stat_force_next_flush()")
+
+    async def estimated() -> dict[str, Any] | None:
+        counts: dict[str, Any] = (await get_json(client, "/overview"))["counts"]
+        return counts if counts["SUCCESS"]["count"] else None
+
+    counts = await eventually(estimated, timeout=15, interval=0.2)
+    assert counts["SUCCESS"]["exact"] is False
+    assert counts["SUCCESS"]["count"] == pytest.approx(1800, rel=0.05)
+    assert counts["FAILED"]["count"] == pytest.approx(200, rel=0.05)
+
+
+async def test_event_stream_shows_a_new_job_within_two_seconds_and_ends_at_shutdown(
+    client: Client,
+) -> None:
+    response = await client.get("/overview/events")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    kind, first = await asyncio.wait_for(next_event(response.content), 5)
+    assert kind == "overview"
+    assert first["counts"]["PENDING"]["count"] == 0
+
+    submitted = time.monotonic()
+    assert (await client.post("/jobs", json={"object_id": 5})).status == 201
+    while True:
+        kind, overview = await asyncio.wait_for(next_event(response.content), 5)
+        if overview["counts"]["PENDING"]["count"] == 1:
+            break
+    assert time.monotonic() - submitted < 2.0
+
+    # Stopping the server ends the stream at once: shutdown does not wait for viewers.
+    stopped = time.monotonic()
+    closing = asyncio.create_task(client.server.close())
+    rest = await asyncio.wait_for(response.content.read(), 5)
+    await closing
+    assert time.monotonic() - stopped < 3.0
+    assert b"event: overview" not in rest.split(b"\n\n")[-1]
+
+
+async def test_timeline_explains_why_each_job_waits(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    client = await make_client(concurrency=0, rate_window=60)
+    jobs = [(await (await client.post("/jobs", json={"object_id": 7})).json()) for _ in range(3)]
+    # The first ran at its slot, as a worker would have started it.
+    await db.execute(
+        """
+        UPDATE jobs SET status = 'SUCCESS', started_at = run_at, finished_at = run_at,
+                        attempts = 1 WHERE id = $1;
+        """,
+        jobs[0]["id"],
+    )
+    await db.execute(
+        "INSERT INTO object_starts (object_id, last_started_at) SELECT 7, run_at FROM jobs"
+        " WHERE id = $1",
+        jobs[0]["id"],
+    )
+    await insert_attempt(db, jobs[0]["id"], 1, started=-0.01, finished=0.0, outcome="SUCCESS")
+
+    timeline = await get_json(client, "/objects/7/timeline")
+
+    assert timeline["object_id"] == 7
+    assert timeline["last_start"] is not None
+    waiting = timeline["waiting"]
+    assert [job["id"] for job in waiting] == [jobs[1]["id"], jobs[2]["id"]]
+    assert timeline["waiting_total"] == 2
+    # Each waiting job holds the slot it was given at creation.
+    assert [job["run_at"] for job in waiting] == [jobs[1]["run_at"], jobs[2]["run_at"]]
+    head, behind = waiting[0]["wait"], waiting[1]["wait"]
+    assert head["kind"] == "window"
+    assert head["slot"] == jobs[1]["run_at"] == head["starts_at"]
+    assert parse_time(head["slot"]) - parse_time(head["last_start"]) == timedelta(seconds=60)
+    assert behind == {
+        "kind": "queue",
+        "slot": jobs[2]["run_at"],
+        "starts_at": jobs[2]["run_at"],
+        "last_start": head["last_start"],
+        "after_job": jobs[1]["id"],
+        "after_slot": jobs[1]["run_at"],
+    }
+    # A new job would queue a window after the last reserved slot.
+    assert parse_time(timeline["next_free_slot"]) == parse_time(jobs[2]["run_at"]) + timedelta(
+        seconds=60
+    )
+    [run] = timeline["runs"]
+    assert (run["job_id"], run["attempt"], run["outcome"]) == (jobs[0]["id"], 1, "SUCCESS")
+
+
+def test_a_late_start_holds_the_next_job_past_its_slot() -> None:
+    """Workers fell behind: the last run started 30 s after its slot, so the next job, whose
+    slot has come, still waits a full window after that start (I1)."""
+    now = datetime(2026, 11, 29, 12, 0, 0)
+    slot = now - timedelta(seconds=5)
+    late_start = now - timedelta(seconds=35)  # its own slot was 65 s ago
+    [wait] = explain_waits([{"id": 2, "run_at": slot}], now=now, last_start=late_start, window=60)
+    assert (wait.kind, wait.slot) == ("window", slot)
+    assert wait.starts_at == late_start + timedelta(seconds=60) > slot
+
+    [due] = explain_waits([{"id": 2, "run_at": slot}], now=now, last_start=None, window=60)
+    assert (due.kind, due.starts_at) == ("due", slot)
+
+
+async def test_timeline_runs_show_the_gap_to_the_previous_start(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    client = await make_client(concurrency=0, rate_window=60)
+    replica = await insert_worker(db, "web-1", 4242)
+    job_ids = [
+        await insert_job(db, 9, "SUCCESS", run_at=start, started=start, finished=start + 1)
+        for start in (-300, -240, -230)
+    ]
+    for job_id, start in zip(job_ids, (-300, -240, -230), strict=True):
+        await insert_attempt(
+            db, job_id, 1, started=start, finished=start + 1, outcome="SUCCESS", worker_id=replica
+        )
+
+    runs = (await get_json(client, "/objects/9/timeline"))["runs"]
+
+    assert [run["job_id"] for run in runs] == job_ids[::-1]
+    assert [run["gap"] for run in runs] == [
+        pytest.approx(10, abs=1),
+        pytest.approx(60, abs=1),
+        None,
+    ]
+    # 10 s after the previous start, with a 60 s window: the page flags it.
+    assert [run["too_soon"] for run in runs] == [True, False, False]
+    assert {run["replica"] for run in runs} == {"web-1:4242"}
+
+
+async def test_replicas_are_listed_alive_or_dead(client: Client, db: asyncpg.Connection) -> None:
+    await insert_worker(db, "web-1", 101, heartbeat=-2, running=3)
+    await insert_worker(db, "web-2", 202, heartbeat=-60)
+
+    workers = (await get_json(client, "/workers"))["workers"]
+
+    assert [(w["host"], w["pid"], w["alive"]) for w in workers] == [
+        ("web-1", 101, True),
+        ("web-2", 202, False),
+    ]
+    assert workers[0]["running"] == 3
+    assert workers[0]["concurrency"] == 8
+    overview = await get_json(client, "/overview")
+    assert overview["replicas"] == workers
+
+
+@pytest.mark.parametrize("object_id", ["abc", "1.5", "99999999999999999999", "-"])
+async def test_an_object_id_that_cannot_exist_is_404(client: Client, object_id: str) -> None:
+    for path in (f"/objects/{object_id}", f"/objects/{object_id}/timeline"):
+        problem = await get_json(client, path, status=404)
+        assert "64-bit integers" in problem["detail"]
+
+
+async def test_the_timeline_page_links_its_data_by_route(client: Client) -> None:
+    response = await client.get("/objects/-42")
+    assert response.status == 200
+    page = await response.text()
+    assert "<h1>Object -42</h1>" in page
+    assert '"/objects/-42/timeline"' in page
+    assert (await get_json(client, "/objects/-42/timeline"))["waiting"] == []

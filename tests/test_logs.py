@@ -1,0 +1,81 @@
+"""Logs: a line per job transition carrying the job, its object and the attempt; JSON on request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from paceline.config import ConfigError, Settings
+from paceline.logs import JsonFormatter
+from tests.support import ServeProcess, post_job, wait_until_finished
+
+
+def test_json_lines_carry_the_extras_and_the_exception() -> None:
+    try:
+        raise ValueError("upstream said <no>")
+    except ValueError:
+        record = logging.getLogger("paceline.queue.worker").makeRecord(
+            "paceline.queue.worker",
+            logging.WARNING,
+            __file__,
+            1,
+            "job %d failed",
+            (7,),
+            sys.exc_info(),
+            extra={"job_id": 7, "object_id": 2**63 - 1, "attempt": 2},
+        )
+    line = JsonFormatter().format(record)
+
+    assert "\n" not in line  # one record, one line, even with a traceback
+    document = json.loads(line)
+    assert document["message"] == "job 7 failed"
+    assert (document["level"], document["logger"]) == ("WARNING", "paceline.queue.worker")
+    assert (document["job_id"], document["object_id"], document["attempt"]) == (7, 2**63 - 1, 2)
+    assert document["time"].endswith("+00:00")
+    assert "ValueError: upstream said <no>" in document["exception"]
+
+
+def test_the_log_format_is_checked() -> None:
+    assert Settings.from_env({"PACELINE_LOG_FORMAT": "json"}).log_format == "json"
+    assert Settings.from_env({}).log_format == "text"
+    with pytest.raises(ConfigError, match="PACELINE_LOG_FORMAT must be text or json"):
+        Settings.from_env({"PACELINE_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.processes
+async def test_a_served_job_can_be_followed_through_json_logs(
+    database_url: str, tmp_path: Path
+) -> None:
+    server = ServeProcess(
+        {
+            "DATABASE_URL": database_url,
+            "PACELINE_LOG_FORMAT": "json",
+            "PACELINE_HANDLER": "noop",
+            "PACELINE_CONCURRENCY": "1",
+        },
+        log_path=tmp_path / "serve.log",
+    )
+    try:
+        await server.wait_ready()
+        async with aiohttp.ClientSession() as session:
+            job = await post_job(session, server.url, object_id=31)
+        await wait_until_finished(database_url, 1)
+    finally:
+        status = server.terminate()
+    assert status == 0, server.log()
+
+    lines = [json.loads(line) for line in server.log().splitlines()]  # every line is JSON
+    transitions: list[dict[str, Any]] = [line for line in lines if line.get("job_id") == job["id"]]
+    messages = [line["message"] for line in transitions]
+    assert messages[0] == f"job {job['id']} (object 31) enqueued, slot {job['run_at']}"
+    assert messages[1] == f"job {job['id']} (object 31) started, attempt 1"
+    assert re.fullmatch(rf"job {job['id']} \(object 31\) succeeded in \d+\.\d{{3}}s", messages[2])
+    assert [line["attempt"] for line in transitions] == [0, 1, 1]
+    assert {line["object_id"] for line in transitions} == {31}

@@ -1,0 +1,165 @@
+"""GET /metrics: parseable by Prometheus's own parser, counters that move as jobs run, gauges of
+the whole queue, and the window auditor's violation counter."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from paceline.observability.audit import WindowAuditor
+from paceline.web.keys import METRICS, POOL, SETTINGS
+from tests.conftest import MakeClient
+from tests.queue_data import insert_attempt, insert_job, insert_worker
+from tests.support import eventually, wait_until_finished
+
+Client = TestClient[Any, Any]
+
+COUNTERS = ("enqueued", "started", "succeeded", "failed", "retried")
+
+
+async def scrape(client: Client) -> dict[str, float]:
+    """Every sample, keyed `name` or `name{label="value",...}`."""
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.content_type == "text/plain"
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(await response.text()):
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def counters(samples: dict[str, float]) -> dict[str, float]:
+    return {name: samples[f"paceline_jobs_{name}_total"] for name in COUNTERS}
+
+
+def auditor_of(client: Client, since: datetime) -> WindowAuditor:
+    """An auditor like the app's own (its counter, its pool), but looking from `since` and now."""
+    return WindowAuditor(
+        client.app[POOL],
+        window=client.app[SETTINGS].rate_window,
+        on_violation=client.app[METRICS].violation,
+        margin=0,
+        since=since,
+    )
+
+
+async def test_counters_and_histograms_move_as_jobs_run(
+    make_client: MakeClient, database_url: str
+) -> None:
+    client = await make_client(
+        concurrency=4,
+        handler="tests.handlers:by_object",
+        rate_window=0.05,
+        retry_backoff=0.01,
+        max_attempts=3,
+    )
+    before = await scrape(client)
+    assert counters(before) == dict.fromkeys(COUNTERS, 0.0)
+    assert before["paceline_window_violations_total"] == 0
+
+    # Object 1 twice (succeed), object 2 (fails for good), object 3 (fails once, then succeeds).
+    for object_id in (1, 1, 2, 3):
+        assert (await client.post("/jobs", json={"object_id": object_id})).status == 201
+    await wait_until_finished(database_url, 4)
+
+    async def all_counted() -> dict[str, float] | None:
+        after = await scrape(client)
+        return after if counters(after)["succeeded"] == 3 else None
+
+    after = await eventually(all_counted, timeout=10)
+    assert counters(after) == {
+        "enqueued": 4,
+        "started": 5,  # object 3 started twice
+        "succeeded": 3,
+        "failed": 1,
+        "retried": 1,
+    }
+    # Every start is timed against its slot; every job that ended, for its processing.
+    assert after["paceline_job_lateness_seconds_count"] == 5
+    assert after['paceline_job_lateness_seconds_bucket{le="+Inf"}'] == 5
+    assert after["paceline_job_processing_seconds_count"] == 4
+    assert after["paceline_job_processing_seconds_sum"] >= 0
+    # The queue is empty again, and the database was readable.
+    assert after['paceline_queue_depth{status="PENDING"}'] == 0
+    assert after['paceline_queue_depth{status="PROCESSING"}'] == 0
+    assert after["paceline_database_up"] == 1
+    assert after["paceline_window_violations_total"] == 0
+
+
+async def test_gauges_describe_the_whole_queue(client: Client, db: asyncpg.Connection) -> None:
+    for n in range(3):
+        await insert_job(db, n, run_at=-10 + n)  # due: the workers are behind
+    await insert_job(db, 9, run_at=300)  # waits for its window
+    await insert_job(db, 8, "PROCESSING", run_at=-1, started=-1, attempts=1)
+    await insert_worker(db, "web-1", 1)
+    await insert_worker(db, "web-2", 2, heartbeat=-120)
+
+    samples = await scrape(client)
+
+    assert samples['paceline_queue_depth{status="PENDING"}'] == 4
+    assert samples['paceline_queue_depth{status="PROCESSING"}'] == 1
+    assert samples["paceline_jobs_due"] == 3
+    assert 9 < samples["paceline_oldest_due_seconds"] < 60
+    assert samples['paceline_replicas{state="alive"}'] == 1
+    assert samples['paceline_replicas{state="dead"}'] == 1
+
+
+async def test_metrics_answer_without_the_database(make_client: MakeClient) -> None:
+    """A scrape during an outage still returns this process's counters, and says so."""
+    client = await make_client(
+        concurrency=0, database_url="postgresql://nobody@127.0.0.1:9/paceline", pool_size=2
+    )
+    samples = await scrape(client)
+    assert samples["paceline_database_up"] == 0
+    assert math.isnan(samples["paceline_jobs_due"])
+    assert samples["paceline_jobs_enqueued_total"] == 0
+
+
+async def test_the_auditor_counts_starts_less_than_a_window_apart(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    client = await make_client(concurrency=0, rate_window=60)
+    auditor = auditor_of(client, since=await db.fetchval("SELECT now() - interval '1 hour'"))
+    # Object 5: two starts a full window apart, then one only 10 s later. Object 6: fine.
+    for object_id, starts in ((5, (-300, -240, -230)), (6, (-200, -100))):
+        for start in starts:
+            job_id = await insert_job(db, object_id, "SUCCESS", run_at=start, started=start)
+            await insert_attempt(db, job_id, 1, started=start, finished=start + 1)
+
+    [violation] = await auditor.check()
+
+    assert violation.object_id == 5
+    assert 9 < violation.gap < 11
+    assert (await scrape(client))["paceline_window_violations_total"] == 1
+    # A later look does not count the same pair again.
+    assert await auditor.check() == []
+    assert (await scrape(client))["paceline_window_violations_total"] == 1
+
+
+async def test_the_auditor_finds_nothing_in_real_runs(
+    make_client: MakeClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """The workers' own record of starts, audited: I1 holds across retries too."""
+    window = 0.1
+    client = await make_client(
+        concurrency=4,
+        handler="tests.handlers:by_object",
+        rate_window=window,
+        retry_backoff=0.01,
+    )
+    auditor = auditor_of(client, since=await db.fetchval("SELECT now() - interval '1 minute'"))
+    for object_id in (1, 3, 1, 3, 1):
+        assert (await client.post("/jobs", json={"object_id": object_id})).status == 201
+    await wait_until_finished(database_url, 5)
+    starts = await db.fetchval("SELECT count(*) FROM job_attempts")
+    assert starts == 7  # each job of object 3 ran twice
+
+    assert await auditor.check() == []
+    assert (await scrape(client))["paceline_window_violations_total"] == 0
