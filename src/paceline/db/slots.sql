@@ -93,7 +93,7 @@ SELECT last_started_at FROM object_starts WHERE object_id = $1;
 UPDATE jobs AS j
 SET run_at = moved.run_at
 FROM unnest($1::bigint[], $2::timestamptz[]) AS moved(id, run_at)
-WHERE j.id = moved.id;
+WHERE j.id = ANY ($1::bigint[]) AND j.id = moved.id;
 
 -- name: set_next_slot
 -- $1 object_id, $2 the object's next free slot.
@@ -124,3 +124,7 @@ ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
 -- name: lock_replan
 -- Only one re-plan at a time, across replicas; released at commit.
 SELECT pg_advisory_xact_lock(7421093119);
+
+-- name: objects_with_pending
+-- $1 object ids. Those of them with a pending job (one probe of ix_jobs_pending_object each).
+SELECT DISTINCT object_id FROM jobs WHERE object_id = ANY($1::bigint[]) AND status = 'PENDING';

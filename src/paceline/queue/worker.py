@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from paceline.db.pool import is_unavailable
+from paceline.db.pool import is_transient, is_unavailable
 from paceline.db.queries import QUERIES
+from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
 from paceline.queue.jobs import Job, Status, fetch_committed
@@ -138,8 +139,14 @@ class Worker:
         self._grace = shutdown_grace
         self._running: dict[int, _Running] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._row_lock = asyncio.Lock()
+        self._completions = CompletionWriter(pool, lease=lease, row_lock=self._row_lock)
         self._stopping = False
         self.alarm = Alarm()
+
+    @property
+    def _handlers_running(self) -> int:
+        return sum(1 for entry in self._running.values() if not entry.recording)
 
     @property
     def running(self) -> int:
@@ -154,10 +161,13 @@ class Worker:
     async def run(self) -> None:
         """Claim and run jobs until `stop()`; then drain or release what is running."""
         keeper = asyncio.create_task(self._keep_leases(), name="paceline-leases")
+        writer = asyncio.create_task(self._completions.run(), name="paceline-completions")
         try:
             await self._claim_loop()
         finally:
             await self._drain()
+            self._completions.stop()
+            await writer
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
@@ -168,7 +178,9 @@ class Worker:
         recheck = _RECHECK
         while not self._stopping:
             self.alarm.reset()
-            free = self._concurrency - len(self._running)
+            # Capacity is for handlers: a job whose outcome is being written no longer runs,
+            # so the next claim can go out while that write is in flight.
+            free = self._concurrency - self._handlers_running
             if free <= 0:
                 # Full: only a finishing job (or stop) can change anything.
                 await self.alarm.wait(math.inf, heed_due=False)
@@ -179,6 +191,7 @@ class Worker:
                 # not started now would sit PROCESSING, unrun, until its lease ran out.
                 for job in claimed:
                     self._start(job)
+                self._reslot_late_starts(claimed)
                 sleep = 0.0 if len(claimed) == free else await self._seconds_until_due()
             except Exception as exc:
                 if not is_unavailable(exc):
@@ -214,34 +227,47 @@ class Worker:
         seconds: float = row["next_start"] - row["now"] - half_trip
         return min(seconds + _ALARM_SLACK, self._idle_poll)
 
-    def _start(self, job: Job) -> None:
-        if (
-            job.started_at is not None
+    def _reslot_late_starts(self, claimed: list[Job]) -> None:
+        late = [
+            job
+            for job in claimed
+            if job.started_at is not None
             and (job.started_at - job.run_at).total_seconds() > _LATE_START
-        ):
-            reslot = asyncio.create_task(self._reslot_after_late_start(job))
-            self._background.add(reslot)
-            reslot.add_done_callback(self._background.discard)
-        self._start_task(job)
+        ]
+        if late:
+            task = asyncio.create_task(self._reslot_after_late_starts(late))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
-    async def _reslot_after_late_start(self, job: Job) -> None:
-        assert job.started_at is not None
+    async def _reslot_after_late_starts(self, late: list[Job]) -> None:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(QUERIES["lock_object_for_submit"], job.object_id)
-                await conn.execute(
-                    QUERIES["shift_later_slots"],
-                    job.object_id,
-                    job.id,
-                    job.started_at,
-                    self._window,
+            # One read for the whole claim: only objects with jobs waiting behind need a move
+            # (a drain of overdue jobs over distinct objects needs none).
+            waiting = {
+                record["object_id"]
+                for record in await self._pool.fetch(
+                    QUERIES["objects_with_pending"], [job.object_id for job in late]
                 )
+            }
+            for job in late:
+                if job.object_id not in waiting:
+                    continue
+                assert job.started_at is not None
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute(QUERIES["lock_object_for_submit"], job.object_id)
+                    await conn.execute(
+                        QUERIES["shift_later_slots"],
+                        job.object_id,
+                        job.id,
+                        job.started_at,
+                        self._window,
+                    )
         except Exception as exc:
             # Only the predictions of later jobs stay stale; the claim still enforces I1.
             if not is_unavailable(exc):
-                log.exception("re-planning object %d after a late start failed", job.object_id)
+                log.exception("re-planning objects after late starts failed")
 
-    def _start_task(self, job: Job) -> None:
+    def _start(self, job: Job) -> None:
         # The lease counts from the claim; the monotonic deadline errs early by the round trip.
         deadline = time.monotonic() + self._lease
         task = asyncio.create_task(self._execute(job), name=f"paceline-job-{job.id}")
@@ -284,6 +310,7 @@ class Worker:
         entry = self._running.get(job.id)
         if entry is not None:
             entry.recording = True
+            self.alarm.fire()
         await self._record(job, outcome, duration)
 
     async def _call_handler(self, job: Job) -> BaseException | None:
@@ -321,17 +348,7 @@ class Worker:
         await self._retry(job, delay, error, duration)
 
     async def _finish(self, job: Job, status: Status, duration: float, error: str | None) -> None:
-        updated = await self._persist(
-            lambda: fetch_committed(
-                self._pool,
-                QUERIES["finish_job"],
-                job.id,
-                job.attempts,
-                status.value,
-                duration,
-                error,
-            )
-        )
+        updated = await self._completions.finish(job, status, duration, error)
         extra = _log_extra(job)
         if not updated:
             log.warning(
@@ -398,7 +415,7 @@ class Worker:
             try:
                 return await write()
             except Exception as exc:
-                if not is_unavailable(exc) or time.monotonic() > give_up:
+                if not is_transient(exc) or time.monotonic() > give_up:
                     raise
                 log.warning("database unavailable (%s); retrying the write", exc)
                 await asyncio.sleep(backoff)
@@ -448,16 +465,15 @@ class Worker:
         if not held:
             return
         sent = time.monotonic()
-        renewed = {
-            record["id"]
-            for record in await self._pool.fetch(
+        async with self._row_lock:
+            records = await self._pool.fetch(
                 QUERIES["renew_leases"],
                 [entry.job.id for entry in held],
                 [entry.job.attempts for entry in held],
                 self._lease,
                 self.id,
             )
-        }
+        renewed = {record["id"] for record in records}
         for entry in held:
             if entry.job.id in renewed:
                 entry.lease_deadline = sent + self._lease
