@@ -80,7 +80,11 @@ async def test_second_job_of_an_object_waits_one_window(client: Client) -> None:
         ({"object_id": 2**63}, 422, "64-bit"),
         ({"object_id": -(2**63) - 1}, 422, "64-bit"),
         ({"object_id": 7, "priority": 1, "color": "red"}, 422, "'color', 'priority'"),
-        ([{"object_id": 7}], 422, "must be a JSON object"),
+        ([{"object_id": 7, "on_busy": "queue"}], 422, "Batch item 0"),
+        ([{"object_id": 7}, 8], 422, "Batch item 1"),
+        ([{"object_id": "7"}], 422, "must be an integer"),
+        ([], 422, "1 to 1000 jobs"),
+        ([{"object_id": 1}] * 1001, 422, "1 to 1000 jobs"),
         ("7", 422, "must be a JSON object"),
     ],
 )
@@ -232,3 +236,36 @@ async def test_bad_list_parameters_are_400(client: Client, query: dict[str, str]
 async def test_health_and_readiness(client: Client) -> None:
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_a_batch_is_created_in_order_with_exact_slots_for_repeats(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    await post(client, {"object_id": 2})  # object 2 already has a job: its slot is taken
+    response = await client.post(
+        "/jobs", json=[{"object_id": 1}, {"object_id": 2}, {"object_id": 1}, {"object_id": 3}]
+    )
+    assert response.status == 201
+    created = (await response.json())["jobs"]
+    assert [job["object_id"] for job in created] == [1, 2, 1, 3]
+    assert [job["id"] for job in created] == sorted(job["id"] for job in created)
+    run_at = [parse_time(job["run_at"]) for job in created]
+    window = timedelta(seconds=0.2)
+    # The repeat of object 1 is a window after its first job, as if sent one after the other.
+    assert run_at[2] - run_at[0] == window
+    # Object 2 waits a window after the job it already had.
+    first_of_2 = await db.fetchval("SELECT run_at FROM jobs WHERE object_id = 2 ORDER BY id")
+    assert run_at[1] - first_of_2 == window
+    # The object's next free slot counts the whole batch: the next job of 1 comes after both.
+    _, following = await post(client, {"object_id": 1})
+    assert parse_time(following["run_at"]) - run_at[2] == window
+
+
+async def test_a_batch_with_an_idempotency_key_is_refused(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    response = await client.post(
+        "/jobs", json=[{"object_id": 1}], headers={"Idempotency-Key": "batch-1"}
+    )
+    assert response.status == 400
+    assert await nothing_written(db)

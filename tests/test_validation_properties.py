@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from paceline.queue.jobs import INT64_MAX, INT64_MIN
 from paceline.web.problems import PROBLEM_JSON, Problem
-from paceline.web.validation import MAX_BODY_BYTES, parse_job_request
+from paceline.web.validation import MAX_BODY_BYTES, parse_jobs_body
 
 Client = TestClient[Any, Any]
 Pairs = list[tuple[str, Any]]
@@ -53,8 +53,10 @@ JOB_LIKE = st.builds(
 DOCUMENTS = st.one_of(JOB_LIKE, MEMBERS, VALUES)
 
 
-def valid_request(document: Any) -> int | None:
-    """The object_id a document must be accepted with, or None if it must be refused."""
+def valid_request(document: Any) -> int | list[int] | None:
+    """The object_id (a batch: the ids) a document must be accepted with, or None if refused."""
+    if isinstance(document, list) and document and not any(isinstance(m, tuple) for m in document):
+        return valid_batch(document)
     if not isinstance(document, list) or not all(isinstance(m, tuple) for m in document):
         return None  # not an object (a JSON array is a list of lists, never of tuples)
     if len(document) != 1 or document[0][0] != "object_id":
@@ -63,6 +65,21 @@ def valid_request(document: Any) -> int | None:
     if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
         return None
     return value
+
+
+def valid_batch(items: list[Any]) -> list[int] | None:
+    """A JSON array is a batch: 1 to 1000 objects, each exactly {"object_id": int64}."""
+    if len(items) > 1000:
+        return None
+    ids = []
+    for item in items:
+        if not isinstance(item, dict) or list(item) != ["object_id"]:
+            return None
+        value = item["object_id"]
+        if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
+            return None
+        ids.append(value)
+    return ids
 
 
 def encode_document(document: Any, ensure_ascii: bool) -> bytes:
@@ -83,8 +100,8 @@ def encode_document(document: Any, ensure_ascii: bool) -> bytes:
 
 
 @st.composite
-def documents_as_bytes(draw: st.DrawFn) -> tuple[bytes, int | None]:
-    """(body, the object_id it must be accepted with or None), from a known document."""
+def documents_as_bytes(draw: st.DrawFn) -> tuple[bytes, int | list[int] | None]:
+    """(body, the object_id(s) it must be accepted with or None), from a known document."""
     document = draw(DOCUMENTS)
     if isinstance(document, dict):
         document = list(document.items())
@@ -120,12 +137,13 @@ HUGE_INTS = st.integers(min_value=19, max_value=6_000).map(
 RAW_BODIES = st.one_of(st.binary(max_size=100), NEAR_VALID, DEEP, HUGE_INTS)
 
 
-def outcome(body: bytes) -> int | Problem:
-    """What parse_job_request makes of a body, a refusal as its Problem."""
+def outcome(body: bytes) -> int | list[int] | Problem:
+    """What parse_jobs_body makes of a body (a batch: its ids), a refusal as its Problem."""
     try:
-        return parse_job_request(body).object_id
+        parsed = parse_jobs_body(body)
     except Problem as problem:
         return problem
+    return parsed if isinstance(parsed, list) else parsed.object_id
 
 
 def assert_clear_refusal(problem: Problem) -> None:
@@ -140,10 +158,18 @@ def assert_clear_refusal(problem: Problem) -> None:
     assert sent["detail"].strip()
 
 
-def accepted_as(body: bytes) -> int | None:
+def _single_id(body: bytes) -> int:
+    value = accepted_as(body)
+    assert isinstance(value, int)
+    return value
+
+
+def accepted_as(body: bytes) -> int | list[int] | None:
     """A second opinion on an accepted body, with the stdlib parser."""
     members = json.loads(body, object_pairs_hook=lambda pairs: pairs)
     assert isinstance(members, list)
+    if members and all(isinstance(item, list) for item in members):  # a batch
+        return [_single_id(json.dumps(dict(item)).encode()) for item in members]
     [(key, value)] = members
     assert key == "object_id"
     assert type(value) is int
@@ -162,7 +188,7 @@ def accepted_as(body: bytes) -> int | None:
 @example((b'{"object_id": 7e0}', None))
 @example((b'{"object_id": -0}', 0))
 def test_documents_are_accepted_exactly_when_they_are_job_requests(
-    case: tuple[bytes, int | None],
+    case: tuple[bytes, int | list[int] | None],
 ) -> None:
     body, expected = case
     result = outcome(body)
@@ -219,9 +245,13 @@ async def test_http_answers_201_or_a_problem_and_refusals_write_nothing(
     after = await row_counts(db)
     expected = outcome(body) if len(body) <= MAX_BODY_BYTES else None
     if response.status == 201:
-        job = await response.json()
-        assert job["object_id"] == expected
-        assert after[0] == before[0] + 1
+        created = await response.json()
+        if isinstance(expected, list):
+            assert [job["object_id"] for job in created["jobs"]] == expected
+            assert after[0] == before[0] + len(expected)
+        else:
+            assert created["object_id"] == expected
+            assert after[0] == before[0] + 1
     else:
         assert 400 <= response.status < 500, response.status
         assert response.content_type == PROBLEM_JSON

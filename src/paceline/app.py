@@ -14,14 +14,15 @@ from aiohttp import web
 from paceline.config import Settings
 from paceline.db.pool import create_pool
 from paceline.queue.events import JobEvents
+from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.handlers import Handler, resolve_handler
 from paceline.queue.maintenance import Janitor
-from paceline.queue.wakeup import DueListener
+from paceline.queue.wakeup import DueListener, DueNotifier
 from paceline.queue.worker import Worker
 from paceline.resources import templates_dir
 from paceline.web import api, auth, dashboard, health, metrics, openapi, pages
 from paceline.web.auth import auth_middleware
-from paceline.web.keys import EVENTS, POOL, SETTINGS, WORKER
+from paceline.web.keys import EVENTS, GROUPER, NOTIFIER, POOL, SETTINGS, WORKER
 from paceline.web.problems import problem_middleware
 from paceline.web.validation import MAX_BODY_BYTES
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
 
     # Cleanup runs in reverse: workers stop (and finish their jobs) before the pool closes.
     app.cleanup_ctx.append(_pool_ctx)
+    app.cleanup_ctx.append(_notifier_ctx)
     # The page's overview reader and the window auditor use the pool.
     dashboard.setup(app)
     metrics.setup(app)
@@ -81,6 +83,22 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(app[POOL].close(), 10)
     except TimeoutError:
         app[POOL].terminate()
+
+
+async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
+    # What POST /jobs writes through: group commit, then a NOTIFY per burst.
+    notifier = DueNotifier(app[POOL])
+    grouper = EnqueueGrouper(app[POOL], app[SETTINGS].rate_window)
+    app[NOTIFIER] = notifier
+    app[GROUPER] = grouper
+    tasks = [
+        asyncio.create_task(notifier.run(), name="paceline-notifier"),
+        asyncio.create_task(grouper.run(), name="paceline-grouper"),
+    ]
+    yield
+    grouper.stop()
+    notifier.stop()
+    await asyncio.gather(*tasks)
 
 
 @contextlib.asynccontextmanager
@@ -114,6 +132,8 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
         keepalive=settings.idle_poll,
     )
     app[WORKER] = worker
+    # Jobs this replica accepts wake its own worker at once, before any NOTIFY round trip.
+    app[NOTIFIER].local = worker.alarm.fire_in
     tasks = [
         asyncio.create_task(listener.run(), name="paceline-listener"),
         asyncio.create_task(worker.run(), name="paceline-worker"),

@@ -108,6 +108,12 @@ async def enqueue(db: asyncpg.Pool, object_id: int, window: float) -> Job:
     return Job.from_record(record)
 
 
+async def enqueue_batch(db: asyncpg.Pool, object_ids: list[int], window: float) -> list[Job]:
+    """Create one job per id, in request order, in one statement; repeats a window apart."""
+    records = await fetch_committed(db, QUERIES["enqueue_batch"], object_ids, window)
+    return [Job.from_record(record) for record in records]
+
+
 async def get_job(db: asyncpg.Pool | Connection, job_id: int) -> Job | None:
     """The job with this id, or None."""
     record = await db.fetchrow(QUERIES["get_job"], job_id)

@@ -18,6 +18,7 @@ import asyncpg
 
 from paceline.db.pool import Connection
 from paceline.db.queries import QUERIES
+from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.jobs import Job, enqueue, get_job
 
 # How long an Idempotency-Key returns the same job.
@@ -71,10 +72,21 @@ class KeyReused(Exception):
     """An Idempotency-Key came back with a different request."""
 
 
-async def submit(pool: asyncpg.Pool, request: Submission, window: float) -> Admitted:
-    """Admit `request`; raises Busy or KeyReused when it must be refused."""
+async def submit(
+    pool: asyncpg.Pool,
+    request: Submission,
+    window: float,
+    *,
+    grouper: EnqueueGrouper | None = None,
+) -> Admitted:
+    """Admit `request`; raises Busy or KeyReused when it must be refused.
+
+    Plain requests go through `grouper` (group commit) when one is given.
+    """
     plain = request.on_busy is OnBusy.QUEUE and request.max_backlog is None
     if plain and request.idempotency_key is None:
+        if grouper is not None:
+            return Admitted(await grouper.enqueue(request.object_id), created=True)
         return Admitted(await enqueue(pool, request.object_id, window), created=True)
     async with pool.acquire() as conn, conn.transaction():
         if request.idempotency_key is not None:

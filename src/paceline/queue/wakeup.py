@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable
 
 import asyncpg
@@ -95,3 +97,47 @@ class DueListener:
         except ValueError:
             seconds = 0.0
         self._on_due(seconds)
+
+
+class DueNotifier:
+    """Tells the workers of every replica that jobs were enqueued, one NOTIFY per burst.
+
+    `due_in()` is cheap and synchronous; a background task sends a NOTIFY carrying the seconds
+    until the earliest job reported since the last one, and only one NOTIFY is in flight at a
+    time: under load one per round trip, not one per job. The replica's own worker is woken
+    directly, without waiting for the round trip.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, local: Callable[[float], None] | None = None) -> None:
+        self._pool = pool
+        self.local = local
+        self._earliest = math.inf  # monotonic time the earliest unannounced job is due
+        self._pending = asyncio.Event()
+        self._stopping = False
+
+    def due_in(self, seconds: float) -> None:
+        """Jobs were committed; the earliest is due `seconds` from now."""
+        if self.local is not None:
+            self.local(seconds)
+        self._earliest = min(self._earliest, time.monotonic() + seconds)
+        self._pending.set()
+
+    def stop(self) -> None:
+        """Ask `run()` to return."""
+        self._stopping = True
+        self._pending.set()
+
+    async def run(self) -> None:
+        """Send NOTIFYs until stopped; a lost one is covered by the workers' idle poll."""
+        while not self._stopping:
+            await self._pending.wait()
+            self._pending.clear()
+            if self._stopping:
+                return
+            earliest, self._earliest = self._earliest, math.inf
+            payload = f"{max(0.0, earliest - time.monotonic()):.6f}"
+            try:
+                await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("NOTIFY failed")

@@ -11,13 +11,13 @@ from paceline.queue import jobs
 from paceline.queue.jobs import isoformat
 from paceline.queue.planning import cancel_and_compact
 from paceline.queue.submit import Busy, KeyReused, OnBusy, Submission, submit
-from paceline.web.keys import EVENTS, POOL, SETTINGS
+from paceline.web.keys import EVENTS, GROUPER, NOTIFIER, POOL, SETTINGS
 from paceline.web.problems import Problem, invalid, not_found
 from paceline.web.validation import (
     check_json_content_type,
     parse_idempotency_key,
     parse_job_id,
-    parse_job_request,
+    parse_jobs_body,
     parse_list_query,
     read_body,
 )
@@ -38,8 +38,10 @@ def json_response(
 async def create_job(request: web.Request) -> web.Response:
     """Accept a job; 201 with it, its `run_at` saying when its object's window lets it start."""
     check_json_content_type(request.content_type)
-    body = parse_job_request(await read_body(request))
+    body = parse_jobs_body(await read_body(request))
     settings = request.app[SETTINGS]
+    if isinstance(body, list):
+        return await _create_batch(request, body)
     submission = Submission(
         object_id=body.object_id,
         on_busy=OnBusy(body.on_busy or settings.on_busy),
@@ -47,7 +49,9 @@ async def create_job(request: web.Request) -> web.Response:
         idempotency_key=parse_idempotency_key(request.headers.get("Idempotency-Key")),
     )
     try:
-        admitted = await submit(request.app[POOL], submission, settings.rate_window)
+        admitted = await submit(
+            request.app[POOL], submission, settings.rate_window, grouper=request.app[GROUPER]
+        )
     except Busy as busy:
         raise Problem(
             429,
@@ -63,6 +67,7 @@ async def create_job(request: web.Request) -> web.Response:
     location = str(request.app.router["job"].url_for(job_id=str(job.id)))
     if admitted.created:
         request.app[EVENTS].enqueued(job)
+        request.app[NOTIFIER].due_in((job.run_at - job.created_at).total_seconds())
         return json_response(job.to_json(), status=201, headers={"Location": location})
     document = job.to_json()
     headers = {"Location": location}
@@ -71,6 +76,26 @@ async def create_job(request: web.Request) -> web.Response:
     if admitted.replayed:
         headers["Idempotent-Replayed"] = "true"
     return json_response(document, status=200, headers=headers)
+
+
+async def _create_batch(request: web.Request, object_ids: list[int]) -> web.Response:
+    """A JSON array of jobs: one statement, each job in its object's next free slot."""
+    if "Idempotency-Key" in request.headers:
+        raise invalid(
+            "Idempotency-Key applies to one job; send batches without it.",
+            name="Idempotency-Key",
+            status=400,
+        )
+    created = await jobs.enqueue_batch(
+        request.app[POOL], object_ids, request.app[SETTINGS].rate_window
+    )
+    events = request.app[EVENTS]
+    for job in created:
+        events.enqueued(job)
+    request.app[NOTIFIER].due_in(
+        min((job.run_at - job.created_at).total_seconds() for job in created)
+    )
+    return json_response({"jobs": [job.to_json() for job in created]}, status=201)
 
 
 @routes.post("/jobs/{job_id}/cancel", name="cancel_job")

@@ -11,12 +11,16 @@ from paceline.config import Settings
 from paceline.observability.metrics import JobMetrics
 from paceline.observability.overview import OverviewCache
 from paceline.queue.events import JobEvents
+from paceline.queue.grouping import EnqueueGrouper
+from paceline.queue.wakeup import DueNotifier
 from paceline.queue.worker import Worker
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 WORKER = web.AppKey("worker", Worker)
 EVENTS = web.AppKey("events", JobEvents)
+NOTIFIER = web.AppKey("notifier", DueNotifier)
+GROUPER = web.AppKey("grouper", EnqueueGrouper)
 # The dashboard and /metrics (paceline.observability).
 METRICS = web.AppKey("metrics", JobMetrics)
 OVERVIEW = web.AppKey("overview", OverviewCache)

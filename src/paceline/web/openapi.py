@@ -17,6 +17,7 @@ from paceline.web.problems import PROBLEM_JSON
 from paceline.web.validation import (
     DEFAULT_PAGE,
     MAX_BACKLOG_LIMIT,
+    MAX_BATCH,
     MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY,
     MAX_PAGE,
@@ -106,6 +107,27 @@ SCHEMAS: dict[str, Any] = {
             "Duplicate keys, NaN/Infinity and numbers with a fraction or exponent (even 7.0) "
             "are refused."
         ),
+    },
+    "JobBatch": {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_BATCH,
+        "items": {
+            "type": "object",
+            "required": ["object_id"],
+            "properties": {"object_id": INT64},
+            "additionalProperties": False,
+        },
+        "description": (
+            "Many jobs in one statement, in request order; an object repeated in the batch "
+            "gets slots a window apart, as if sent one by one. No Idempotency-Key."
+        ),
+    },
+    "CreatedJobs": {
+        "type": "object",
+        "required": ["jobs"],
+        "additionalProperties": False,
+        "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")}},
     },
     "JoinedJob": {
         "type": "object",
@@ -353,16 +375,23 @@ PATHS: dict[str, Any] = {
             ],
             "requestBody": {
                 "required": True,
-                "content": {JSON: {"schema": _ref("schemas", "JobRequest")}},
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "oneOf": [_ref("schemas", "JobRequest"), _ref("schemas", "JobBatch")]
+                        }
+                    }
+                },
             },
             "responses": {
                 "201": _json(
-                    "Created; `run_at` says when its object's window lets it start.",
-                    JOB,
+                    "Created; `run_at` says when its object's window lets it start. A batch "
+                    'answers {"jobs": [...]} in request order, without Location.',
+                    {"oneOf": [JOB, _ref("schemas", "CreatedJobs")]},
                     headers={
                         "Location": {
-                            "description": "The job's address.",
-                            "required": True,
+                            "description": "The job's address (one job, not a batch).",
+                            "required": False,
                             "schema": {"type": "string", "format": "uri-reference"},
                         }
                     },

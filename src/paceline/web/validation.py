@@ -21,6 +21,8 @@ JOB_FIELDS = frozenset({"object_id", "on_busy", "max_backlog"})
 ON_BUSY_VALUES = ("queue", "coalesce", "reject")
 MAX_BACKLOG_LIMIT = 1_000_000
 MAX_IDEMPOTENCY_KEY = 255
+# Jobs in one batch POST (a JSON array), inserted in one statement.
+MAX_BATCH = 1000
 LIST_PARAMS = frozenset({"object_id", "status", "limit", "cursor"})
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -62,11 +64,37 @@ class JobRequest:
     max_backlog: int | None = None
 
 
-def parse_job_request(body: bytes) -> JobRequest:
-    """What a `POST /jobs` body asks for, or a Problem saying what is wrong with it."""
+def parse_jobs_body(body: bytes) -> JobRequest | list[int]:
+    """A `POST /jobs` body: one job request, or a batch (a JSON array of `{"object_id": n}`)."""
     document = _parse_json(body)
+    if isinstance(document, list):
+        return _batch(document)
+    return _job_request(document)
+
+
+def parse_job_request(body: bytes) -> JobRequest:
+    """What a single-job `POST /jobs` body asks for, or a Problem saying what is wrong."""
+    return _job_request(_parse_json(body))
+
+
+def _batch(items: list[Any]) -> list[int]:
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise invalid(f"A batch holds 1 to {MAX_BATCH} jobs (got {len(items)}).")
+    object_ids = []
+    for position, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"object_id"}:
+            raise invalid(
+                f'Batch item {position} must be {{"object_id": <integer>}} and nothing else; '
+                "policies are per request, not per batch.",
+                name=f"[{position}]",
+            )
+        object_ids.append(object_id_value(item["object_id"]))
+    return object_ids
+
+
+def _job_request(document: Any) -> JobRequest:
     if not isinstance(document, dict):
-        raise invalid(f"The body must be a JSON object; {_EXAMPLE}.")
+        raise invalid(f"The body must be a JSON object (or an array of them); {_EXAMPLE}.")
     unknown = sorted(set(document) - JOB_FIELDS)
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
