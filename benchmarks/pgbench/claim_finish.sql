@@ -1,0 +1,43 @@
+-- Ceiling for the drain: claim up to :batch due jobs in one statement (the claim DESIGN.md
+-- prescribes: SKIP LOCKED over the due index, FIFO per object, the spacing check against the
+-- object's last start), then mark them finished in a second statement, as a worker whose
+-- handler does nothing would. Variables: -D batch=<jobs per claim> -D window=<W seconds>.
+WITH due AS (
+    SELECT j.id
+    FROM jobs AS j
+    WHERE j.status = 'PENDING'
+      AND j.run_at <= now()
+      -- FIFO: only the oldest pending job of its object.
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs AS older
+          WHERE older.object_id = j.object_id AND older.status = 'PENDING' AND older.id < j.id
+      )
+      -- Spacing: the object's last actual start is a window ago.
+      AND NOT EXISTS (
+          SELECT 1 FROM object_starts AS s
+          WHERE s.object_id = j.object_id
+            AND s.last_started_at > now() - make_interval(secs => :window)
+      )
+    ORDER BY j.run_at, j.id
+    LIMIT :batch
+    FOR UPDATE OF j SKIP LOCKED
+),
+started AS (
+    UPDATE jobs AS j
+    SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.id, j.object_id, j.started_at
+),
+window_start AS (
+    -- Record the start for the spacing check.
+    INSERT INTO object_starts AS s (object_id, last_started_at)
+    SELECT object_id, started_at FROM started
+    ON CONFLICT (object_id) DO UPDATE SET last_started_at = EXCLUDED.last_started_at
+)
+SELECT array_agg(id) AS ids FROM started
+\gset
+-- The handler ran (a no-op); record every claimed job as finished in one statement.
+UPDATE jobs
+SET status = 'SUCCESS', finished_at = clock_timestamp(), duration = 0
+WHERE id = ANY (:ids::bigint[]) AND status = 'PROCESSING';

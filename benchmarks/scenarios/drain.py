@@ -1,0 +1,139 @@
+"""Scenario 3: drain — due jobs over distinct objects, noop handler, 1 and 2 replicas, against
+pgbench claiming 50 (and 1) per statement."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+
+import asyncpg
+
+from benchmarks import profiling
+from benchmarks.context import (
+    WINDOW,
+    Bench,
+    format_statements,
+    reset_statements,
+    statements_per_job,
+)
+from benchmarks.load import PGBENCH_SCRIPTS
+from benchmarks.report import Goal, Row, median
+from benchmarks.scenarios.common import (
+    DRAIN_BASE,
+    DrainResult,
+    drain,
+    preload_due,
+    reset_tables,
+)
+
+SCENARIO = "3 drain"
+GOAL = Goal(">=", 16_000, unit="jobs/s")
+PGBENCH_CLIENTS = 4
+
+
+async def run(bench: Bench) -> None:
+    """Ceilings, then `runs` drains per replica count (emptied tables, same replicas)."""
+    ceiling = await drain_ceilings(bench)
+    for count in bench.config.replica_counts:
+        results = await _drains(bench, count)
+        rate = median([result.rate for result in results])
+        bench.figures[f"drain.{count}"] = rate
+        incomplete = sum(not result.complete for result in results)
+        cap = f"; {incomplete} run(s) stopped at the {bench.config.drain_cap:.0f}s cap"
+        bench.report.add(
+            Row(
+                SCENARIO,
+                f"jobs/s, {bench.config.drain_jobs:,} due jobs, {count} replica(s)",
+                rate,
+                "jobs/s",
+                ceiling=ceiling,
+                ceiling_label="pgbench claim 50",
+                goal=GOAL,
+                samples=[result.rate for result in results],
+                note=f"CPU: {results[0].cpu}{cap if incomplete else ''}",
+            )
+        )
+        bench.report.detail(f"drain.{count}r", [dataclasses.asdict(r) for r in results])
+    if bench.config.profile:
+        bench.report.section("Profile: drain, 1 replica (py-spy)", await _profile(bench))
+
+
+async def _drains(bench: Bench, count: int) -> list[DrainResult]:
+    results: list[DrainResult] = []
+    async with (
+        bench.cluster.database(f"drain_{count}") as url,
+        bench.replicas(url, count, name=f"drain-{count}") as replicas,
+    ):
+        for _ in range(bench.config.runs):
+            await reset_tables(url)
+            await reset_statements(url)
+            results.append(
+                await drain(
+                    bench, url, replicas, jobs=bench.config.drain_jobs, cap=bench.config.drain_cap
+                )
+            )
+            if len(results) == 1:
+                statements = await statements_per_job(url, results[0].finished)
+                bench.report.section(
+                    f"Statements per drained job, {count} replica(s) (pg_stat_statements)",
+                    format_statements(statements),
+                )
+    return results
+
+
+async def _profile(bench: Bench) -> str:
+    async with (
+        bench.cluster.database("drain_profile") as url,
+        bench.replicas(url, 1, name="drain-profile") as replicas,
+    ):
+        seconds = int(min(15, bench.config.drain_cap))
+        output = bench.config.results / "profile-drain.speedscope.json"
+        recorded, _ = await asyncio.gather(
+            profiling.record(replicas[0].pid, seconds, output),
+            drain(bench, url, replicas, jobs=bench.config.drain_jobs, cap=seconds),
+        )
+    if recorded is None:
+        return "py-spy unavailable or failed (see stderr)"
+    return f"{output.name}\n\n{profiling.top_frames(output)}"
+
+
+async def drain_ceilings(bench: Bench) -> float:
+    """pgbench claim + finish with 50 jobs per claim (the ceiling) and with 1 (a reference)."""
+    rates: dict[int, float] = {}
+    for batch in (50, 1):
+        jobs = bench.config.drain_jobs if batch > 1 else min(bench.config.drain_jobs, 5_000)
+        samples = [await _claim_run(bench, batch, jobs) for _ in range(bench.config.runs)]
+        rates[batch] = median(samples)
+        bench.report.add(
+            Row(
+                "3 ceilings",
+                f"pgbench claim {batch}/statement + finish, {PGBENCH_CLIENTS} clients",
+                rates[batch],
+                "jobs/s",
+                ceiling=rates.get(50) if batch != 50 else None,
+                ceiling_label="claim 50",
+                samples=samples,
+                note=f"{jobs:,} due jobs over distinct objects; spacing check in the claim",
+            )
+        )
+    return rates[50]
+
+
+async def _claim_run(bench: Bench, batch: int, jobs: int) -> float:
+    async with bench.cluster.database("ceiling_drain") as url:
+        await preload_due(url, jobs, DRAIN_BASE, WINDOW)
+        transactions = math.ceil(jobs / batch / PGBENCH_CLIENTS)
+        result = await bench.pgbench(
+            url,
+            PGBENCH_SCRIPTS / "claim_finish.sql",
+            clients=PGBENCH_CLIENTS,
+            transactions=transactions,
+            defines={"batch": batch, "window": WINDOW},
+        )
+        conn = await asyncpg.connect(url)
+        try:
+            done: int = await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'SUCCESS'")
+        finally:
+            await conn.close()
+    return done / result.seconds

@@ -1,0 +1,201 @@
+"""Scenario 5: lateness — started_at - run_at on the database clock — at idle and at half of the
+service's max POST throughput (1 replica)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from benchmarks.context import Bench, wait_until
+from benchmarks.load import HttpRun, wrk
+from benchmarks.report import Goal, Row
+from benchmarks.scenarios.common import LATENESS_BASE, measure_post
+
+SCENARIO = "5 lateness"
+IDLE_GOAL = Goal("<=", 10, unit="ms")
+LOAD_GOAL = Goal("<=", 50, unit="ms")
+# At idle: objects posted one after another, each twice: the first job is due at once (woken by
+# NOTIFY), the second a window later (woken by the timer on the next due slot).
+IDLE_OBJECTS = 100
+IDLE_WINDOW = 0.5
+IDLE_GAP = 0.02
+CONNECTIONS = 16
+DONE = "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE status IN ('PENDING', 'PROCESSING'))"
+
+
+async def run(bench: Bench) -> None:
+    """Idle first, then paced load at half the best POST rate."""
+    await _idle(bench)
+    await _half_load(bench)
+
+
+async def _idle(bench: Bench) -> None:
+    env = {"PACELINE_RATE_WINDOW": str(IDLE_WINDOW)}
+    async with (
+        bench.cluster.database("lateness_idle") as url,
+        bench.replicas(url, 1, name="lateness-idle", env=env) as replicas,
+        aiohttp.ClientSession() as session,
+    ):
+        for index in range(IDLE_OBJECTS):
+            for _ in range(2):
+                body = {"object_id": LATENESS_BASE + index}
+                async with session.post(f"{replicas[0].url}/jobs", json=body) as response:
+                    response.raise_for_status()
+            await asyncio.sleep(IDLE_GAP)
+        await wait_until(url, DONE, within=30)
+        overall = await _lateness(url)
+        at_once = await _lateness(url, kind="first")
+        timed = await _lateness(url, kind="later")
+    bench.report.add(
+        Row(
+            SCENARIO,
+            "p99 lateness at idle",
+            overall["p99"],
+            "ms",
+            goal=IDLE_GOAL,
+            note=f"p50 {overall['p50']:.1f} ms over {overall['n']} jobs; due at once (NOTIFY): "
+            f"p50 {at_once['p50']:.1f} / p99 {at_once['p99']:.1f} ms; due a window later "
+            f"(timer): p50 {timed['p50']:.1f} / p99 {timed['p99']:.1f} ms",
+        )
+    )
+    bench.report.detail("lateness.idle", {"all": overall, "at_once": at_once, "timed": timed})
+
+
+async def _half_load(bench: Bench) -> None:
+    async with (
+        bench.cluster.database("lateness_load") as url,
+        bench.replicas(url, 1, name="lateness-load") as replicas,
+    ):
+        best = max(
+            (bench.figures.get(f"post.{c}.1", 0.0) for c in bench.config.connections), default=0.0
+        )
+        if not best:
+            best = (await measure_post(bench, url, replicas, max(bench.config.connections))).rps
+        target = best / 2
+        port = replicas[0].port
+        delay = await _calibrate(port, target)
+        # Start from an empty queue: what calibration (and a fallback POST run) left must be
+        # done first, or its backlog would count as lateness of the measured jobs.
+        await wait_until(url, DONE, within=300)
+        began = await _now(url)
+        result = await wrk(
+            [port],
+            connections=CONNECTIONS,
+            seconds=max(10, 2 * bench.config.seconds),
+            env={"BENCH_DELAY_MS": f"{delay:.3f}"},
+        )
+        ended = await _now(url)
+        backlog = await _backlog(url)
+        await wait_until(url, DONE, within=300)
+        stats = await _lateness(url, between=(began, ended))
+        stall = await _longest_stall(url, began, ended)
+    bench.report.add(
+        Row(
+            SCENARIO,
+            f"p99 lateness at {result.rps:,.0f} req/s (half of {best:,.0f})",
+            stats["p99"],
+            "ms",
+            goal=LOAD_GOAL,
+            note=f"p50 {stats['p50']:.1f} ms, max {stats['max']:.0f} ms over {stats['n']} jobs; "
+            f"{stats['over_50ms']} jobs over 50 ms late; longest time without a start while a "
+            f"job was due: {stall:.0f} ms; due jobs waiting when the load stopped: {backlog}; "
+            f"POST p99 {result.p99_ms:.1f} ms",
+        )
+    )
+    bench.report.detail("lateness.half_load", {**stats, "rps": result.rps, "target": target})
+
+
+async def _calibrate(port: int, target: float) -> float:
+    """The per-request pause (ms) that makes CONNECTIONS connections send `target` req/s."""
+    period = CONNECTIONS * 1000 / target
+    delay = period
+    for _ in range(2):
+        trial: HttpRun = await wrk(
+            [port], connections=CONNECTIONS, seconds=2, env={"BENCH_DELAY_MS": f"{delay:.3f}"}
+        )
+        latency = CONNECTIONS * 1000 / trial.rps - delay
+        delay = max(0.0, period - latency)
+    return delay
+
+
+async def _now(url: str) -> dt.datetime:
+    conn = await asyncpg.connect(url)
+    try:
+        moment: dt.datetime = await conn.fetchval("SELECT clock_timestamp()")
+        return moment
+    finally:
+        await conn.close()
+
+
+async def _lateness(
+    url: str, *, kind: str = "all", between: tuple[dt.datetime, dt.datetime] | None = None
+) -> dict[str, Any]:
+    """p50, p99, max of started_at - run_at in ms; `kind` first/later job of each object."""
+    rank = {"all": "true", "first": "rank = 1", "later": "rank > 1"}[kind]
+    low, high = between or (dt.datetime.min.replace(tzinfo=dt.UTC), dt.datetime.now(dt.UTC))
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            f"""
+            SELECT count(*) AS n,
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY late) AS p50,
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY late) AS p99,
+                   max(late) AS max,
+                   count(*) FILTER (WHERE late > 50) AS over_50ms
+            FROM (
+                SELECT EXTRACT(EPOCH FROM started_at - run_at)::float8 * 1000 AS late,
+                       row_number() OVER (PARTITION BY object_id ORDER BY id) AS rank
+                FROM jobs
+                WHERE started_at IS NOT NULL AND created_at BETWEEN $1 AND $2
+            ) AS j
+            WHERE {rank}
+            """,  # rank is one of three fixed strings above, not input
+            low,
+            high,
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return {
+        key: (row[key] if row[key] is not None else 0.0)
+        for key in ("n", "p50", "p99", "max", "over_50ms")
+    }
+
+
+async def _longest_stall(url: str, began: dt.datetime, ended: dt.datetime) -> float:
+    """The longest gap (ms) between consecutive starts while the next job had been due: time
+    the workers did nothing though they could have (a stalled event loop, a missed wake-up)."""
+    conn = await asyncpg.connect(url)
+    try:
+        gap: float | None = await conn.fetchval(
+            """
+            SELECT max(EXTRACT(EPOCH FROM started_at - GREATEST(previous, run_at)) * 1000)::float8
+            FROM (
+                SELECT started_at, run_at, lag(started_at) OVER (ORDER BY started_at) AS previous
+                FROM jobs
+                WHERE started_at IS NOT NULL AND created_at BETWEEN $1 AND $2
+            ) AS s
+            WHERE previous IS NOT NULL
+            """,
+            began,
+            ended,
+        )
+    finally:
+        await conn.close()
+    return gap or 0.0
+
+
+async def _backlog(url: str) -> int:
+    """Due jobs not started yet: more than a handful means the workers fall behind the load."""
+    conn = await asyncpg.connect(url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM jobs WHERE status = 'PENDING' AND run_at <= now()"
+        )
+        return count
+    finally:
+        await conn.close()

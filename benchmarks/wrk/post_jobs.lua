@@ -1,0 +1,77 @@
+-- wrk script: POST /jobs with a random object id per request, spread over the replicas.
+--
+-- Environment (wrk passes no arguments to setup(), so the harness uses variables):
+--   BENCH_PORTS         comma-separated ports of the replicas; thread i talks to port i mod n
+--   BENCH_OBJECTS       object ids are drawn from 1..BENCH_OBJECTS (default 10^12: distinct)
+--   BENCH_OBJECT_BASE   added to every object id (keeps scenarios' objects apart)
+--   BENCH_LIMIT         stop each thread after this many responses (default: run for -d)
+--   BENCH_DELAY_MS      pause before each request on a connection (pacing, fractional ok)
+-- At the end it prints one line, `WRK_JSON {...}`, that the harness parses.
+
+local ports = {}
+for port in string.gmatch(os.getenv("BENCH_PORTS") or "", "%d+") do
+    ports[#ports + 1] = port
+end
+local objects = tonumber(os.getenv("BENCH_OBJECTS") or "") or 1e12
+local base = tonumber(os.getenv("BENCH_OBJECT_BASE") or "") or 0
+local limit = tonumber(os.getenv("BENCH_LIMIT") or "")
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+
+local created = 0
+function setup(thread)
+    created = created + 1
+    thread:set("thread_number", created)
+    if #ports > 0 then
+        thread.addr = wrk.lookup("127.0.0.1", ports[(created - 1) % #ports + 1])[1]
+    end
+end
+
+local headers = { ["Content-Type"] = "application/json" }
+
+function init(args)
+    math.randomseed(os.time() * 1000 + (thread_number or 0))
+end
+
+-- Up to 10^12 without losing precision in a double: two draws of 10^6.
+local function object_id()
+    if objects <= 1e6 then
+        return base + math.random(1, objects)
+    end
+    return base + (math.random(1, 1e6) - 1) * 1e6 + math.random(1, 1e6)
+end
+
+function request()
+    local body = string.format('{"object_id": %.0f}', object_id())
+    return wrk.format("POST", "/jobs", headers, body)
+end
+
+if pause then
+    -- Dither the integer milliseconds wrk accepts so the mean pause is `pause`.
+    function delay()
+        return math.floor(pause + math.random())
+    end
+end
+
+if limit then
+    local seen = 0
+    function response(status, headers, body)
+        seen = seen + 1
+        if seen >= limit then
+            wrk.thread:stop()
+        end
+    end
+end
+
+function done(summary, latency, requests)
+    local errors = summary.errors
+    io.write(string.format(
+        'WRK_JSON {"requests": %d, "duration_us": %d, "bytes": %d, '
+            .. '"connect_errors": %d, "read_errors": %d, "write_errors": %d, '
+            .. '"status_errors": %d, "timeouts": %d, '
+            .. '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f}\n',
+        summary.requests, summary.duration, summary.bytes,
+        errors.connect, errors.read, errors.write, errors.status, errors.timeout,
+        latency:percentile(50), latency:percentile(90), latency:percentile(99),
+        latency.max, latency.mean
+    ))
+end
