@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import aiohttp
 import asyncpg
 
+from paceline.client import PacelineClient
 from paceline.db.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +124,7 @@ class ServeProcess:
 
 
 async def post_job(session: aiohttp.ClientSession, base_url: str, object_id: int) -> dict[str, Any]:
-    """POST a job and return it, failing the test on anything but 201."""
-    async with session.post(f"{base_url}/jobs", json={"object_id": object_id}) as response:
-        body: dict[str, Any] = await response.json()
-        assert response.status == 201, body
-        return body
+    """Submit a job through paceline's own client and return it as the API showed it."""
+    async with PacelineClient(base_url, session=session) as paceline:
+        job = await paceline.submit(object_id)
+    return dict(job.raw)

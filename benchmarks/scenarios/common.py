@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 from benchmarks import profiling
@@ -22,6 +21,7 @@ from benchmarks.context import (
 from benchmarks.load import HttpRun, wrk
 from benchmarks.procs import CpuSplit, Replica
 from benchmarks.report import median
+from paceline.client import PacelineClient
 
 # Object ids of each kind of load, far apart, so no scenario's jobs share a window by accident.
 RANDOM_OBJECTS = 10**12  # POST load draws from 1..10^12
@@ -138,15 +138,10 @@ async def preload_due(url: str, jobs: int, base: int, window: float) -> None:
 
 
 async def post_one(base_url: str, object_id: int) -> dict[str, Any]:
-    """POST one job through the API (its NOTIFY wakes every replica's workers)."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{base_url}/jobs", json={"object_id": object_id}) as response,
-    ):
-        body: dict[str, Any] = await response.json()
-        if response.status != 201:
-            raise RuntimeError(f"POST /jobs answered {response.status}: {body}")
-        return body
+    """POST one job through paceline's own client (its NOTIFY wakes every replica's workers)."""
+    async with PacelineClient(base_url) as paceline:
+        job = await paceline.submit(object_id)
+    return dict(job.raw)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,10 +82,12 @@ async def _post(bench: Bench, variant: Variant, base_url: str, baseline: list[Re
         meter = bench.cpu_meter(tried)
         for replicas in (baseline, tried):
             await bench.http_runs(replicas, CONNECTIONS, runs=0)
+        # A variant without workers never runs its jobs: there is nothing to wait for.
+        busy = [base_url] if variant.env.get("PACELINE_CONCURRENCY") == "0" else [base_url, url]
         for _ in range(bench.config.runs):
-            await quiesce(base_url, url)
+            await quiesce(*busy)
             base_runs += await bench.http_runs(baseline, CONNECTIONS, runs=1, warmup=False)
-            await quiesce(base_url, url)
+            await quiesce(*busy)
             meter.start()
             runs += await bench.http_runs(tried, CONNECTIONS, runs=1, warmup=False)
             meter.stop()

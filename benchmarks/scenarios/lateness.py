@@ -7,13 +7,13 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 from benchmarks.context import Bench, wait_until
 from benchmarks.load import HttpRun, wrk
 from benchmarks.report import Goal, Row
 from benchmarks.scenarios.common import LATENESS_BASE, measure_post
+from paceline.client import PacelineClient
 
 SCENARIO = "5 lateness"
 IDLE_GOAL = Goal("<=", 10, unit="ms")
@@ -38,13 +38,11 @@ async def _idle(bench: Bench) -> None:
     async with (
         bench.cluster.database("lateness_idle") as url,
         bench.replicas(url, 1, name="lateness-idle", env=env) as replicas,
-        aiohttp.ClientSession() as session,
+        PacelineClient(replicas[0].url) as paceline,
     ):
         for index in range(IDLE_OBJECTS):
             for _ in range(2):
-                body = {"object_id": LATENESS_BASE + index}
-                async with session.post(f"{replicas[0].url}/jobs", json=body) as response:
-                    response.raise_for_status()
+                await paceline.submit(LATENESS_BASE + index)
             await asyncio.sleep(IDLE_GAP)
         await wait_until(url, DONE, within=30)
         overall = await _lateness(url)
