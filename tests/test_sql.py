@@ -180,12 +180,18 @@ async def test_list_by_status_uses_its_index(history: asyncpg.Connection) -> Non
     nodes = summary(
         await explain(history, "list_jobs_by_status", Status.PENDING.value, INT64_MAX, 50)
     )
-    assert_uses_index(nodes, "ix_jobs_status_id")
+    # Either index of pending jobs serves it: (status, id DESC), or the partial one of their ids.
+    used = {node.index_name for node in nodes}
+    assert used & {"ix_jobs_status_id", "ix_jobs_pending_id"}, nodes
     assert_no_seq_scan_on_jobs(nodes)
 
 
 async def test_next_due_reads_the_first_pending_jobs_by_slot(history: asyncpg.Connection) -> None:
     """Every idle worker asks when to wake up: that must not read the whole history."""
     nodes = summary(await explain(history, "seconds_until_next_due", WINDOW))
-    assert PlanNode("Index Scan", "jobs", "ix_jobs_due") in nodes, nodes
+    # Only indexes that hold pending jobs alone: by slot, or (few pending) their ids, sorted.
+    pending_only = {"ix_jobs_due", "ix_jobs_pending_id", "ix_jobs_pending_object"}
+    scanned = {node.index_name for node in nodes if node.relation_name == "jobs"}
+    assert scanned, nodes
+    assert scanned <= pending_only, nodes
     assert_no_seq_scan_on_jobs(nodes)

@@ -31,12 +31,13 @@ ORDER BY run_at, id
 LIMIT 1;
 
 -- name: overview_oldest_pending
--- The pending job accepted first: the oldest wait. The first PENDING entry of
--- ix_jobs_status_id (status, id DESC) read backwards; ids grow with acceptance.
+-- The pending job accepted first: the oldest wait. The first entry of the partial index
+-- ix_jobs_pending_id; ids grow with acceptance. (Through ix_jobs_status_id the planner
+-- sometimes preferred walking the primary key through the history instead.)
 SELECT id, object_id, created_at, run_at
 FROM jobs
 WHERE status = 'PENDING'
-ORDER BY status, id
+ORDER BY id
 LIMIT 1;
 
 -- name: overview_table_estimates

@@ -66,6 +66,9 @@ jobs = Table(
         "id",
         postgresql_where=text("status = 'PENDING'"),
     ),
+    # The oldest pending job (the dashboard's oldest wait): the first entry. Without it the
+    # planner may walk the primary key through the whole history, filtering on status.
+    Index("ix_jobs_pending_id", "id", postgresql_where=text("status = 'PENDING'")),
     # FIFO per object: "is there an older pending job of this object?" is one probe here.
     Index(
         "ix_jobs_pending_object",
