@@ -174,10 +174,6 @@ SELECT object_id FROM jobs
 WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
 FOR UPDATE;
 
--- name: lock_object_slots
--- $1 object_id. Holds off enqueues of this object while its pending slots move.
-SELECT next_slot FROM object_slots WHERE object_id = $1 FOR UPDATE;
-
 -- name: requeue_job
 -- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 W, $5 error, $6 outcome for the
 -- attempt's record (RETRY, RELEASED, LOST). Back to PENDING, no earlier than the delay and

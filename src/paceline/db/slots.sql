@@ -3,10 +3,11 @@
 -- Every multi-step change locks the object's object_slots row first, then job rows, so the
 -- steps serialize with enqueues of that object and never deadlock with each other.
 
--- name: lock_object_for_submit
+-- name: lock_object_slots
 -- $1 object_id. Take the object's slot row lock, creating the row as "free now" if the object
--- is new (rolled back with the transaction if the request is refused). The statements after
--- it in the transaction see every job a previous holder of the lock committed.
+-- is new or its row was pruned (rolled back with the transaction if a request is refused), so
+-- enqueues of the object wait, and the slot moves that follow always find the row. The
+-- statements after it in the transaction see every job a previous holder committed.
 INSERT INTO object_slots AS s (object_id, next_slot)
 VALUES ($1, now())
 ON CONFLICT (object_id) DO UPDATE SET next_slot = s.next_slot

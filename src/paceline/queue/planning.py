@@ -34,7 +34,7 @@ async def cancel_and_compact(conn: Connection, job_id: int, window: float) -> Jo
     object_id = await conn.fetchval(QUERIES["object_of_job"], job_id)
     if object_id is None:
         return None
-    await conn.execute(QUERIES["lock_object_for_submit"], object_id)
+    await conn.execute(QUERIES["lock_object_slots"], object_id)
     record = await conn.fetchrow(QUERIES["cancel_pending_job"], job_id)
     if record is None:
         return None
@@ -73,7 +73,7 @@ async def replan(
     for object_row in await conn.fetch(QUERIES["objects_with_pending_jobs"]):
         object_id = object_row["object_id"]
         if apply:
-            await conn.execute(QUERIES["lock_object_for_submit"], object_id)
+            await conn.execute(QUERIES["lock_object_slots"], object_id)
         pending = await conn.fetch(QUERIES["pending_jobs_of_object"], object_id, 0)
         last_start = await conn.fetchval(QUERIES["last_start_of_object"], object_id)
         previous = last_start

@@ -126,7 +126,7 @@ async def _claim_key(conn: Connection, request: Submission) -> Admitted | None:
 
 async def _admit(conn: Connection, request: Submission, window: float) -> Admitted:
     object_id = request.object_id
-    await conn.execute(QUERIES["lock_object_for_submit"], object_id)
+    await conn.execute(QUERIES["lock_object_slots"], object_id)
     cap = (request.max_backlog or 0) + 1
     state = await conn.fetchrow(QUERIES["object_backlog"], object_id, window, cap)
     assert state is not None

@@ -254,7 +254,7 @@ class Worker:
                     continue
                 assert job.started_at is not None
                 async with self._pool.acquire() as conn, conn.transaction():
-                    await conn.execute(QUERIES["lock_object_for_submit"], job.object_id)
+                    await conn.execute(QUERIES["lock_object_slots"], job.object_id)
                     await conn.execute(
                         QUERIES["shift_later_slots"],
                         job.object_id,
