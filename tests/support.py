@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +36,15 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+def assert_starts_apart(object_id: int, starts: Iterable[datetime], window: float) -> None:
+    """I1 for one object: its starts, in time order, are at least `window` seconds apart."""
+    for earlier, later in itertools.pairwise(sorted(starts)):
+        assert later - earlier >= timedelta(seconds=window), (
+            f"object {object_id}: starts {earlier} and {later} are {later - earlier} apart, "
+            f"less than W = {window}s"
+        )
 
 
 async def all_jobs(dsn: str) -> list[asyncpg.Record]:

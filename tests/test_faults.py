@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import json
 import os
 import signal
@@ -21,7 +20,6 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from paceline.db import migrate
 from paceline.db.embedded import EmbeddedPostgres, free_port
 from paceline.db.queries import QUERIES
 from paceline.queue.requeue import requeue
-from tests.support import ServeProcess, eventually, post_job
+from tests.support import ServeProcess, assert_starts_apart, eventually, post_job
 
 pytestmark = pytest.mark.processes
 
@@ -210,11 +208,7 @@ def assert_spacing(attempts: dict[int, list[asyncpg.Record]], window: float) -> 
         for row in rows:
             starts[row["object_id"]].append(row["started_at"])
     for object_id, moments in starts.items():
-        moments.sort()
-        for earlier, later in itertools.pairwise(moments):
-            assert later - earlier >= timedelta(seconds=window), (
-                f"object {object_id}: two starts {later - earlier} apart, window {window}s"
-            )
+        assert_starts_apart(object_id, moments, window)
 
 
 # --- 1. kill -9 ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import MakeClient
-from tests.support import all_jobs, eventually, wait_until_finished
+from tests.support import all_jobs, assert_starts_apart, eventually, wait_until_finished
 
 
 def starts_by_object(rows: list[asyncpg.Record]) -> dict[int, list[asyncpg.Record]]:
@@ -31,10 +31,7 @@ def assert_window_holds(rows: list[asyncpg.Record], window: float) -> None:
             assert row["started_at"] >= row["run_at"], f"job {row['id']} started early"
         starts = [row["started_at"] for row in jobs]
         assert starts == sorted(starts), f"object {object_id} ran out of order"
-        for earlier, later in itertools.pairwise(starts):
-            assert later - earlier >= timedelta(seconds=window), (
-                f"object {object_id}: starts {earlier} and {later} are less than W apart"
-            )
+        assert_starts_apart(object_id, starts, window)
 
 
 async def test_fifty_concurrent_posts_for_one_object_get_exact_slots_and_run_in_order(
