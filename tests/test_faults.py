@@ -19,7 +19,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +88,41 @@ def replica_env(dsn: str, run_log: Path, **settings: object) -> dict[str, str]:
     return env
 
 
-async def start_replicas(env: dict[str, str], tmp_path: Path, count: int) -> list[ServeProcess]:
-    """`count` replicas with the same settings, started together; waits until all serve."""
-    replicas = [ServeProcess(env, log_path=tmp_path / f"replica{n}.log") for n in range(count)]
-    try:
-        await asyncio.gather(*(replica.wait_ready() for replica in replicas))
-    except BaseException:
-        await stop_all(replicas)
-        raise
-    return replicas
+@pytest.fixture
+async def own_pg(pg_template: Path, tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
+    """This test's own PostgreSQL, migrated, not started yet; stopped when the test ends.
+
+    Request it before `start_replicas`: fixtures end in reverse order, replicas first."""
+    server = own_server(pg_template, tmp_path / "pg")
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+StartReplicas = Callable[..., Awaitable[list[ServeProcess]]]
+
+
+@pytest.fixture
+async def start_replicas(tmp_path: Path) -> AsyncIterator[StartReplicas]:
+    """`await start_replicas(env, count)`: `count` replicas with the same settings, started
+    together; waits until all serve (with `ready=False`, does not wait). A test stops them
+    with `stop_all` where it wants their exit statuses; any still running at its end, when it
+    failed say, are stopped then."""
+    started: list[ServeProcess] = []
+
+    async def start(
+        env: dict[str, str], count: int = 1, *, ready: bool = True
+    ) -> list[ServeProcess]:
+        replicas = [
+            ServeProcess(env, log_path=tmp_path / f"replica{len(started) + n}.log")
+            for n in range(count)
+        ]
+        started.extend(replicas)
+        if ready:
+            await asyncio.gather(*(replica.wait_ready() for replica in replicas))
+        return replicas
+
+    yield start
+    await stop_all(started)
 
 
 def _stop(replica: ServeProcess) -> int | None:
@@ -215,7 +241,7 @@ def assert_spacing(attempts: dict[int, list[asyncpg.Record]], window: float) -> 
 
 
 async def test_kill_9_a_replica_its_running_jobs_run_again_once_elsewhere(
-    database_url: str, tmp_path: Path
+    database_url: str, start_replicas: StartReplicas, tmp_path: Path
 ) -> None:
     window, lease, objects, per_object = 0.5, 1.5, 6, 4
     run_log = tmp_path / "runs.log"
@@ -227,41 +253,39 @@ async def test_kill_9_a_replica_its_running_jobs_run_again_once_elsewhere(
         concurrency=6,
         test_run_seconds=1.5,
     )
-    replicas = await start_replicas(env, tmp_path, 2)
-    try:
-        async with aiohttp.ClientSession() as session:
-            for n in range(objects * per_object):
-                await post_job(session, replicas[n % 2].url, object_id=n % objects)
-        worker_ids = {r.process.pid: await worker_id_of(database_url, r) for r in replicas}
+    replicas = await start_replicas(env, 2)
+    async with aiohttp.ClientSession() as session:
+        for n in range(objects * per_object):
+            await post_job(session, replicas[n % 2].url, object_id=n % objects)
+    worker_ids = {r.process.pid: await worker_id_of(database_url, r) for r in replicas}
 
-        async def busy() -> int | None:
-            # A replica in the middle of at least two jobs.
-            rows = await query(
-                database_url,
-                "SELECT worker_id, count(*) AS n FROM jobs WHERE status = 'PROCESSING' "
-                "GROUP BY worker_id ORDER BY n DESC",
-            )
-            pids = {wid: pid for pid, wid in worker_ids.items()}
-            return next((pids[r["worker_id"]] for r in rows if r["n"] >= 2), None)
+    async def busy() -> int | None:
+        # A replica in the middle of at least two jobs.
+        rows = await query(
+            database_url,
+            "SELECT worker_id, count(*) AS n FROM jobs WHERE status = 'PROCESSING' "
+            "GROUP BY worker_id ORDER BY n DESC",
+        )
+        pids = {wid: pid for pid, wid in worker_ids.items()}
+        return next((pids[r["worker_id"]] for r in rows if r["n"] >= 2), None)
 
-        victim = by_pid(replicas, await eventually(busy, timeout=15))
-        survivor = next(r for r in replicas if r is not victim)
-        await asyncio.to_thread(victim.kill)
-        killed_at = time.time()
-        victim_id = worker_ids[victim.process.pid]
-        # Its leases have ≥ lease·2/3 left: nothing was reaped yet.
-        running_at_kill = {
-            row["id"]
-            for row in await query(
-                database_url,
-                "SELECT id FROM jobs WHERE status = 'PROCESSING' AND worker_id = $1",
-                victim_id,
-            )
-        }
-        rows = await wait_all_final(database_url, timeout=40)
-        assert survivor.process.poll() is None, "the survivor died"
-    finally:
-        codes = await stop_all(replicas)
+    victim = by_pid(replicas, await eventually(busy, timeout=15))
+    survivor = next(r for r in replicas if r is not victim)
+    await asyncio.to_thread(victim.kill)
+    killed_at = time.time()
+    victim_id = worker_ids[victim.process.pid]
+    # Its leases have ≥ lease·2/3 left: nothing was reaped yet.
+    running_at_kill = {
+        row["id"]
+        for row in await query(
+            database_url,
+            "SELECT id FROM jobs WHERE status = 'PROCESSING' AND worker_id = $1",
+            victim_id,
+        )
+    }
+    rows = await wait_all_final(database_url, timeout=40)
+    assert survivor.process.poll() is None, "the survivor died"
+    codes = await stop_all(replicas)
     assert codes[replicas.index(survivor)] == 0, survivor.log()[-3000:]
 
     attempts = await attempts_by_job(database_url)
@@ -302,7 +326,7 @@ async def test_kill_9_a_replica_its_running_jobs_run_again_once_elsewhere(
 
 
 async def test_sigterm_with_grace_longer_than_the_job_finishes_it_and_exits_0(
-    database_url: str, tmp_path: Path
+    database_url: str, start_replicas: StartReplicas, tmp_path: Path
 ) -> None:
     grace, job_seconds = 5.0, 1.5
     run_log = tmp_path / "runs.log"
@@ -313,16 +337,13 @@ async def test_sigterm_with_grace_longer_than_the_job_finishes_it_and_exits_0(
         shutdown_grace=grace,
         test_run_seconds=job_seconds,
     )
-    (replica,) = await start_replicas(env, tmp_path, 1)
-    try:
-        async with aiohttp.ClientSession() as session:
-            job = await post_job(session, replica.url, object_id=1)
-        await first_start(run_log, job["id"])
-        sent = time.monotonic()
-        code = await asyncio.to_thread(replica.terminate, grace + 10)
-        took = time.monotonic() - sent
-    finally:
-        await stop_all([replica])
+    (replica,) = await start_replicas(env)
+    async with aiohttp.ClientSession() as session:
+        job = await post_job(session, replica.url, object_id=1)
+    await first_start(run_log, job["id"])
+    sent = time.monotonic()
+    code = await asyncio.to_thread(replica.terminate, grace + 10)
+    took = time.monotonic() - sent
     assert code == 0, replica.log()[-3000:]
     assert took < grace, f"exit took {took:.2f}s, more than the grace {grace}s"
     assert took > job_seconds / 2, "it exited without waiting for the running job"
@@ -341,7 +362,7 @@ async def test_sigterm_with_grace_longer_than_the_job_finishes_it_and_exits_0(
 
 
 async def test_sigterm_with_short_grace_releases_the_job_to_another_replica(
-    database_url: str, tmp_path: Path
+    database_url: str, start_replicas: StartReplicas, tmp_path: Path
 ) -> None:
     grace, window = 0.5, 2.0
     run_log = tmp_path / "runs.log"
@@ -354,25 +375,23 @@ async def test_sigterm_with_short_grace_releases_the_job_to_another_replica(
         test_first_run_seconds=60,
         test_run_seconds=0.2,
     )
-    replicas = await start_replicas(env, tmp_path, 2)
-    try:
-        async with aiohttp.ClientSession() as session:
-            job = await post_job(session, replicas[0].url, object_id=1)
-        _job, _attempt, pid = await first_start(run_log, job["id"])
-        stopped = by_pid(replicas, pid)
-        other = next(r for r in replicas if r is not stopped)
-        other_id = await worker_id_of(database_url, other)
-        sent = time.monotonic()
-        code = await asyncio.to_thread(stopped.terminate, 20)
-        took = time.monotonic() - sent
-        (after_exit,) = await query(
-            database_url,
-            "SELECT status, attempts, run_at, now() < run_at AS early FROM jobs",
-        )
-        rows = await wait_all_final(database_url, timeout=20)
-        assert other.process.poll() is None
-    finally:
-        await stop_all(replicas)
+    replicas = await start_replicas(env, 2)
+    async with aiohttp.ClientSession() as session:
+        job = await post_job(session, replicas[0].url, object_id=1)
+    _job, _attempt, pid = await first_start(run_log, job["id"])
+    stopped = by_pid(replicas, pid)
+    other = next(r for r in replicas if r is not stopped)
+    other_id = await worker_id_of(database_url, other)
+    sent = time.monotonic()
+    code = await asyncio.to_thread(stopped.terminate, 20)
+    took = time.monotonic() - sent
+    (after_exit,) = await query(
+        database_url,
+        "SELECT status, attempts, run_at, now() < run_at AS early FROM jobs",
+    )
+    rows = await wait_all_final(database_url, timeout=20)
+    assert other.process.poll() is None
+    await stop_all(replicas)
     assert code == 0, stopped.log()[-3000:]
     assert took < grace + 3, f"exit took {took:.2f}s after SIGTERM with a {grace}s grace"
     assert "released at shutdown" in stopped.log()
@@ -480,40 +499,39 @@ class Load:
     ids=["fast", "immediate", "immediate-outlasting-the-lease"],
 )
 async def test_database_restart_under_load_loses_no_accepted_job(
-    mode: str, lease: float, pg_template: Path, tmp_path: Path
+    mode: str,
+    lease: float,
+    own_pg: EmbeddedPostgres,
+    start_replicas: StartReplicas,
+    tmp_path: Path,
 ) -> None:
     window = 0.2
     run_log = tmp_path / "runs.log"
-    server = own_server(pg_template, tmp_path / "pg")  # migrated
-    await asyncio.to_thread(server.start)
-    replicas: list[ServeProcess] = []
-    try:
-        dsn = server.dsn
-        env = replica_env(
-            dsn, run_log, rate_window=window, lease=lease, concurrency=4, test_run_seconds=0.1
-        )
-        replicas = await start_replicas(env, tmp_path, 2)
-        async with aiohttp.ClientSession() as session:
-            load = Load(session, [r.url for r in replicas], objects=20)
-            clients = [asyncio.create_task(load.post_until_stopped(n, 2)) for n in range(2)]
-            try:
-                await until(lambda: len(load.accepted) >= 20 and bool(read_runs(run_log)), 15)
-                await asyncio.to_thread(server.stop, mode)
-                await asyncio.sleep(OUTAGE)  # the scenario: the database is down for ~3 s
-                restart_called = time.time()
-                await asyncio.to_thread(server.start)
-                restarted = time.time()
-                load.restarted_at = time.monotonic()
-                await until(lambda: load.accepted_after_restart >= 20, timeout=20)
-            finally:
-                load.stopping.set()
-                await asyncio.gather(*clients)
-        rows = await wait_all_final(dsn, timeout=30)
-        alive = [r.process.poll() is None for r in replicas]
-        attempts = await attempts_by_job(dsn)
-    finally:
-        codes = await stop_all(replicas)
-        await asyncio.to_thread(server.stop)
+    await asyncio.to_thread(own_pg.start)  # migrated
+    dsn = own_pg.dsn
+    env = replica_env(
+        dsn, run_log, rate_window=window, lease=lease, concurrency=4, test_run_seconds=0.1
+    )
+    replicas = await start_replicas(env, 2)
+    async with aiohttp.ClientSession() as session:
+        load = Load(session, [r.url for r in replicas], objects=20)
+        clients = [asyncio.create_task(load.post_until_stopped(n, 2)) for n in range(2)]
+        try:
+            await until(lambda: len(load.accepted) >= 20 and bool(read_runs(run_log)), 15)
+            await asyncio.to_thread(own_pg.stop, mode)
+            await asyncio.sleep(OUTAGE)  # the scenario: the database is down for ~3 s
+            restart_called = time.time()
+            await asyncio.to_thread(own_pg.start)
+            restarted = time.time()
+            load.restarted_at = time.monotonic()
+            await until(lambda: load.accepted_after_restart >= 20, timeout=20)
+        finally:
+            load.stopping.set()
+            await asyncio.gather(*clients)
+    rows = await wait_all_final(dsn, timeout=30)
+    alive = [r.process.poll() is None for r in replicas]
+    attempts = await attempts_by_job(dsn)
+    codes = await stop_all(replicas)
 
     assert (alive, codes) == ([True, True], [0, 0]), [r.log()[-3000:] for r in replicas]
     load.assert_answered()
@@ -564,35 +582,29 @@ async def test_database_restart_under_load_loses_no_accepted_job(
 
 
 async def test_serve_waits_for_a_database_that_is_not_up_yet(
-    pg_template: Path, tmp_path: Path
+    own_pg: EmbeddedPostgres, start_replicas: StartReplicas, tmp_path: Path
 ) -> None:
     run_log = tmp_path / "runs.log"
-    server = own_server(pg_template, tmp_path / "pg")
-    dsn = f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
-    replica = ServeProcess(
-        replica_env(dsn, run_log, rate_window=0.2), log_path=tmp_path / "replica.log"
-    )
-    try:
+    dsn = f"postgresql://postgres@127.0.0.1:{own_pg.port}/postgres"
+    (replica,) = await start_replicas(replica_env(dsn, run_log, rate_window=0.2), ready=False)
 
-        async def waiting() -> bool:
-            assert replica.process.poll() is None, replica.log()
-            return "waiting for the database" in replica.log()
+    async def waiting() -> bool:
+        assert replica.process.poll() is None, replica.log()
+        return "waiting for the database" in replica.log()
 
-        await eventually(waiting, timeout=20)
-        pid = replica.process.pid
-        await asyncio.to_thread(server.start)
-        up = time.monotonic()
-        await replica.wait_ready(timeout=30)
-        ready_after = time.monotonic() - up
-        assert replica.process.pid == pid, "it was restarted"
-        assert replica.process.poll() is None
-        async with aiohttp.ClientSession() as session:
-            job = await post_job(session, replica.url, object_id=1)
-        (row,) = await wait_all_final(dsn, timeout=10)
-        assert (row["id"], row["status"]) == (job["id"], "SUCCESS")
-    finally:
-        codes = await stop_all([replica])
-        await asyncio.to_thread(server.stop)
+    await eventually(waiting, timeout=20)
+    pid = replica.process.pid
+    await asyncio.to_thread(own_pg.start)
+    up = time.monotonic()
+    await replica.wait_ready(timeout=30)
+    ready_after = time.monotonic() - up
+    assert replica.process.pid == pid, "it was restarted"
+    assert replica.process.poll() is None
+    async with aiohttp.ClientSession() as session:
+        job = await post_job(session, replica.url, object_id=1)
+    (row,) = await wait_all_final(dsn, timeout=10)
+    assert (row["id"], row["status"]) == (job["id"], "SUCCESS")
+    codes = await stop_all([replica])
     assert codes == [0], replica.log()[-3000:]
     report(
         "start-without-database",
@@ -619,8 +631,13 @@ async def test_serve_waits_for_a_database_that_is_not_up_yet(
         ),
     ],
 )
-async def test_a_frozen_replicas_late_result_changes_nothing(
-    case: str, first_run: float, dropped_by: str, database_url: str, tmp_path: Path
+async def test_a_frozen_replicas_late_result_changes_nothing(  # noqa: PLR0917 - pytest passes them by name
+    case: str,
+    first_run: float,
+    dropped_by: str,
+    database_url: str,
+    start_replicas: StartReplicas,
+    tmp_path: Path,
 ) -> None:
     lease, window = 1.0, 0.5
     run_log = tmp_path / "runs.log"
@@ -632,38 +649,36 @@ async def test_a_frozen_replicas_late_result_changes_nothing(
         test_first_run_seconds=first_run,
         test_run_seconds=0.2,
     )
-    replicas = await start_replicas(env, tmp_path, 2)
-    try:
-        async with aiohttp.ClientSession() as session:
-            job = await post_job(session, replicas[0].url, object_id=1)
-        _job, _attempt, pid = await first_start(run_log, job["id"])
-        os.kill(pid, signal.SIGSTOP)
-        frozen_at = time.monotonic()
-        frozen = by_pid(replicas, pid)
-        other = next(r for r in replicas if r is not frozen)
+    replicas = await start_replicas(env, 2)
+    async with aiohttp.ClientSession() as session:
+        job = await post_job(session, replicas[0].url, object_id=1)
+    _job, _attempt, pid = await first_start(run_log, job["id"])
+    os.kill(pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    frozen = by_pid(replicas, pid)
+    other = next(r for r in replicas if r is not frozen)
 
-        async def done() -> asyncpg.Record | None:
-            (row,) = await query(database_url, "SELECT * FROM jobs")
-            return row if row["status"] in FINAL else None
+    async def done() -> asyncpg.Record | None:
+        (row,) = await query(database_url, "SELECT * FROM jobs")
+        return row if row["status"] in FINAL else None
 
-        before = await eventually(done, timeout=15)
-        history_before = await attempts_by_job(database_url)
-        if case == "late-result":
-            # Frozen until its handler's sleep is surely over: that is the case's point.
-            await asyncio.sleep(max(0.0, first_run + 0.3 - (time.monotonic() - frozen_at)))
-        os.kill(pid, signal.SIGCONT)
-        frozen_for = time.monotonic() - frozen_at
+    before = await eventually(done, timeout=15)
+    history_before = await attempts_by_job(database_url)
+    if case == "late-result":
+        # Frozen until its handler's sleep is surely over: that is the case's point.
+        await asyncio.sleep(max(0.0, first_run + 0.3 - (time.monotonic() - frozen_at)))
+    os.kill(pid, signal.SIGCONT)
+    frozen_for = time.monotonic() - frozen_at
 
-        async def heard_back() -> bool:
-            return dropped_by in frozen.log()
+    async def heard_back() -> bool:
+        return dropped_by in frozen.log()
 
-        await eventually(heard_back, timeout=10)
-        (after,) = await query(database_url, "SELECT * FROM jobs")
-        history_after = await attempts_by_job(database_url)
-        frozen_id = await worker_id_of(database_url, frozen)
-        other_id = await worker_id_of(database_url, other)
-    finally:
-        codes = await stop_all(replicas)
+    await eventually(heard_back, timeout=10)
+    (after,) = await query(database_url, "SELECT * FROM jobs")
+    history_after = await attempts_by_job(database_url)
+    frozen_id = await worker_id_of(database_url, frozen)
+    other_id = await worker_id_of(database_url, other)
+    codes = await stop_all(replicas)
     assert codes == [0, 0], [r.log()[-3000:] for r in replicas]
 
     assert (before["status"], before["attempts"]) == ("SUCCESS", 2), dict(before)
