@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 import time
@@ -145,10 +146,19 @@ async def _ping(dsn: str) -> None:
     await conn.close()
 
 
+async def _freeze_startup_heap(_app: web.Application) -> None:
+    # What start-up built (modules, the app, the pool) lives until exit. Frozen, it is left
+    # out of every later garbage collection: a full collection scanning it all paused the
+    # event loop for tens of milliseconds, the p99 of POST /jobs under load.
+    gc.collect()
+    gc.freeze()
+
+
 def _serve(settings: Settings) -> int:
     from paceline.app import create_app  # noqa: PLC0415  (keeps `migrate` light)
 
     app = create_app(settings)
+    app.on_startup.append(_freeze_startup_heap)
     log.info("paceline %s on http://%s:%d", __version__, settings.host, settings.port)
     if settings.api_token is None:
         log.warning(
