@@ -57,6 +57,22 @@ async def test_submit_get_and_cancel(make_client: MakeClient) -> None:
         assert not isinstance(missing.value, Busy)
 
 
+async def test_submit_batch_returns_the_jobs_in_the_order_sent(make_client: MakeClient) -> None:
+    server = await make_client(concurrency=0, rate_window=60)
+    async with PacelineClient(base_url(server)) as paceline:
+        ahead = await paceline.submit(8)
+        created = await paceline.submit_batch([8, 9, 8])
+        assert [job.object_id for job in created] == [8, 9, 8]
+        # Object 8 repeats: its jobs take the next two slots after the one already waiting.
+        assert created[0].run_at - ahead.run_at == timedelta(seconds=60)
+        assert created[2].run_at - created[0].run_at == timedelta(seconds=60)
+        assert [await paceline.get(job.id) for job in created] == created
+
+        with pytest.raises(PacelineError) as empty:
+            await paceline.submit_batch([])
+        assert empty.value.status == 422
+
+
 async def test_list_follows_the_cursor_through_every_page(make_client: MakeClient) -> None:
     server = await make_client(concurrency=0)
     requested: list[URL] = []

@@ -16,7 +16,7 @@ import dataclasses
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -152,6 +152,13 @@ class PacelineClient:
         headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
         return Job.from_json(await self._call("POST", "jobs", body=body, headers=headers))
 
+    async def submit_batch(self, object_ids: Sequence[int]) -> list[Job]:
+        """Create one job per id (1 to 1000, repeats allowed) in one request and one statement,
+        all or none; the jobs in the order given, each in its object's next free slot."""
+        body = [{"object_id": object_id} for object_id in object_ids]
+        answer = await self._call("POST", "jobs", body=body)
+        return [Job.from_json(document) for document in answer["jobs"]]
+
     async def get(self, job_id: int) -> Job:
         """The job; PacelineError with status 404 if there is none."""
         return Job.from_json(await self._call("GET", "jobs", str(int(job_id))))
@@ -202,7 +209,7 @@ class PacelineClient:
         self,
         method: str,
         *path: str,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:

@@ -7,6 +7,8 @@ values), so take their maximum, not their sum.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -114,6 +116,9 @@ class JobMetrics(JobEvents):
 
     def enqueued(self, job: Job) -> None:
         self.enqueued_total.inc()
+
+    def enqueued_batch(self, jobs: Sequence[Job]) -> None:
+        self.enqueued_total.inc(len(jobs))
 
     def started(self, job: Job) -> None:
         self.started_total.inc()

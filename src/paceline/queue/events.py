@@ -6,6 +6,8 @@ must not raise. `JobEvents` itself ignores everything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from paceline.queue.jobs import Job, Status
 
 
@@ -14,6 +16,11 @@ class JobEvents:
 
     def enqueued(self, job: Job) -> None:
         """The API accepted `job` (PENDING, with its slot in `run_at`)."""
+
+    def enqueued_batch(self, jobs: Sequence[Job]) -> None:
+        """The API accepted `jobs` in one request (a JSON array); by default, each in turn."""
+        for job in jobs:
+            self.enqueued(job)
 
     def started(self, job: Job) -> None:
         """A worker of this process claimed `job`; `started_at - run_at` is its lateness."""
@@ -37,6 +44,10 @@ class EventFanout(JobEvents):
     def enqueued(self, job: Job) -> None:
         for observer in self.observers:
             observer.enqueued(job)
+
+    def enqueued_batch(self, jobs: Sequence[Job]) -> None:
+        for observer in self.observers:
+            observer.enqueued_batch(jobs)
 
     def started(self, job: Job) -> None:
         for observer in self.observers:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from paceline.db.pool import Connection
 from paceline.db.queries import QUERIES
@@ -78,7 +79,11 @@ def isoformat(moment: datetime | None) -> str | None:
     """ISO 8601 in UTC with a `Z`, microseconds kept (the window is exact to them)."""
     if moment is None:
         return None
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:  # asyncpg's timestamptz values already are
+        moment = moment.astimezone(UTC)
+    # orjson writes the same text as datetime.isoformat() a third of the time: this runs three
+    # times per job in every answer, 3,000 times for a batch.
+    return orjson.dumps(moment, option=orjson.OPT_UTC_Z)[1:-1].decode()
 
 
 async def fetch_committed(db: asyncpg.Pool, query: str, *args: Any) -> list[asyncpg.Record]:

@@ -89,9 +89,7 @@ async def _create_batch(request: web.Request, object_ids: list[int]) -> web.Resp
     created = await jobs.enqueue_batch(
         request.app[POOL], object_ids, request.app[SETTINGS].rate_window
     )
-    events = request.app[EVENTS]
-    for job in created:
-        events.enqueued(job)
+    request.app[EVENTS].enqueued_batch(created)
     request.app[NOTIFIER].due_in(
         min((job.run_at - job.created_at).total_seconds() for job in created)
     )
