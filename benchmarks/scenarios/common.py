@@ -31,6 +31,18 @@ LATENESS_BASE = 4 * 10**12
 SCALE_FINISHED_BASE = 5 * 10**12
 SCALE_PENDING_BASE = 6 * 10**12
 WAKE_BASE = 7 * 10**12
+# The drain and lateness goals compare with pgqueuer *tuned*, so paceline runs tuned there too:
+# PACELINE_CONCURRENCY sets how many jobs run at once and so how many one claim may take. The
+# default (8) suits handlers that wait on slow services; a no-op drain at 8 is bound by one
+# claim round trip per 8 jobs. Those scenarios report the default beside it.
+TUNED = {"PACELINE_CONCURRENCY": "256"}
+
+
+def tuned_unless_fixed(bench: Bench) -> dict[str, str]:
+    """TUNED, or nothing when --concurrency fixed the setting for the whole run."""
+    return {} if "PACELINE_CONCURRENCY" in bench.config.replica_env else TUNED
+
+
 # No job is running: whatever a worker was doing with earlier jobs is over.
 QUIET = "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE status = 'PROCESSING')"
 # Nothing due waits and nothing runs: the workers are idle.

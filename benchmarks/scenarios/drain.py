@@ -21,27 +21,24 @@ from benchmarks.load import PGBENCH_SCRIPTS
 from benchmarks.report import Goal, Row, median
 from benchmarks.scenarios.common import (
     DRAIN_BASE,
+    TUNED,
     DrainResult,
     drain,
     preload_due,
     reset_tables,
+    tuned_unless_fixed,
 )
 
 SCENARIO = "3 drain"
 GOAL = Goal(">=", 16_000, unit="jobs/s")
 PGBENCH_CLIENTS = 4
-# The goal is pgqueuer's *tuned* figure, so paceline is measured tuned too: PACELINE_CONCURRENCY
-# sets both how many jobs run at once and how many one claim may take. The default (8) suits
-# handlers that call out to slow services; a no-op drain at 8 is bound by one claim round trip
-# per 8 jobs, and is reported beside it.
-TUNED = {"PACELINE_CONCURRENCY": "256"}
 
 
 async def run(bench: Bench) -> None:
     """Ceilings, then `runs` drains per replica count (emptied tables, same replicas)."""
     ceiling = await drain_ceilings(bench)
     # --concurrency fixes the setting for the whole run; otherwise the default and tuned.
-    fixed = not _tuned_unless_fixed(bench)
+    fixed = not tuned_unless_fixed(bench)
     variants: list[tuple[str, dict[str, str]]] = [("", {})]
     if not fixed:
         variants.append((f", concurrency {TUNED['PACELINE_CONCURRENCY']}", TUNED))
@@ -78,10 +75,6 @@ async def run(bench: Bench) -> None:
         bench.report.section(title, await _profile(bench))
 
 
-def _tuned_unless_fixed(bench: Bench) -> dict[str, str]:
-    return {} if "PACELINE_CONCURRENCY" in bench.config.replica_env else TUNED
-
-
 async def _drains(bench: Bench, count: int, env: dict[str, str]) -> list[DrainResult]:
     results: list[DrainResult] = []
     suffix = "-tuned" if env else ""
@@ -110,7 +103,7 @@ async def _profile(bench: Bench) -> str:
     async with (
         bench.cluster.database("drain_profile") as url,
         # Tuned, like the goal's rows: at the default concurrency the replica mostly waits.
-        bench.replicas(url, 1, name="drain-profile", env=_tuned_unless_fixed(bench)) as replicas,
+        bench.replicas(url, 1, name="drain-profile", env=tuned_unless_fixed(bench)) as replicas,
     ):
         seconds = int(min(15, bench.config.drain_cap))
         output = bench.config.results / "profile-drain.speedscope.json"
