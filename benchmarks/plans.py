@@ -38,7 +38,7 @@ def sample_args(
         "enqueue": [(object_id, window)],
         "claim_due_jobs": [(8, window), (8, window, 30.0, worker)],
         "seconds_until_next_due": [(window,)],
-        "finish_job": [(job_id, 1, "SUCCESS", 0.001, None)],
+        "finish_jobs": [([job_id], [1], ["SUCCESS"], [0.001], [None])],
         "get_job": [(job_id,)],
     }
 

@@ -623,7 +623,7 @@ async def test_serve_waits_for_a_database_that_is_not_up_yet(
     ("case", "first_run", "dropped_by"),
     [
         # The handler's sleep ends while the replica is frozen: its result arrives late and
-        # the attempt-fenced finish_job refuses it.
+        # the attempt-fenced finish_jobs refuses it.
         pytest.param("late-result", 1.5, "was taken back; result dropped", id="late-result"),
         # Still blocked when it wakes: the lease keeper learns the job is gone and stops it.
         pytest.param(
@@ -725,7 +725,7 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
         return dict(row), [dict(r) for r in history]
 
     before = await snapshot()
-    stale = await db.fetchval(QUERIES["finish_job"], job["id"], 1, "SUCCESS", 9.0, None)
+    stale = await db.fetchval(QUERIES["finish_jobs"], [job["id"]], [1], ["SUCCESS"], [9.0], [None])
     assert stale is None
     assert await snapshot() == before
     # Nor can the stale attempt renew its lease or requeue the job.
@@ -741,9 +741,15 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
     assert await snapshot() == before
 
     # The current attempt finishes; the stale one still cannot overwrite the result.
-    assert await db.fetchval(QUERIES["finish_job"], job["id"], 2, "SUCCESS", 0.5, None) == job["id"]
+    assert (
+        await db.fetchval(QUERIES["finish_jobs"], [job["id"]], [2], ["SUCCESS"], [0.5], [None])
+        == job["id"]
+    )
     done = await snapshot()
-    assert await db.fetchval(QUERIES["finish_job"], job["id"], 1, "FAILED", 9.0, "late") is None
+    assert (
+        await db.fetchval(QUERIES["finish_jobs"], [job["id"]], [1], ["FAILED"], [9.0], ["late"])
+        is None
+    )
     assert await snapshot() == done
     assert (done[0]["status"], done[0]["duration"]) == ("SUCCESS", 0.5)
     assert [(a["attempt"], a["outcome"]) for a in done[1]] == [(1, "LOST"), (2, "SUCCESS")]

@@ -210,7 +210,9 @@ async def test_a_lost_lease_stops_the_handler_and_its_result_is_fenced(
         janitor = Janitor(pool, window=0.1, max_attempts=3, retention=3600, interval=1)
         assert await janitor.reap_expired_leases() == 1
         # The old attempt can no longer write its outcome.
-        stale = await pool.fetchval(QUERIES["finish_job"], job["id"], 1, "SUCCESS", 1.0, None)
+        stale = await pool.fetchval(
+            QUERIES["finish_jobs"], [job["id"]], [1], ["SUCCESS"], [1.0], [None]
+        )
         assert stale is None
     finally:
         await pool.close()

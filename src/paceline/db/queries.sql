@@ -148,25 +148,6 @@ SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
         ELSE (SELECT min(earliest) FROM heads)
     END)::float8 AS next_start;
 
--- name: finish_job
--- $1 id, $2 attempt, $3 status (SUCCESS or FAILED), $4 duration, $5 error. Fenced by the
--- attempt: a worker whose attempt was taken back meanwhile (its lease expired, the job was
--- requeued or re-claimed) changes nothing and gets no row back.
-WITH finished AS (
-    UPDATE jobs
-    SET status = $3, finished_at = clock_timestamp(), duration = $4, error = $5,
-        lease_expires_at = NULL
-    WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
-    RETURNING id, attempts, finished_at
-),
-history AS (
-    UPDATE job_attempts AS a
-    SET outcome = $3, finished_at = finished.finished_at, error = $5
-    FROM finished
-    WHERE a.job_id = finished.id AND a.attempt = finished.attempts
-)
-SELECT id FROM finished;
-
 -- name: lock_running_job
 -- $1 id, $2 attempt. First step of putting a running job back to PENDING (retry, release):
 -- lock it if this attempt still holds it. Jobs are always locked before object_slots rows.
@@ -347,10 +328,11 @@ LIMIT $4;
 SELECT 1;
 
 -- name: finish_jobs
--- $1 ids, $2 attempts, $3 statuses (SUCCESS or FAILED), $4 durations, $5 errors. finish_job
--- for every attempt that ended since the last write, in one statement and one commit: under
--- load the commit (a WAL flush) is the cost, not the rows. Fenced like finish_job; returns the
--- ids it recorded.
+-- $1 ids, $2 attempts, $3 statuses (SUCCESS or FAILED), $4 durations, $5 errors: every attempt
+-- that ended since the last write, in one statement and one commit: under load the commit (a
+-- WAL flush) is the cost, not the rows. Fenced by the attempt: a worker whose attempt was taken
+-- back meanwhile (its lease expired, the job was requeued or re-claimed) changes nothing for
+-- that job, and its id is not returned. Returns the ids it recorded.
 WITH outcome AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[])
         AS o(id, attempt, status, duration, error)
