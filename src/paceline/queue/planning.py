@@ -1,4 +1,5 @@
-"""Moving an object's pending slots: compaction after a cancel, re-planning for a new window.
+"""Moving an object's pending slots: compaction after a cancel, re-planning for a new window,
+pushing them back after a late start.
 
 Both keep I1 (slots a window apart, and after the object's last start) and I4 (acceptance
 order); a job never gets a slot before it was created. Each runs in one transaction that locks
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta
+
+import asyncpg
 
 from paceline.db.pool import Connection
 from paceline.db.queries import QUERIES
@@ -94,6 +97,29 @@ async def replan(
     if apply:
         await conn.execute(QUERIES["respace_idle_objects"], old_window, new_window)
     return changes
+
+
+async def push_back_after_late_starts(pool: asyncpg.Pool, late: list[Job], window: float) -> None:
+    """Move the later slots of each object whose job started late (after a worker outage or
+    backlog) to a window apart from that start, so each waiting job's run_at stays an honest
+    prediction. The claim enforces I1 either way; this only keeps the promises true."""
+    # One read for the whole claim: only objects with jobs waiting behind need a move (a drain
+    # of overdue jobs over distinct objects needs none).
+    waiting = {
+        record["object_id"]
+        for record in await pool.fetch(
+            QUERIES["objects_with_pending"], [job.object_id for job in late]
+        )
+    }
+    for job in late:
+        if job.object_id not in waiting:
+            continue
+        assert job.started_at is not None
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_object_slots"], job.object_id)
+            await conn.execute(
+                QUERIES["shift_later_slots"], job.object_id, job.id, job.started_at, window
+            )
 
 
 WINDOW_STATE = "rate_window"

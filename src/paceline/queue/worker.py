@@ -7,24 +7,22 @@ NOTIFY says a job is due sooner, or when a running job finishes and frees a slot
 
 Each claim is a lease the worker renews while the handler runs. Every write about a running
 job is fenced by its attempt number, so a worker that lost its lease (it was cut off, the job
-was taken back) cannot overwrite what another attempt did; it stops the handler instead.
+was taken back) cannot overwrite what another attempt did; it stops the handler instead
+(`leases.LeaseKeeper`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
-import os
 import random
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
@@ -34,6 +32,8 @@ from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
 from paceline.queue.jobs import Job, Status, fetch_committed
+from paceline.queue.leases import LeaseKeeper, RunningJob, log_extra
+from paceline.queue.planning import push_back_after_late_starts
 from paceline.queue.requeue import requeue
 
 log = logging.getLogger(__name__)
@@ -92,21 +92,6 @@ class Alarm:
             self._armed = False
 
 
-@dataclasses.dataclass
-class _Running:
-    """A job this worker runs, and what the lease keeper needs to know about it."""
-
-    job: Job
-    task: asyncio.Task[None]
-    lease_deadline: float  # monotonic; past it, with no renewal, the job may be taken back
-    recording: bool = False  # the handler is done; its outcome is being written
-    lost: bool = False  # the lease is gone: the handler was stopped, nothing is written
-
-
-def _log_extra(job: Job) -> dict[str, Any]:
-    return {"job_id": job.id, "object_id": job.object_id, "attempt": job.attempts}
-
-
 class Worker:
     """Runs jobs from the shared queue; start with `run()`, end with `stop()`."""
 
@@ -137,16 +122,23 @@ class Worker:
         self._job_timeout = job_timeout
         self._idle_poll = idle_poll
         self._grace = shutdown_grace
-        self._running: dict[int, _Running] = {}
+        self._running: dict[int, RunningJob] = {}
+        # Jobs whose handler still runs (not those whose outcome is being written): what
+        # PACELINE_CONCURRENCY bounds.
+        self._handlers_running = 0
         self._background: set[asyncio.Task[None]] = set()
-        self._row_lock = asyncio.Lock()
-        self._completions = CompletionWriter(pool, lease=lease, row_lock=self._row_lock)
+        row_lock = asyncio.Lock()
+        self._completions = CompletionWriter(pool, lease=lease, row_lock=row_lock)
+        self._leases = LeaseKeeper(
+            pool,
+            self._running,
+            worker_id=self.id,
+            concurrency=concurrency,
+            lease=lease,
+            row_lock=row_lock,
+        )
         self._stopping = False
         self.alarm = Alarm()
-
-    @property
-    def _handlers_running(self) -> int:
-        return sum(1 for entry in self._running.values() if not entry.recording)
 
     @property
     def running(self) -> int:
@@ -160,7 +152,7 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and run jobs until `stop()`; then drain or release what is running."""
-        keeper = asyncio.create_task(self._keep_leases(), name="paceline-leases")
+        keeper = asyncio.create_task(self._leases.run(), name="paceline-leases")
         writer = asyncio.create_task(self._completions.run(), name="paceline-completions")
         try:
             await self._claim_loop()
@@ -235,33 +227,13 @@ class Worker:
             and (job.started_at - job.run_at).total_seconds() > _LATE_START
         ]
         if late:
-            task = asyncio.create_task(self._reslot_after_late_starts(late))
+            task = asyncio.create_task(self._push_back_after_late_starts(late))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _reslot_after_late_starts(self, late: list[Job]) -> None:
+    async def _push_back_after_late_starts(self, late: list[Job]) -> None:
         try:
-            # One read for the whole claim: only objects with jobs waiting behind need a move
-            # (a drain of overdue jobs over distinct objects needs none).
-            waiting = {
-                record["object_id"]
-                for record in await self._pool.fetch(
-                    QUERIES["objects_with_pending"], [job.object_id for job in late]
-                )
-            }
-            for job in late:
-                if job.object_id not in waiting:
-                    continue
-                assert job.started_at is not None
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await conn.execute(QUERIES["lock_object_slots"], job.object_id)
-                    await conn.execute(
-                        QUERIES["shift_later_slots"],
-                        job.object_id,
-                        job.id,
-                        job.started_at,
-                        self._window,
-                    )
+            await push_back_after_late_starts(self._pool, late, self._window)
         except Exception as exc:
             # Only the predictions of later jobs stay stale; the claim still enforces I1.
             if not is_unavailable(exc):
@@ -271,10 +243,13 @@ class Worker:
         # The lease counts from the claim; the monotonic deadline errs early by the round trip.
         deadline = time.monotonic() + self._lease
         task = asyncio.create_task(self._execute(job), name=f"paceline-job-{job.id}")
-        self._running[job.id] = _Running(job=job, task=task, lease_deadline=deadline)
+        self._running[job.id] = RunningJob(job=job, task=task, lease_deadline=deadline)
+        self._handlers_running += 1
 
         def done(finished: asyncio.Task[None]) -> None:
-            self._running.pop(job.id, None)
+            entry = self._running.pop(job.id, None)
+            if entry is not None and not entry.recording:
+                self._handlers_running -= 1  # stopped, lost or failed before recording
             self.alarm.fire()
             if not finished.cancelled() and (exc := finished.exception()) is not None:
                 log.error("job %d: recording its outcome failed", job.id, exc_info=exc)
@@ -287,7 +262,7 @@ class Worker:
             job.id,
             job.object_id,
             job.attempts,
-            extra=_log_extra(job),
+            extra=log_extra(job),
         )
         self._events.started(job)
         started = time.monotonic()
@@ -300,7 +275,7 @@ class Worker:
                     "job %d attempt %d stopped: its lease was lost",
                     job.id,
                     job.attempts,
-                    extra=_log_extra(job),
+                    extra=log_extra(job),
                 )
                 return
             # Shutdown ran out of grace: give the job back so another replica can run it.
@@ -310,6 +285,7 @@ class Worker:
         entry = self._running.get(job.id)
         if entry is not None:
             entry.recording = True
+            self._handlers_running -= 1
             self.alarm.fire()
         await self._record(job, outcome, duration)
 
@@ -349,7 +325,7 @@ class Worker:
 
     async def _finish(self, job: Job, status: Status, duration: float, error: str | None) -> None:
         updated = await self._completions.finish(job, status, duration, error)
-        extra = _log_extra(job)
+        extra = log_extra(job)
         if not updated:
             log.warning(
                 "job %d attempt %d was taken back; result dropped",
@@ -403,7 +379,7 @@ class Worker:
             duration,
             error,
             run_at.isoformat(),
-            extra=_log_extra(job),
+            extra=log_extra(job),
         )
 
     async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
@@ -439,64 +415,6 @@ class Worker:
         if run_at is not None:
             log.info("job %d (object %d) released at shutdown", job.id, job.object_id)
             self._events.released(job)
-
-    async def _keep_leases(self) -> None:
-        """Renew the leases of running jobs and beat the heart, every lease / 3."""
-        interval = self._lease / 3
-        while True:
-            try:
-                await self._renew_leases()
-                await self._pool.execute(
-                    QUERIES["heartbeat"],
-                    self.id,
-                    socket.gethostname(),
-                    os.getpid(),
-                    self._concurrency,
-                    len(self._running),
-                )
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    log.exception("renewing leases failed")
-                self._abandon_expired()
-            await asyncio.sleep(interval)
-
-    async def _renew_leases(self) -> None:
-        held = [entry for entry in self._running.values() if not entry.lost]
-        if not held:
-            return
-        sent = time.monotonic()
-        async with self._row_lock:
-            records = await self._pool.fetch(
-                QUERIES["renew_leases"],
-                [entry.job.id for entry in held],
-                [entry.job.attempts for entry in held],
-                self._lease,
-                self.id,
-            )
-        renewed = {record["id"] for record in records}
-        for entry in held:
-            if entry.job.id in renewed:
-                entry.lease_deadline = sent + self._lease
-            elif not entry.task.done() and not entry.recording:
-                self._abandon(entry, "it was taken back")
-
-    def _abandon_expired(self) -> None:
-        now = time.monotonic()
-        for entry in list(self._running.values()):
-            if now > entry.lease_deadline and not entry.recording and not entry.lost:
-                self._abandon(entry, "its lease expired while the database was unreachable")
-
-    def _abandon(self, entry: _Running, why: str) -> None:
-        # The job may already run elsewhere as a new attempt: stop ours and write nothing.
-        log.warning(
-            "job %d attempt %d: stopping the handler, %s",
-            entry.job.id,
-            entry.job.attempts,
-            why,
-            extra=_log_extra(entry.job),
-        )
-        entry.lost = True
-        entry.task.cancel()
 
     async def _drain(self) -> None:
         if not self._running:

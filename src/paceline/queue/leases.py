@@ -1,0 +1,124 @@
+"""Leases on running jobs: renewed while the handler runs, given up when they cannot be.
+
+A claim gives the worker a lease on each job (PACELINE_LEASE). The keeper renews all of them,
+and beats the replica's heart, every lease / 3. A job whose renewal comes back empty was taken
+back (its lease expired, another replica's reaper requeued it): its handler is stopped and
+nothing is written for that attempt. When the database cannot be reached, a job whose lease
+has run out by the monotonic clock is stopped too, since it may be running elsewhere by now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+
+from paceline.db.pool import is_unavailable
+from paceline.db.queries import QUERIES
+from paceline.queue.jobs import Job
+
+log = logging.getLogger("paceline.queue.worker")
+
+
+@dataclasses.dataclass
+class RunningJob:
+    """A job this worker runs, and what the lease keeper needs to know about it."""
+
+    job: Job
+    task: asyncio.Task[None]
+    lease_deadline: float  # monotonic; past it, with no renewal, the job may be taken back
+    recording: bool = False  # the handler is done; its outcome is being written
+    lost: bool = False  # the lease is gone: the handler was stopped, nothing is written
+
+
+def log_extra(job: Job) -> dict[str, Any]:
+    """The fields every log line about a job carries."""
+    return {"job_id": job.id, "object_id": job.object_id, "attempt": job.attempts}
+
+
+class LeaseKeeper:
+    """Renews the leases of the jobs in `running` (shared with the worker) until cancelled."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        running: dict[int, RunningJob],
+        *,
+        worker_id: uuid.UUID,
+        concurrency: int,
+        lease: float,
+        row_lock: asyncio.Lock,
+    ) -> None:
+        self._pool = pool
+        self._running = running
+        self._worker_id = worker_id
+        self._concurrency = concurrency
+        self._lease = lease
+        # Shared with the completion writer: two statements of one worker locking the same
+        # job rows in different orders could deadlock each other.
+        self._row_lock = row_lock
+
+    async def run(self) -> None:
+        """Renew and beat every lease / 3, forever."""
+        interval = self._lease / 3
+        while True:
+            try:
+                await self._renew()
+                await self._pool.execute(
+                    QUERIES["heartbeat"],
+                    self._worker_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    self._concurrency,
+                    len(self._running),
+                )
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("renewing leases failed")
+                self._abandon_expired()
+            await asyncio.sleep(interval)
+
+    async def _renew(self) -> None:
+        held = [entry for entry in self._running.values() if not entry.lost]
+        if not held:
+            return
+        sent = time.monotonic()
+        async with self._row_lock:
+            records = await self._pool.fetch(
+                QUERIES["renew_leases"],
+                [entry.job.id for entry in held],
+                [entry.job.attempts for entry in held],
+                self._lease,
+                self._worker_id,
+            )
+        renewed = {record["id"] for record in records}
+        for entry in held:
+            if entry.job.id in renewed:
+                entry.lease_deadline = sent + self._lease
+            elif not entry.task.done() and not entry.recording:
+                self._abandon(entry, "it was taken back")
+
+    def _abandon_expired(self) -> None:
+        now = time.monotonic()
+        for entry in list(self._running.values()):
+            if now > entry.lease_deadline and not entry.recording and not entry.lost:
+                self._abandon(entry, "its lease expired while the database was unreachable")
+
+    def _abandon(self, entry: RunningJob, why: str) -> None:
+        # The job may already run elsewhere as a new attempt: stop ours and write nothing.
+        log.warning(
+            "job %d attempt %d: stopping the handler, %s",
+            entry.job.id,
+            entry.job.attempts,
+            why,
+            extra=log_extra(entry.job),
+        )
+        entry.lost = True
+        entry.task.cancel()
