@@ -72,7 +72,6 @@ async def run(bench: Bench) -> None:
                 ports,
                 connections=CONNECTIONS,
                 seconds=bench.config.warmup,
-                script="post_batch.lua",
                 env=env,
             )
             runs = [
@@ -80,7 +79,6 @@ async def run(bench: Bench) -> None:
                     ports,
                     connections=CONNECTIONS,
                     seconds=bench.config.seconds,
-                    script="post_batch.lua",
                     env=env,
                 )
                 for _ in range(bench.config.runs)

@@ -1,4 +1,5 @@
--- wrk script: POST /jobs with a random object id per request, spread over the replicas.
+-- wrk script: POST /jobs with a random object id per request, spread over the replicas; or,
+-- with BENCH_BATCH, a JSON array of that many jobs per request (batch enqueue).
 --
 -- Environment (wrk passes no arguments to setup(), so the harness uses variables):
 --   BENCH_PORTS         comma-separated ports of the replicas; thread i talks to port i mod n
@@ -6,6 +7,8 @@
 --   BENCH_OBJECT_BASE   added to every object id (keeps scenarios' objects apart)
 --   BENCH_LIMIT         stop each thread after this many responses (default: run for -d)
 --   BENCH_DELAY_MS      pause before each request on a connection (pacing, fractional ok)
+--   BENCH_BATCH         send arrays of this many jobs; every 10th repeats an object already in
+--                       its array, so the slots of repeats inside one batch are exercised too
 -- At the end it prints one line, `WRK_JSON {...}`, that the harness parses.
 
 local ports = {}
@@ -16,6 +19,7 @@ local objects = tonumber(os.getenv("BENCH_OBJECTS") or "") or 1e12
 local base = tonumber(os.getenv("BENCH_OBJECT_BASE") or "") or 0
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "")
 local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+local batch = tonumber(os.getenv("BENCH_BATCH") or "")
 
 local created = 0
 function setup(thread)
@@ -40,7 +44,26 @@ local function object_id()
     return base + (math.random(1, 1e6) - 1) * 1e6 + math.random(1, 1e6)
 end
 
+local function batch_body()
+    local items = {}
+    local ids = {}
+    for i = 1, batch do
+        local id
+        if i % 10 == 0 then
+            id = ids[math.random(1, #ids)]
+        else
+            id = object_id()
+            ids[#ids + 1] = id
+        end
+        items[i] = string.format('{"object_id": %.0f}', id)
+    end
+    return "[" .. table.concat(items, ", ") .. "]"
+end
+
 function request()
+    if batch then
+        return wrk.format("POST", "/jobs", headers, batch_body())
+    end
     local body = string.format('{"object_id": %.0f}', object_id())
     return wrk.format("POST", "/jobs", headers, body)
 end
