@@ -27,10 +27,12 @@ async def insert_job(
     job_id: int = await db.fetchval(
         """
         INSERT INTO jobs (object_id, status, created_at, run_at, started_at, finished_at,
-                          duration, attempts, error)
+                          duration, attempts, error, lease_expires_at)
         VALUES ($1, $2, now() + make_interval(secs => $3), now() + make_interval(secs => $4),
                 now() + make_interval(secs => $5), now() + make_interval(secs => $6),
-                $6 - $5, $7, $8)
+                $6 - $5, $7, $8,
+                -- A running job holds a lease (ck_jobs_lease_while_processing).
+                CASE WHEN $2 = 'PROCESSING' THEN now() + interval '30 seconds' END)
         RETURNING id
         """,
         object_id,

@@ -31,13 +31,15 @@ async def _seed(dsn: str) -> None:
         await conn.execute(
             f"""
             INSERT INTO jobs (object_id, status, created_at, run_at, started_at, finished_at,
-                              duration, attempts, error)
+                              duration, attempts, error, lease_expires_at)
             SELECT g % {HISTORY_OBJECTS},
                    CASE WHEN g % 50 = 0 THEN 'FAILED' WHEN g % 500 = 1 THEN 'CANCELLED'
                         WHEN g > {HISTORY} - 20 THEN 'PROCESSING' ELSE 'SUCCESS' END,
                    t, t, t,
                    CASE WHEN g <= {HISTORY} - 20 THEN t + interval '1 second' END,
-                   1.0, 1, CASE WHEN g % 50 = 0 THEN 'RuntimeError: boom' END
+                   1.0, 1, CASE WHEN g % 50 = 0 THEN 'RuntimeError: boom' END,
+                   CASE WHEN g > {HISTORY} - 20 AND g % 50 <> 0 AND g % 500 <> 1
+                        THEN now() + interval '30 seconds' END
             FROM generate_series(1, {HISTORY}) AS g,
                  LATERAL (SELECT now() - make_interval(secs => ({HISTORY} - g) * 3) AS t) AS at;
             INSERT INTO job_attempts (job_id, attempt, object_id, started_at, finished_at,

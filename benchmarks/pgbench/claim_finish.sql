@@ -24,7 +24,8 @@ WITH due AS (
 ),
 started AS (
     UPDATE jobs AS j
-    SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1
+    SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1,
+        lease_expires_at = now() + interval '30 seconds'
     FROM due
     WHERE j.id = due.id
     RETURNING j.id, j.object_id, j.started_at
@@ -39,5 +40,5 @@ SELECT array_agg(id) AS ids FROM started
 \gset
 -- The handler ran (a no-op); record every claimed job as finished in one statement.
 UPDATE jobs
-SET status = 'SUCCESS', finished_at = clock_timestamp(), duration = 0
+SET status = 'SUCCESS', finished_at = clock_timestamp(), duration = 0, lease_expires_at = NULL
 WHERE id = ANY (:ids::bigint[]) AND status = 'PROCESSING';

@@ -58,6 +58,12 @@ jobs = Table(
         "status IN ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'CANCELLED')",
         name="status",
     ),
+    # A lease exactly while running: the worker's batched writes test "still running"
+    # through it (queries.sql, finish_jobs), where no index of running jobs can be used.
+    CheckConstraint(
+        "(status = 'PROCESSING') = (lease_expires_at IS NOT NULL)",
+        name="lease_while_processing",
+    ),
     # The claim scans due pending jobs in slot order; a partial index keeps that scan
     # proportional to the pending jobs, not to the history.
     Index(
