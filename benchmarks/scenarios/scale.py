@@ -9,7 +9,13 @@ import time
 import asyncpg
 
 from benchmarks import plans
-from benchmarks.context import WINDOW, Bench
+from benchmarks.context import (
+    WINDOW,
+    Bench,
+    format_statements,
+    reset_statements,
+    statements_per_job,
+)
 from benchmarks.procs import Replica
 from benchmarks.report import Goal, Row, median
 from benchmarks.scenarios.common import (
@@ -44,7 +50,7 @@ async def run(bench: Bench) -> None:
             bench.replicas(url, 1, name="scale") as full,
         ):
             posts = await _posts(bench, empty, full, (empty_url, url))
-            drains = await _drain_pairs(bench, ((empty_url, empty), (url, full)))
+            drains = await _drain_pairs(bench, ((empty_url, empty), (url, full)), "")
         # The drain goal is measured tuned (scenario 3), so its scale ratio is too.
         tuned = tuned_unless_fixed(bench)
         tuned_drains: tuple[float, float] | None = None
@@ -53,7 +59,9 @@ async def run(bench: Bench) -> None:
                 bench.replicas(empty_url, 1, name="scale-empty-tuned", env=tuned) as empty,
                 bench.replicas(url, 1, name="scale-tuned", env=tuned) as full,
             ):
-                tuned_drains = await _drain_pairs(bench, ((empty_url, empty), (url, full)))
+                tuned_drains = await _drain_pairs(
+                    bench, ((empty_url, empty), (url, full)), ", concurrency 256"
+                )
         conn = await asyncpg.connect(url)
         try:
             job_id = await conn.fetchval("SELECT min(id) FROM jobs WHERE status = 'SUCCESS'")
@@ -96,12 +104,18 @@ async def run(bench: Bench) -> None:
 
 
 async def _drain_pairs(
-    bench: Bench, targets: tuple[tuple[str, list[Replica]], tuple[str, list[Replica]]]
+    bench: Bench,
+    targets: tuple[tuple[str, list[Replica]], tuple[str, list[Replica]]],
+    label: str,
 ) -> tuple[float, float]:
-    """Drains on the empty and the filled table, taking turns; the median rate of each."""
+    """Drains on the empty and the filled table, taking turns; the median rate of each. The
+    statements of each table's last drain go to the report."""
     rates: list[list[float]] = [[], []]
-    for _ in range(bench.config.runs):
+    for run in range(bench.config.runs):
         for index, (target_url, replicas) in enumerate(targets):
+            last = run == bench.config.runs - 1
+            if last:
+                await reset_statements(target_url)
             result = await drain(
                 bench,
                 target_url,
@@ -110,6 +124,12 @@ async def _drain_pairs(
                 cap=bench.config.drain_cap,
             )
             rates[index].append(result.rate)
+            if last:
+                table = ("empty table", "filled table")[index]
+                bench.report.section(
+                    f"Statements per drained job, scale, {table}{label} (pg_stat_statements)",
+                    format_statements(await statements_per_job(target_url, result.finished)),
+                )
     return median(rates[0]), median(rates[1])
 
 
