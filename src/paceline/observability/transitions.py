@@ -33,10 +33,13 @@ class EnqueueLog(JobEvents):
         if not jobs:
             return
         first, last = jobs[0], jobs[-1]
+        objects = len({job.object_id for job in jobs})
         log.info(
-            "%d jobs (%d objects) enqueued in one batch, job %d to %d, slots %s to %s",
+            "%d job%s (%d object%s) enqueued in one batch, job %d to %d, slots %s to %s",
             len(jobs),
-            len({job.object_id for job in jobs}),
+            "" if len(jobs) == 1 else "s",
+            objects,
+            "" if objects == 1 else "s",
             first.id,
             last.id,
             isoformat(min(job.run_at for job in jobs)),
