@@ -72,11 +72,6 @@ def parse_jobs_body(body: bytes) -> JobRequest | list[int]:
     return _job_request(document)
 
 
-def parse_job_request(body: bytes) -> JobRequest:
-    """What a single-job `POST /jobs` body asks for, or a Problem saying what is wrong."""
-    return _job_request(_parse_json(body))
-
-
 def _batch(items: list[Any]) -> list[int]:
     if not 1 <= len(items) <= MAX_BATCH:
         raise invalid(f"A batch holds 1 to {MAX_BATCH} jobs (got {len(items)}).")
