@@ -159,8 +159,10 @@ FOR UPDATE;
 -- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 W, $5 error, $6 outcome for the
 -- attempt's record (RETRY, RELEASED, LOST). Back to PENDING, no earlier than the delay and
 -- than a window after the object's last start (I1 holds for retries too); returns the new slot.
--- Like enqueue, it NOTIFYs (at commit) the seconds until the new slot: a job released or reaped
--- here is usually run by another replica, whose worker may be asleep until its idle poll (I5).
+-- It NOTIFYs (at commit) the seconds until the new slot itself, unlike enqueue (whose wake-ups
+-- DueNotifier sends, one per burst): a job released or reaped here is usually run by another
+-- replica, whose worker may be asleep until its idle poll (I5). Requeues are rare; a NOTIFY
+-- each costs nothing that matters.
 WITH requeued AS (
     UPDATE jobs AS j
     SET status = 'PENDING',
