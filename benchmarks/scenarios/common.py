@@ -172,15 +172,23 @@ class DrainResult:
 
 
 async def drain(
-    bench: Bench, url: str, replicas: list[Replica], *, jobs: int, cap: float
+    bench: Bench,
+    url: str,
+    replicas: list[Replica],
+    *,
+    jobs: int | None = None,
+    cap: float | None = None,
 ) -> DrainResult:
     """Preload `jobs` due jobs, wake the workers, wait until done (or `cap` s); the rate.
+    Both default to the run's --drain-jobs and its cap.
 
     The rate is measured on the database clock: finished jobs over (last finish - first start),
     so the replicas' start-up and the harness's polling do not count. Due jobs left over from
     earlier load are deleted first, and only the preloaded jobs (a range of objects of their
     own, new in this database) count, so other rows in the table do not disturb the figure.
     """
+    jobs = bench.config.drain_jobs if jobs is None else jobs
+    cap = bench.config.drain_cap if cap is None else cap
     low = await _fresh_drain_base(url)
     high = low + jobs - 1
     await preload_due(url, jobs, low - 1, bench_window(bench))

@@ -85,11 +85,7 @@ async def _drains(bench: Bench, count: int, env: dict[str, str]) -> list[DrainRe
         for _ in range(bench.config.runs):
             await reset_tables(url)
             await reset_statements(url)
-            results.append(
-                await drain(
-                    bench, url, replicas, jobs=bench.config.drain_jobs, cap=bench.config.drain_cap
-                )
-            )
+            results.append(await drain(bench, url, replicas))
             if len(results) == 1:
                 statements = await statements_per_job(url, results[0].finished)
                 bench.report.section(
@@ -109,7 +105,7 @@ async def _profile(bench: Bench) -> str:
         output = bench.config.results / "profile-drain.speedscope.json"
         recorded, _ = await asyncio.gather(
             profiling.record(replicas[0].pid, seconds, output),
-            drain(bench, url, replicas, jobs=bench.config.drain_jobs, cap=seconds),
+            drain(bench, url, replicas, cap=seconds),
         )
     if recorded is None:
         return "py-spy unavailable or failed (see stderr)"

@@ -124,13 +124,7 @@ async def _drain(bench: Bench, variant: Variant, base_url: str, baseline: list[R
                 (url, tried, rates),
             ):
                 await reset_tables(target_url)
-                result = await drain(
-                    bench,
-                    target_url,
-                    replicas,
-                    jobs=bench.config.drain_jobs,
-                    cap=bench.config.drain_cap,
-                )
+                result = await drain(bench, target_url, replicas)
                 found.append(result.rate)
                 note = f"CPU: {result.cpu}"
     bench.report.add(

@@ -116,13 +116,7 @@ async def _drain_pairs(
             last = run == bench.config.runs - 1
             if last:
                 await reset_statements(target_url)
-            result = await drain(
-                bench,
-                target_url,
-                replicas,
-                jobs=bench.config.drain_jobs,
-                cap=bench.config.drain_cap,
-            )
+            result = await drain(bench, target_url, replicas)
             rates[index].append(result.rate)
             if last:
                 table = ("empty table", "filled table")[index]
