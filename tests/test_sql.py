@@ -195,3 +195,32 @@ async def test_next_due_reads_the_first_pending_jobs_by_slot(history: asyncpg.Co
     assert scanned, nodes
     assert scanned <= pending_only, nodes
     assert_no_seq_scan_on_jobs(nodes)
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_outcomes_and_renewals_find_their_jobs_by_primary_key(
+    history: asyncpg.Connection, plan_cache_mode: str
+) -> None:
+    """Every batch of outcomes runs finish_jobs, every lease tick renew_leases. The statistics
+    were taken when nothing ran; now 2,000 jobs run (a drain at a high PACELINE_CONCURRENCY).
+    Reading all of them, or the whole table, per batch made a 500-outcome write take 2 s, and
+    the outcomes of finished handlers piled up unwritten."""
+    running = await history.fetch(
+        """
+        UPDATE jobs SET status = 'PROCESSING', finished_at = NULL,
+                        lease_expires_at = now() + interval '30 seconds'
+        WHERE id IN (SELECT id FROM jobs WHERE status = 'SUCCESS' ORDER BY id DESC LIMIT 2000)
+        RETURNING id
+        """
+    )
+    ids = [row["id"] for row in running[:200]]
+    async with history.transaction():
+        await history.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+        outcomes = (ids, [1] * 200, ["SUCCESS"] * 200, [0.001] * 200, [None] * 200)
+        finish = summary(await explain(history, "finish_jobs", *outcomes))
+        renew = summary(
+            await explain(history, "renew_leases", ids, [1] * 200, 30.0, uuid.UUID(int=1))
+        )
+    for plan in (finish, renew):
+        scans = [node for node in plan if node.relation_name == "jobs" and "Scan" in node.node_type]
+        assert {node.index_name for node in scans} == {"pk_jobs"}, plan

@@ -216,10 +216,10 @@ WHERE object_id = $1;
 -- worker still holds; a job missing from the answer was taken back and must stop.
 UPDATE jobs AS j
 SET lease_expires_at = now() + make_interval(secs => $3)
-FROM unnest($1::bigint[], $2::int[]) AS held(id, attempt)
--- Running, tested through the lease so that only the primary key finds the rows: see
--- finish_jobs.
-WHERE j.id = held.id AND j.attempts = held.attempt AND j.lease_expires_at IS NOT NULL
+-- By primary key alone, running tested through the lease: see finish_jobs.
+WHERE j.id = ANY ($1::bigint[])
+  AND j.attempts = ($2::int[])[array_position($1::bigint[], j.id)]
+  AND j.lease_expires_at IS NOT NULL
   AND j.worker_id = $4
 RETURNING j.id;
 
@@ -336,22 +336,23 @@ SELECT 1;
 -- WAL flush) is the cost, not the rows. Fenced by the attempt: a worker whose attempt was taken
 -- back meanwhile (its lease expired, the job was requeued or re-claimed) changes nothing for
 -- that job, and its id is not returned. Returns the ids it recorded.
-WITH outcome AS (
-    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[])
-        AS o(id, attempt, status, duration, error)
-),
-finished AS (
-    UPDATE jobs AS j
-    SET status = o.status, finished_at = clock_timestamp(), duration = o.duration,
-        error = o.error, lease_expires_at = NULL
-    FROM outcome AS o
+WITH finished AS (
+    -- The rows are found by primary key alone (`id = ANY`), never by a join with the outcomes:
+    -- a join's plan follows the statistics, which were taken when few jobs ran. Seen: every
+    -- running job read through ix_jobs_lease, or the whole table read, for each batch, so that
+    -- under a drain at PACELINE_CONCURRENCY=256 500 outcomes took 2 s and claims outran the
+    -- writes. Each row's own values come from its place in the arrays instead.
     -- Still running is tested through the lease (ck_jobs_lease_while_processing makes that the
-    -- same as status = 'PROCESSING'): with the status, the planner may scan every running job
-    -- through ix_jobs_lease and hash-join them, since the statistics rarely see many running;
-    -- under a drain of 100k jobs on a table of 600k that took 2 s per 500 outcomes, and claims
-    -- outran the writes. Here only the primary key can find the rows, one probe per outcome.
-    -- (Adding `j.id = ANY ($1)` made it worse: the outcomes rescanned once per row, 500².)
-    WHERE j.id = o.id AND j.attempts = o.attempt AND j.lease_expires_at IS NOT NULL
+    -- same as status = 'PROCESSING'), so that no index of running jobs looks like a shortcut.
+    UPDATE jobs AS j
+    SET status = ($3::text[])[array_position($1::bigint[], j.id)],
+        finished_at = clock_timestamp(),
+        duration = ($4::float8[])[array_position($1::bigint[], j.id)],
+        error = ($5::text[])[array_position($1::bigint[], j.id)],
+        lease_expires_at = NULL
+    WHERE j.id = ANY ($1::bigint[])
+      AND j.attempts = ($2::int[])[array_position($1::bigint[], j.id)]
+      AND j.lease_expires_at IS NOT NULL
     RETURNING j.id, j.attempts, j.status, j.finished_at, j.error
 ),
 history AS (
