@@ -213,7 +213,8 @@ WHERE object_id = $1;
 
 -- name: renew_leases
 -- $1 job ids, $2 their attempts, $3 lease seconds, $4 worker id. Extends the leases this
--- worker still holds; a job missing from the answer was taken back and must stop.
+-- worker still holds; a job missing from the answer was taken back and must stop. At most
+-- MAX_IDS_PER_STATEMENT ids (queries.py): array_position is a linear search.
 UPDATE jobs AS j
 SET lease_expires_at = now() + make_interval(secs => $3)
 -- By primary key alone, running tested through the lease: see finish_jobs.
@@ -341,7 +342,8 @@ WITH finished AS (
     -- a join's plan follows the statistics, which were taken when few jobs ran. Seen: every
     -- running job read through ix_jobs_lease, or the whole table read, for each batch, so that
     -- under a drain at PACELINE_CONCURRENCY=256 500 outcomes took 2 s and claims outran the
-    -- writes. Each row's own values come from its place in the arrays instead.
+    -- writes. Each row's own values come from its place in the arrays instead (a linear
+    -- search, so at most MAX_IDS_PER_STATEMENT outcomes per statement: see queries.py).
     -- Still running is tested through the lease (ck_jobs_lease_while_processing makes that the
     -- same as status = 'PROCESSING'), so that no index of running jobs looks like a shortcut.
     UPDATE jobs AS j

@@ -11,13 +11,11 @@ import time
 import asyncpg
 
 from paceline.db.pool import is_transient
-from paceline.db.queries import QUERIES
+from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.batching import BatchWriter
 from paceline.queue.jobs import Job, Status, fetch_committed
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH = 500
 
 
 @dataclasses.dataclass
@@ -33,7 +31,7 @@ class CompletionWriter(BatchWriter[_Outcome, bool]):
     """Writes SUCCESS/FAILED outcomes for one worker; `finish()` waits until it is written."""
 
     def __init__(self, pool: asyncpg.Pool, *, lease: float, row_lock: asyncio.Lock) -> None:
-        super().__init__(max_batch=MAX_BATCH)
+        super().__init__(max_batch=MAX_IDS_PER_STATEMENT)
         self._pool = pool
         self._lease = lease
         # Shared with the lease keeper: two statements of one worker locking the same job rows

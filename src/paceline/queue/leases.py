@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from paceline.db.pool import is_unavailable
-from paceline.db.queries import QUERIES
+from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.jobs import Job
 
 log = logging.getLogger("paceline.queue.worker")
@@ -87,9 +87,12 @@ class LeaseKeeper:
 
     async def _renew(self) -> None:
         held = [entry for entry in self._running.values() if not entry.lost]
-        if not held:
-            return
+        for start in range(0, len(held), MAX_IDS_PER_STATEMENT):
+            await self._renew_some(held[start : start + MAX_IDS_PER_STATEMENT])
+
+    async def _renew_some(self, held: list[RunningJob]) -> None:
         sent = time.monotonic()
+        # The lock is taken per statement, so outcomes are written in between.
         async with self._row_lock:
             records = await self._pool.fetch(
                 QUERIES["renew_leases"],
