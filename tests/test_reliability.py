@@ -17,8 +17,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from paceline.db.embedded import free_port
-from paceline.db.queries import QUERIES
+from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.maintenance import Janitor
+from paceline.queue.worker import MAX_UNWRITTEN
 from paceline.web import validation
 from tests.conftest import MakeClient
 from tests.support import all_jobs, eventually, wait_until_finished
@@ -226,6 +227,65 @@ async def test_a_lost_lease_stops_the_handler_and_its_result_is_fenced(
     history = await attempts_of(db, job["id"])
     assert history[0]["outcome"] == "LOST"
     assert "stopped renewing the lease" in history[0]["error"]
+
+
+async def test_claims_wait_while_outcomes_are_slow_to_write(
+    make_client: MakeClient, database_url: str, db: asyncpg.Connection
+) -> None:
+    # Every write of outcomes takes 1 s, as on a database that cannot keep up; claims
+    # (which insert attempts, not update them) stay fast.
+    await db.execute(
+        """
+        CREATE FUNCTION slow_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+        CREATE TRIGGER slow_outcomes AFTER UPDATE ON job_attempts
+        FOR EACH STATEMENT EXECUTE FUNCTION slow_outcomes();
+        """
+    )
+    concurrency = 4
+    count = 2 * MAX_UNWRITTEN
+    client = await make_client(concurrency=concurrency, rate_window=0.05)
+    for start in range(0, count, validation.MAX_BATCH):
+        batch = [{"object_id": n} for n in range(start, start + validation.MAX_BATCH)]
+        assert (await client.post("/jobs", json=batch)).status == 201
+
+    # Finished jobs whose outcome is not written yet are still PROCESSING and leased: without
+    # a bound the worker would claim all of them, and rerun them all if it died now.
+    held: list[int] = []
+
+    async def drained() -> bool:
+        held.append(await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'PROCESSING'"))
+        finished = await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'SUCCESS'")
+        return bool(finished == count)
+
+    await eventually(drained, timeout=30)
+    assert max(held) <= MAX_UNWRITTEN + concurrency
+    rows = await all_jobs(database_url)
+    assert all(row["attempts"] == 1 for row in rows)
+
+
+async def test_leases_of_hundreds_of_running_jobs_are_all_renewed(
+    make_client: MakeClient, database_url: str, db: asyncpg.Connection
+) -> None:
+    # More running jobs than one renewal statement takes (MAX_IDS_PER_STATEMENT): each of
+    # them must keep its lease, or another replica's reaper would run it a second time.
+    count = MAX_IDS_PER_STATEMENT + 100
+    client = await make_client(concurrency=count, handler="sleep", sleep_seconds=2.5, lease=0.9)
+    response = await client.post("/jobs", json=[{"object_id": n} for n in range(count)])
+    assert response.status == 201
+
+    async def all_running() -> bool:
+        running = await db.fetchval("SELECT count(*) FROM jobs WHERE status = 'PROCESSING'")
+        return bool(running == count)
+
+    await eventually(all_running, timeout=10)
+    await asyncio.sleep(1.2)  # past the first leases, so only renewals keep them
+    expired = await db.fetchval(
+        "SELECT count(*) FROM jobs WHERE status = 'PROCESSING' AND lease_expires_at < now()"
+    )
+    assert expired == 0
+    rows = await wait_until_finished(database_url, count, timeout=20)
+    assert {(row["status"], row["attempts"]) for row in rows} == {("SUCCESS", 1)}
 
 
 async def test_retention_prunes_old_jobs_but_not_the_window(
