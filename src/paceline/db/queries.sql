@@ -337,31 +337,38 @@ SELECT 1;
 -- WAL flush) is the cost, not the rows. Fenced by the attempt: a worker whose attempt was taken
 -- back meanwhile (its lease expired, the job was requeued or re-claimed) changes nothing for
 -- that job, and its id is not returned. Returns the ids it recorded.
+--
+-- Both tables' rows are found by primary key alone (`= ANY`), never by a join with the outcomes
+-- or with each other, and each row's own values come from its place in the arrays (a linear
+-- search: at most MAX_IDS_PER_STATEMENT outcomes per statement, see queries.py). A join's plan
+-- follows the statistics, and the planner cannot know how many rows an UPDATE ... RETURNING
+-- gives (it guesses one). Seen: every running job read through ix_jobs_lease for each batch;
+-- and, with job_attempts analyzed while empty, a nested loop reading all of job_attempts once
+-- per outcome, 1.3 to 8 s per 500 outcomes at 100k attempts, while claims went on.
 WITH finished AS (
-    -- The rows are found by primary key alone (`id = ANY`), never by a join with the outcomes:
-    -- a join's plan follows the statistics, which were taken when few jobs ran. Seen: every
-    -- running job read through ix_jobs_lease, or the whole table read, for each batch, so that
-    -- under a drain at PACELINE_CONCURRENCY=256 500 outcomes took 2 s and claims outran the
-    -- writes. Each row's own values come from its place in the arrays instead (a linear
-    -- search, so at most MAX_IDS_PER_STATEMENT outcomes per statement: see queries.py).
     -- Still running is tested through the lease (ck_jobs_lease_while_processing makes that the
     -- same as status = 'PROCESSING'), so that no index of running jobs looks like a shortcut.
     UPDATE jobs AS j
     SET status = ($3::text[])[array_position($1::bigint[], j.id)],
-        finished_at = clock_timestamp(),
+        finished_at = statement_timestamp(),
         duration = ($4::float8[])[array_position($1::bigint[], j.id)],
         error = ($5::text[])[array_position($1::bigint[], j.id)],
         lease_expires_at = NULL
     WHERE j.id = ANY ($1::bigint[])
       AND j.attempts = ($2::int[])[array_position($1::bigint[], j.id)]
       AND j.lease_expires_at IS NOT NULL
-    RETURNING j.id, j.attempts, j.status, j.finished_at, j.error
+    RETURNING j.id
 ),
 history AS (
+    -- The same fence as the job row's: an attempt taken back was given its outcome (LOST,
+    -- RELEASED, RETRY) in the same transaction that took it, so an open attempt row is one
+    -- whose job row the UPDATE above finishes.
     UPDATE job_attempts AS a
-    SET outcome = finished.status, finished_at = finished.finished_at, error = finished.error
-    FROM finished
+    SET outcome = ($3::text[])[array_position($1::bigint[], a.job_id)],
+        finished_at = statement_timestamp(),
+        error = ($5::text[])[array_position($1::bigint[], a.job_id)]
     WHERE a.job_id = ANY ($1::bigint[])
-      AND a.job_id = finished.id AND a.attempt = finished.attempts
+      AND a.attempt = ($2::int[])[array_position($1::bigint[], a.job_id)]
+      AND a.outcome IS NULL
 )
 SELECT id FROM finished;
