@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-PGQUEUER = "pgqueuer[asyncpg]==1.6.0"
+VERSION = "1.6.0"
+PGQUEUER = f"pgqueuer[asyncpg]=={VERSION}"
 # Its own tuned setting in the reference figure (16.2k jobs/s): 4 managers, batch 50.
 MANAGERS = 4
 BATCH = 50
@@ -40,7 +41,7 @@ class PeerDrain:
 
 def _cache() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "paceline-bench" / "pgqueuer-1.6.0"
+    return base / "paceline-bench" / f"pgqueuer-{VERSION}"
 
 
 async def _run(*command: str | Path) -> str:

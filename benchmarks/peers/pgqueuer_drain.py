@@ -51,7 +51,7 @@ async def main(dsn: str, jobs: int, managers: int, batch: int) -> None:
     seconds = time.perf_counter() - started
     left = await setup.fetchval("SELECT count(*) FROM pgqueuer")
     await setup.close()
-    print(json.dumps({"jobs": done, "left": left, "seconds": seconds, "rate": done / seconds}))
+    print(json.dumps({"jobs": done, "left": left, "seconds": seconds}))
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ async def pgqueuer_drain(bench: Bench, ceiling: float) -> float | None:
     """pgqueuer's tuned drain of as many no-op jobs, on this run's server; None if it could
     not be installed or run (the row says why)."""
     figure = (
-        f"pgqueuer 1.6 drain, {baseline.MANAGERS} managers x batch {baseline.BATCH} "
+        f"pgqueuer {baseline.VERSION} drain, {baseline.MANAGERS} managers x batch {baseline.BATCH} "
         "(its tuned setting)"
     )
     jobs = bench.config.drain_jobs
