@@ -24,7 +24,7 @@ SETTLE_MS = 6_000
 BIG_OBJECT_ID = 2**53 + 1
 INT64_MAX = 2**63 - 1
 
-ACCEPTED = re.compile(r"^Accepted: job (\d+) · object (-?\d+) · PENDING · runs at ")
+ACCEPTED = re.compile(r"^Accepted: job (\d+) · object (-?\d+) · PENDING · accepted .+ · runs at ")
 
 # Columns of the "Jobs" table.
 ID, OBJECT, STATUS, RUNS_AT, STARTED, DURATION, ERROR = range(7)
@@ -125,7 +125,7 @@ def test_submit_watch_look_up_and_refuse(chromium: Path, database_url: str, tmp_
         # Looking a job up shows it; an unknown id says there is no such job.
         expect(cell(page, big, STATUS)).to_have_text("SUCCESS", timeout=SETTLE_MS)
         expect(look_up(page, str(first))).to_have_text(
-            re.compile(rf"^job {first} · object 7 · SUCCESS · runs at ")
+            re.compile(rf"^job {first} · object 7 · SUCCESS · accepted .+ · runs at ")
         )
         expect(look_up(page, str(big))).to_have_text(
             re.compile(rf"^job {big} · object {BIG_OBJECT_ID} · SUCCESS")

@@ -32,6 +32,10 @@ async def test_submit_get_and_cancel(make_client: MakeClient) -> None:
         second = await paceline.submit(5)
         assert isinstance(first, Job)
         assert (first.object_id, first.status, first.attempts) == (5, "PENDING", 0)
+        # The original's integer seconds, and the precise instant beside it.
+        assert type(first.timestamp) is int
+        assert first.timestamp == int(first.created_at.timestamp() // 1)
+        assert first.run_at == first.created_at  # a fresh object starts at once
         assert not first.done
         # run_at arrives as a datetime: the second job waits a window after the first.
         assert second.run_at - first.run_at == timedelta(seconds=60)
@@ -71,6 +75,11 @@ async def test_submit_batch_returns_the_jobs_in_the_order_sent(make_client: Make
         with pytest.raises(PacelineError) as empty:
             await paceline.submit_batch([])
         assert empty.value.status == 422
+
+        # With a key, sending the batch again returns the same jobs instead of new ones.
+        keyed = await paceline.submit_batch([10, 10], idempotency_key="nightly-2026-12-04")
+        again = await paceline.submit_batch([10, 10], idempotency_key="nightly-2026-12-04")
+        assert again == keyed
 
 
 async def test_list_follows_the_cursor_through_every_page(make_client: MakeClient) -> None:
@@ -169,7 +178,8 @@ JOB = {
     "id": 17,
     "object_id": 1,
     "status": "PENDING",
-    "timestamp": 1795958929.46,
+    "timestamp": 1795958929,
+    "created_at": "2026-11-29T13:28:49.462456Z",
     "run_at": "2026-11-29T13:28:49.462456Z",
     "started_at": None,
     "finished_at": None,

@@ -38,7 +38,8 @@ class Job:
     id: int
     object_id: int
     status: str
-    timestamp: float  # created, UNIX seconds
+    timestamp: int  # created, whole UNIX seconds (the original service's integer column)
+    created_at: datetime  # created, the precise instant
     run_at: datetime  # the earliest moment it may start
     started_at: datetime | None
     finished_at: datetime | None
@@ -60,6 +61,12 @@ class Job:
             object_id=document["object_id"],
             status=document["status"],
             timestamp=document["timestamp"],
+            # A server from before `created_at` existed showed only `timestamp`.
+            created_at=(
+                datetime.fromisoformat(document["created_at"])
+                if "created_at" in document
+                else datetime.fromtimestamp(document["timestamp"], UTC)
+            ),
             run_at=datetime.fromisoformat(document["run_at"]),
             started_at=_optional_moment(document.get("started_at")),
             finished_at=_optional_moment(document.get("finished_at")),
@@ -152,11 +159,15 @@ class PacelineClient:
         headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
         return Job.from_json(await self._call("POST", "jobs", body=body, headers=headers))
 
-    async def submit_batch(self, object_ids: Sequence[int]) -> list[Job]:
+    async def submit_batch(
+        self, object_ids: Sequence[int], *, idempotency_key: str | None = None
+    ) -> list[Job]:
         """Create one job per id (1 to 1000, repeats allowed) in one request and one statement,
-        all or none; the jobs in the order given, each in its object's next free slot."""
+        all or none; the jobs in the order given, each in its object's next free slot. With
+        `idempotency_key`, sending the same batch again returns the same jobs."""
         body = [{"object_id": object_id} for object_id in object_ids]
-        answer = await self._call("POST", "jobs", body=body)
+        headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+        answer = await self._call("POST", "jobs", body=body, headers=headers)
         return [Job.from_json(document) for document in answer["jobs"]]
 
     async def get(self, job_id: int) -> Job:

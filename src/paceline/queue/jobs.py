@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -16,6 +16,8 @@ from paceline.db.queries import QUERIES
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
 
 class Status(enum.StrEnum):
@@ -60,12 +62,17 @@ class Job:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The API's view: the original fields (`timestamp` in UNIX seconds) plus the wait."""
+        """The API's view: the original fields plus the wait.
+
+        `timestamp` keeps the original table's type, whole UNIX seconds (floor) as an integer,
+        which typed clients read into an int64; `created_at` is the precise instant.
+        """
         return {
             "id": self.id,
             "object_id": self.object_id,
             "status": self.status.value,
-            "timestamp": self.created_at.timestamp(),
+            "timestamp": unix_seconds(self.created_at),
+            "created_at": isoformat(self.created_at),
             "duration": self.duration,
             "run_at": isoformat(self.run_at),
             "started_at": isoformat(self.started_at),
@@ -73,6 +80,12 @@ class Job:
             "attempts": self.attempts,
             "error": self.error,
         }
+
+
+def unix_seconds(moment: datetime) -> int:
+    """Whole UNIX seconds, floored, computed on integers (a float timestamp can round a
+    moment in the last microsecond of a second up into the next one)."""
+    return (moment - _EPOCH) // _SECOND
 
 
 def isoformat(moment: datetime | None) -> str | None:
