@@ -23,8 +23,7 @@ from paceline.resources import templates_dir
 from paceline.web import api, auth, dashboard, health, metrics, openapi, pages
 from paceline.web.auth import auth_middleware
 from paceline.web.keys import EVENTS, GROUPER, NOTIFIER, POOL, SETTINGS, WORKER
-from paceline.web.problems import problem_middleware
-from paceline.web.validation import MAX_BODY_BYTES
+from paceline.web.problems import MAX_BODY_BYTES, problem_middleware
 
 log = logging.getLogger(__name__)
 

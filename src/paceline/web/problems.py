@@ -14,6 +14,10 @@ from paceline.db.pool import is_unavailable
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# The largest request body the app reads (aiohttp answers 413 past it): room for a batch of
+# 1000 jobs with int64 ids written long-hand, so that a batch over its item limit is told
+# so (422) rather than cut off by size.
+MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
 class Problem(Exception):
@@ -116,7 +120,7 @@ def _http_detail(exc: web.HTTPException) -> str:
     if exc.status == 405:
         return f"This address does not accept {getattr(exc, 'method', 'that method')}."
     if exc.status == 413:
-        return "The request body is too large; a job request is at most 64 KiB."
+        return f"The request body is too large; it may be at most {MAX_BODY_BYTES // 1024} KiB."
     text = exc.text or exc.reason
     return text.removeprefix(f"{exc.status}: ")
 

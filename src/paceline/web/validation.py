@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +15,6 @@ from aiohttp import web
 from paceline.queue.jobs import INT64_MAX, INT64_MIN, Status
 from paceline.web.problems import Problem, invalid, not_found
 
-MAX_BODY_BYTES = 64 * 1024
 # A job request is a few bytes; a body still arriving after this long is a slow-loris, not a
 # client, and it must not keep a connection (and memory) forever.
 BODY_TIMEOUT = 10.0
@@ -21,6 +22,9 @@ JOB_FIELDS = frozenset({"object_id", "on_busy", "max_backlog"})
 ON_BUSY_VALUES = ("queue", "coalesce", "reject")
 MAX_BACKLOG_LIMIT = 1_000_000
 MAX_IDEMPOTENCY_KEY = 255
+_JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+# A JSON number whose most significant digit is further out than this is no int64.
+_MAX_INTEGER_DIGITS = 20
 # Jobs in one batch POST (a JSON array), inserted in one statement.
 MAX_BATCH = 1000
 LIST_PARAMS = frozenset({"object_id", "status", "limit", "cursor"})
@@ -104,14 +108,13 @@ def _job_request(document: Any) -> JobRequest:
     if on_busy is not None and on_busy not in ON_BUSY_VALUES:
         raise invalid(f"on_busy must be one of {', '.join(ON_BUSY_VALUES)}.", name="on_busy")
     max_backlog = document.get("max_backlog")
-    if max_backlog is not None and (
-        isinstance(max_backlog, bool)
-        or not isinstance(max_backlog, int)
-        or not 1 <= max_backlog <= MAX_BACKLOG_LIMIT
-    ):
-        raise invalid(
-            f"max_backlog must be an integer from 1 to {MAX_BACKLOG_LIMIT}.", name="max_backlog"
-        )
+    if max_backlog is not None:
+        max_backlog = json_integer(max_backlog)
+        if max_backlog is None or not 1 <= max_backlog <= MAX_BACKLOG_LIMIT:
+            raise invalid(
+                f"max_backlog must be an integer from 1 to {MAX_BACKLOG_LIMIT}.",
+                name="max_backlog",
+            )
     return JobRequest(object_id, on_busy, max_backlog)
 
 
@@ -128,17 +131,41 @@ def parse_idempotency_key(value: str | None) -> str | None:
     return value
 
 
+def json_integer(value: Any) -> int | None:
+    """The integer a JSON number stands for, or None if it is not an integer.
+
+    JSON Schema's `integer` is any number without a fractional part, so `768.0` and `7.68e2`
+    are the integer 768 (clients whose encoder writes integral floats so are within the
+    document). Numbers with a fraction or exponent arrive as Decimal (see `_parse_json`), so
+    the test is exact, also beyond a float's 53 bits.
+    """
+    # bool is an int in Python; in JSON it is not a number.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal) and value.is_finite():
+        if value.is_zero():  # also 0e999999999
+            return 0
+        if value.adjusted() > _MAX_INTEGER_DIGITS:
+            # Far outside int64 either way; int() of 1e999999999 would build a billion digits.
+            return INT64_MAX + 1 if value > 0 else INT64_MIN - 1
+        if value == value.to_integral_value():
+            return int(value)
+    return None
+
+
 def object_id_value(value: Any) -> int:
     """Check a JSON value is an int64 object id."""
-    # bool is an int in Python; in JSON it is not a number.
-    if isinstance(value, bool) or not isinstance(value, int):
+    number = json_integer(value)
+    if number is None:
         raise invalid(f"object_id must be an integer, not {_json_kind(value)}.", name="object_id")
-    if not INT64_MIN <= value <= INT64_MAX:
+    if not INT64_MIN <= number <= INT64_MAX:
         raise invalid(
             f"object_id must be between {INT64_MIN} and {INT64_MAX} (a 64-bit integer).",
             name="object_id",
         )
-    return value
+    return number
 
 
 def parse_job_id(raw: str) -> int:
@@ -181,13 +208,18 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[int | None, Status | Non
 def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int:
     raw = query[name].strip()
     digits = raw.removeprefix("-")
-    if not (digits.isascii() and digits.isdigit()) or not low <= int(raw) <= high:
+    number: int | None = None
+    if digits.isascii() and digits.isdigit():
+        number = int(raw)
+    elif _JSON_NUMBER.fullmatch(raw):
+        number = json_integer(Decimal(raw))  # 20.0 is the integer 20, as in a body
+    if number is None or not low <= number <= high:
         raise invalid(
             f"{name} must be an integer from {low} to {high} (got {raw!r}).",
             name=name,
             status=400,
         )
-    return int(raw)
+    return number
 
 
 def _parse_json(body: bytes) -> Any:
@@ -195,7 +227,13 @@ def _parse_json(body: bytes) -> Any:
         raise invalid(f"The body is empty; {_EXAMPLE}.", status=400)
     try:
         text = body.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+            # Exact: 9007199254740993.0 must not become ...992 on its way to an integer.
+            parse_float=Decimal,
+        )
     except UnicodeDecodeError:
         raise invalid("The body is not UTF-8 text.", status=400) from None
     except json.JSONDecodeError as exc:
@@ -228,8 +266,8 @@ def _json_kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, float):
-        return "a number with a fraction or exponent"
+    if isinstance(value, Decimal):
+        return "a number with a fractional part"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
