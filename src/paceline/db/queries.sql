@@ -292,6 +292,13 @@ SELECT id, object_id, status, created_at, run_at, started_at, finished_at,
 FROM jobs
 WHERE id = $1;
 
+-- name: get_jobs
+-- $1 ids. Those that exist, in any order.
+SELECT id, object_id, status, created_at, run_at, started_at, finished_at,
+       duration, attempts, error
+FROM jobs
+WHERE id = ANY ($1::bigint[]);
+
 -- name: list_jobs
 -- $1 before id (cursor), $2 limit. Newest first, over the primary key.
 SELECT id, object_id, status, created_at, run_at, started_at, finished_at,

@@ -6,6 +6,7 @@ Runtime queries do not use SQLAlchemy; they are hand-written SQL in `queries.sql
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     CheckConstraint,
     Column,
@@ -163,9 +164,12 @@ idempotency_keys = Table(
     "idempotency_keys",
     metadata,
     Column("key", Text, primary_key=True),
-    # sha256 of the request's meaning (object_id and policy), to refuse a reused key.
+    # sha256 of the request's meaning (object_id and policy, or a batch's object ids), to refuse
+    # a reused key.
     Column("fingerprint", Text, nullable=False),
+    # The job of a single request (pruned with it), or every job of a batch, in request order.
     Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE")),
+    Column("job_ids", ARRAY(BigInteger)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_idempotency_keys_created_at", "created_at"),
 )

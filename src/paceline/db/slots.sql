@@ -40,9 +40,9 @@ ON CONFLICT (key) DO NOTHING
 RETURNING key;
 
 -- name: read_idempotency_key
--- $1 key, $2 seconds a key lives. The earlier request's fingerprint and job, and whether
--- the key has expired.
-SELECT fingerprint, job_id, created_at < now() - make_interval(secs => $2) AS expired
+-- $1 key, $2 seconds a key lives. The earlier request's fingerprint and job (or a batch's
+-- jobs), and whether the key has expired.
+SELECT fingerprint, job_id, job_ids, created_at < now() - make_interval(secs => $2) AS expired
 FROM idempotency_keys
 WHERE key = $1;
 
@@ -53,6 +53,10 @@ DELETE FROM idempotency_keys WHERE key = $1;
 -- name: bind_idempotency_key
 -- $1 key, $2 job id.
 UPDATE idempotency_keys SET job_id = $2 WHERE key = $1;
+
+-- name: bind_idempotency_key_to_batch
+-- $1 key, $2 the batch's job ids, in request order.
+UPDATE idempotency_keys SET job_ids = $2 WHERE key = $1;
 
 -- name: prune_idempotency_keys
 -- $1 seconds a key lives, $2 batch size.

@@ -19,7 +19,7 @@ import asyncpg
 from paceline.db.pool import Connection
 from paceline.db.queries import QUERIES
 from paceline.queue.grouping import EnqueueGrouper
-from paceline.queue.jobs import Job, enqueue, get_job
+from paceline.queue.jobs import Job, enqueue, enqueue_batch, get_job
 
 # How long an Idempotency-Key returns the same job.
 IDEMPOTENCY_TTL = 24 * 3600.0
@@ -101,27 +101,95 @@ async def submit(
         return admitted
 
 
+@dataclasses.dataclass(frozen=True)
+class AdmittedBatch:
+    """The jobs of a batch: created now, or replayed (the same key and body came before)."""
+
+    jobs: list[Job]
+    replayed: bool = False
+
+
+def batch_fingerprint(object_ids: list[int]) -> str:
+    """What a batch means: its object ids in order (a prefix keeps it apart from one job)."""
+    text = "batch|" + ",".join(map(str, object_ids))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def submit_batch(
+    pool: asyncpg.Pool,
+    object_ids: list[int],
+    window: float,
+    *,
+    idempotency_key: str | None = None,
+) -> AdmittedBatch:
+    """Create one job per id in one statement; with a key, a retry of the same batch gets the
+    same jobs back, and concurrent retries create it once. Raises KeyReused."""
+    if idempotency_key is None:
+        return AdmittedBatch(await enqueue_batch(pool, object_ids, window))
+    fingerprint = batch_fingerprint(object_ids)
+    async with pool.acquire() as conn, conn.transaction():
+        earlier = await _claim_batch_key(conn, idempotency_key, fingerprint)
+        if earlier is not None:
+            return AdmittedBatch(earlier, replayed=True)
+        records = await conn.fetch(QUERIES["enqueue_batch"], object_ids, window)
+        jobs = [Job.from_record(record) for record in records]
+        await conn.execute(
+            QUERIES["bind_idempotency_key_to_batch"], idempotency_key, [job.id for job in jobs]
+        )
+        return AdmittedBatch(jobs)
+
+
+async def _claim_batch_key(conn: Connection, key: str, fingerprint: str) -> list[Job] | None:
+    """Own `key` for a new batch (None), or the jobs of the batch that used it before."""
+    earlier = await _own_or_read_key(conn, key, fingerprint)
+    ids = None if earlier is None else earlier["job_ids"]
+    if ids is not None:
+        found = {
+            record["id"]: Job.from_record(record)
+            for record in await conn.fetch(QUERIES["get_jobs"], ids)
+        }
+        if len(found) == len(ids):
+            return [found[job_id] for job_id in ids]
+    if earlier is not None:  # some of its jobs were pruned: this request takes the key over
+        await _take_over_key(conn, key, fingerprint)
+    return None
+
+
 async def _claim_key(conn: Connection, request: Submission) -> Admitted | None:
     key = request.idempotency_key
+    assert key is not None
     fingerprint = request.fingerprint()
+    earlier = await _own_or_read_key(conn, key, fingerprint)
+    job = None
+    if earlier is not None and earlier["job_id"] is not None:
+        job = await get_job(conn, earlier["job_id"])
+    if job is not None:
+        return Admitted(job, created=False, replayed=True)
+    if earlier is not None:  # its job was pruned: this request takes the key over
+        await _take_over_key(conn, key, fingerprint)
+    return None
+
+
+async def _own_or_read_key(conn: Connection, key: str, fingerprint: str) -> asyncpg.Record | None:
+    """Take `key` for this request (None), or the row of the live earlier request that holds
+    it with the same fingerprint. A concurrent request with the key waits here for that one's
+    commit. Raises KeyReused for another request's key."""
     if await conn.fetchval(QUERIES["claim_idempotency_key"], key, fingerprint) is not None:
         return None
     earlier = await conn.fetchrow(QUERIES["read_idempotency_key"], key, IDEMPOTENCY_TTL)
-    if earlier is None or earlier["expired"] or earlier["job_id"] is None:
-        # Expired (or its job was pruned): this request takes the key over.
-        await conn.execute(QUERIES["forget_idempotency_key"], key)
-        await conn.execute(QUERIES["claim_idempotency_key"], key, fingerprint)
+    if earlier is None or earlier["expired"]:
+        await _take_over_key(conn, key, fingerprint)
         return None
     if earlier["fingerprint"] != fingerprint:
         raise KeyReused(
             f"The Idempotency-Key {key!r} was used for a different request in the last 24 hours."
         )
-    job = await get_job(conn, earlier["job_id"])
-    if job is None:
-        await conn.execute(QUERIES["forget_idempotency_key"], key)
-        await conn.execute(QUERIES["claim_idempotency_key"], key, fingerprint)
-        return None
-    return Admitted(job, created=False, replayed=True)
+    return earlier
+
+
+async def _take_over_key(conn: Connection, key: str, fingerprint: str) -> None:
+    await conn.execute(QUERIES["forget_idempotency_key"], key)
+    await conn.execute(QUERIES["claim_idempotency_key"], key, fingerprint)
 
 
 async def _admit(conn: Connection, request: Submission, window: float) -> Admitted:

@@ -10,7 +10,7 @@ from aiohttp import web
 from paceline.queue import jobs
 from paceline.queue.jobs import isoformat
 from paceline.queue.planning import cancel_and_compact
-from paceline.queue.submit import Busy, KeyReused, OnBusy, Submission, submit
+from paceline.queue.submit import Busy, KeyReused, OnBusy, Submission, submit, submit_batch
 from paceline.web.keys import EVENTS, GROUPER, NOTIFIER, POOL, SETTINGS
 from paceline.web.problems import Problem, invalid, not_found
 from paceline.web.validation import (
@@ -79,21 +79,24 @@ async def create_job(request: web.Request) -> web.Response:
 
 
 async def _create_batch(request: web.Request, object_ids: list[int]) -> web.Response:
-    """A JSON array of jobs: one statement, each job in its object's next free slot."""
-    if "Idempotency-Key" in request.headers:
-        raise invalid(
-            "Idempotency-Key applies to one job; send batches without it.",
-            name="Idempotency-Key",
-            status=400,
+    """A JSON array of jobs: one statement, each job in its object's next free slot. An
+    Idempotency-Key covers the whole batch: a retry with the same body gets the same jobs."""
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    try:
+        admitted = await submit_batch(
+            request.app[POOL], object_ids, request.app[SETTINGS].rate_window, idempotency_key=key
         )
-    created = await jobs.enqueue_batch(
-        request.app[POOL], object_ids, request.app[SETTINGS].rate_window
-    )
+    except KeyReused as reused:
+        raise invalid(str(reused), name="Idempotency-Key") from None
+    document = {"jobs": [job.to_json() for job in admitted.jobs]}
+    if admitted.replayed:
+        return json_response(document, headers={"Idempotent-Replayed": "true"})
+    created = admitted.jobs
     request.app[EVENTS].enqueued_batch(created)
     request.app[NOTIFIER].due_in(
         min((job.run_at - job.created_at).total_seconds() for job in created)
     )
-    return json_response({"jobs": [job.to_json() for job in created]}, status=201)
+    return json_response(document, status=201)
 
 
 @routes.post("/jobs/{job_id}/cancel", name="cancel_job")
