@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,7 @@ from paceline.app import create_app
 from paceline.config import Settings
 from paceline.web import api, health, metrics, openapi
 from paceline.web.openapi import DOCUMENT
-from paceline.web.problems import PROBLEM_JSON
+from paceline.web.problems import MAX_BODY_BYTES, PROBLEM_JSON
 from tests.conftest import MakeClient
 from tests.support import eventually
 
@@ -143,7 +144,11 @@ async def test_list_pages_conform(client: Client) -> None:
         (("POST", "/jobs", {"json": {"object_id": "7"}}), "/jobs", 422),
         (("POST", "/jobs", {"data": b"{", "headers": JSON}), "/jobs", 400),
         (("POST", "/jobs", {"data": b"object_id=7"}), "/jobs", 415),
-        (("POST", "/jobs", {"data": b" " * 70_000, "headers": JSON}), "/jobs", 413),
+        (
+            ("POST", "/jobs", {"data": io.BytesIO(b" " * (MAX_BODY_BYTES + 1)), "headers": JSON}),
+            "/jobs",
+            413,
+        ),
         (("GET", "/jobs", {"params": {"limit": "0"}}), "/jobs", 400),
         (("GET", "/jobs", {"params": {"sort": "id"}}), "/jobs", 400),
     ],
@@ -176,6 +181,66 @@ async def test_with_a_token_only_the_documented_public_operations_are_open(
             elif response.status != 404 or path != "/metrics":  # /metrics may not exist yet
                 assert response.status == 401, f"{method} {path}"
                 await conforms(response, path)
+
+
+async def test_the_document_is_public_while_the_api_needs_a_token(
+    make_client: MakeClient,
+) -> None:
+    # It describes the API and holds no job data; clients read it before they have a token.
+    client = await make_client(concurrency=0, api_token="s3cret-token-0123456789")
+    document = await client.get("/openapi.json")
+    assert document.status == 200
+    assert (await document.json())["openapi"] == "3.1.0"
+    assert (await client.get("/jobs")).status == 401
+    assert (await client.post("/jobs", json={"object_id": 1})).status == 401
+
+
+def _schema_alternatives(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = resolve(schema)
+    if "oneOf" in schema:
+        return [
+            alternative for item in schema["oneOf"] for alternative in _schema_alternatives(item)
+        ]
+    return [schema]
+
+
+def test_every_link_resolves_for_every_shape_of_its_response() -> None:
+    # A link belongs to a response; if that response has several shapes (one job or a batch),
+    # the link's `$response.body#/...` must exist in each of them, or a client (or a fuzzer
+    # following links) finds nothing to follow.
+    links_seen = 0
+    for path, item in DOCUMENT["paths"].items():
+        for method, operation in item.items():
+            for status, documented in operation["responses"].items():
+                response = resolve(documented)
+                for name, link in response.get("links", {}).items():
+                    links_seen += 1
+                    for expression in link["parameters"].values():
+                        assert isinstance(expression, str)
+                        pointer = expression.removeprefix("$response.body#/").split("/")
+                        for shape in _schema_alternatives(
+                            response["content"]["application/json"]["schema"]
+                        ):
+                            node = shape
+                            for part in pointer:
+                                assert part in node.get("required", []), (
+                                    f"{method} {path} {status} link {name}: {expression} is "
+                                    f"not always in {shape.get('title', shape)}"
+                                )
+                                node = resolve(node["properties"][part])
+    assert links_seen >= 2
+
+
+async def test_a_replayed_batch_conforms(client: Client) -> None:
+    headers = {**JSON, "Idempotency-Key": "conform-batch"}
+    batch = [{"object_id": 1}, {"object_id": 1}]
+    created = await client.post("/jobs", json=batch, headers=headers)
+    assert created.status == 201
+    await conforms(created, "/jobs")
+    replayed = await client.post("/jobs", json=batch, headers=headers)
+    assert replayed.status == 200
+    body = await conforms(replayed, "/jobs")
+    assert body == await created.json()
 
 
 async def test_probes_conform(client: Client) -> None:

@@ -1,30 +1,32 @@
 """Schemathesis against a real `paceline serve`: the app keeps every promise its OpenAPI makes.
 
-Per operation, schemathesis sends valid and invalid requests to a fresh process and applies its
-default checks: no 5xx, only documented status codes, content types, headers and bodies, valid
-data accepted, invalid data refused, undocumented methods answered 405.
+The `st` command, as a user would run it, with every check on: no 5xx, only documented status
+codes, content types, headers and bodies, schema-valid requests accepted, schema-invalid ones
+refused, undocumented methods answered 405, and the stateful phase that follows the document's
+links from one call to the next. Two runs: a fixed seed (the same cases every time) and a
+random one, printed, so that a failure found once can be replayed with `st run --seed`.
 """
 
 from __future__ import annotations
 
-import uuid
+import os
+import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import hypothesis
 import pytest
-import schemathesis
 
-from paceline.config import Settings
-from paceline.web.openapi import DOCUMENT
-from tests.support import ServeProcess, eventually, post_job
-from tests.test_openapi import app_routes
+from tests.support import ROOT, ServeProcess, eventually, post_job
 
 pytestmark = pytest.mark.processes
 
+FIXED_SEED = 20261204
 EXAMPLES_PER_OPERATION = 30
+# A bound on one run, whatever the seed draws; a run takes 5-10 s here.
+MAX_SECONDS = 120
 
 
 @pytest.fixture
@@ -64,45 +66,41 @@ async def _seed(url: str) -> None:
         await eventually(finished)
 
 
-# The document as this code builds it (test_openapi checks the served one is the same); the
-# server is per test, so its address is given per call.
-schema = schemathesis.openapi.from_dict(DOCUMENT)
-# Derandomized: the suite finds the same things on every run; a fuzzing session is
-# `schemathesis run` by hand.
-schema.config.generation.update(max_examples=EXAMPLES_PER_OPERATION, deterministic=True)
-
-
-@schema.parametrize()
-# The server is per test, not per example: jobs that examples create pile up, as in real use.
-@hypothesis.settings(
-    deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
+@pytest.mark.parametrize(
+    "seed", [FIXED_SEED, random.randrange(2**31)], ids=["fixed-seed", "random-seed"]
 )
 def test_the_api_keeps_the_promises_of_its_document(
-    case: schemathesis.Case[Any], served: str, settings: Settings
+    served: str, seed: int, artifacts: Path
 ) -> None:
-    operation = case.operation
-    if (operation.method.lower(), operation.path) not in app_routes(settings):
-        pytest.skip(f"{operation.label} is not implemented yet")
-    if _whole_float_integer(case.body):
-        return
-    if case.headers and "Idempotency-Key" in case.headers:
-        if isinstance(case.body, list):
-            # A batch takes no key (the document says so in words; a schema cannot).
-            del case.headers["Idempotency-Key"]
-        else:
-            # Generated keys repeat across examples with other bodies, which is the documented
-            # 422 (key reused); a fresh key per example exercises the key path as clients do.
-            case.headers["Idempotency-Key"] = uuid.uuid4().hex
-    case.call_and_validate(base_url=served)
-
-
-def _whole_float_integer(body: object) -> bool:
-    # JSON Schema counts 7.0 as an integer, so schemathesis sends it as valid data; paceline
-    # takes only integers written as integers (tests/test_api.py pins 7.0 -> 422), which the
-    # document says in words since a schema cannot.
-    if isinstance(body, list):
-        return any(_whole_float_integer(item) for item in body)
-    if not isinstance(body, dict):
-        return False
-    values = (body.get("object_id"), body.get("max_backlog"))
-    return any(isinstance(value, float) and value.is_integer() for value in values)
+    print(f"schemathesis seed {seed} (replay: st run ... --seed {seed})")
+    report = artifacts / "schemathesis.txt"
+    command = [
+        str(Path(sys.executable).with_name("st")),
+        "run",
+        f"{served}/openapi.json",
+        "--checks=all",
+        "--phases=examples,coverage,fuzzing,stateful",
+        f"--max-examples={EXAMPLES_PER_OPERATION}",
+        f"--seed={seed}",
+        "--workers=1",
+        "--no-color",
+    ]
+    environment = {
+        **os.environ,
+        # Each request with a well-formed Idempotency-Key gets a key of its own (see the module).
+        "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    with report.open("w") as output:
+        finished = subprocess.run(
+            command,
+            env=environment,
+            cwd=artifacts,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            timeout=MAX_SECONDS,
+            check=False,
+        )
+    text = report.read_text(errors="replace")
+    assert finished.returncode == 0, f"seed {seed}: schemathesis found problems\n{text[-6000:]}"

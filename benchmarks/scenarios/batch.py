@@ -1,6 +1,7 @@
 """Scenario 2: batch enqueue — POST /jobs with a JSON array of up to 1000 jobs, one statement.
 
-The API this scenario assumes (probed first; without it the figure is "n/a (not implemented)"):
+The API it measures (probed first, so that a revision without it reports "n/a" rather than
+fail; paceline has it since the batch issue):
   POST /jobs, Content-Type application/json, body a JSON array of 1..1000 job requests, each
   exactly the single-job body {"object_id": <int64>}. Answer 201 with {"jobs": [...]}, the created
   jobs in request order, each as GET /jobs/{id} shows it. All jobs are inserted by one statement

@@ -2,7 +2,8 @@
 
 The cookie carries an HMAC of the token, not the token; it is HttpOnly and SameSite=Strict, so
 scripts cannot read it and other sites cannot make the browser send it. Comparisons are
-constant-time. Health checks stay open for load balancers.
+constant-time. Health checks stay open for load balancers, and so does `/openapi.json`: the
+API's description holds no job data, and clients and tools read it before they have a token.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from paceline.web.problems import Problem
 routes = web.RouteTableDef()
 
 COOKIE = "paceline_session"
-# Route names anyone may reach.
+# Route names anyone may reach: the sign-in form, the probes, and the API's description.
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "login", "sign_in", "openapi"})
 # HTML pages: a visitor who is not signed in is sent to the sign-in form instead of a 401.
 PAGE_ROUTES = frozenset({"index", "object"})

@@ -13,12 +13,11 @@ from aiohttp import web
 
 from paceline import __version__
 from paceline.queue.jobs import INT64_MAX, INT64_MIN, Status
-from paceline.web.problems import PROBLEM_JSON
+from paceline.web.problems import MAX_BODY_BYTES, PROBLEM_JSON
 from paceline.web.validation import (
     DEFAULT_PAGE,
     MAX_BACKLOG_LIMIT,
     MAX_BATCH,
-    MAX_BODY_BYTES,
     MAX_IDEMPOTENCY_KEY,
     MAX_PAGE,
 )
@@ -65,7 +64,12 @@ JOB_PROPERTIES: dict[str, Any] = {
     "id": JOB_ID,
     "object_id": INT64,
     "status": _ref("schemas", "Status"),
-    "timestamp": {"type": "number", "description": "UNIX seconds when it was created."},
+    "timestamp": {
+        **INT64,
+        "description": "Whole UNIX seconds (floored) when it was created: the original "
+        "service's integer column. `created_at` has the precise instant.",
+    },
+    "created_at": {**UTC_TIME, "description": "When it was accepted (UTC, microseconds)."},
     "duration": {
         "type": ["number", "null"],
         "minimum": 0,
@@ -104,8 +108,9 @@ SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": False,
         "description": (
-            "Duplicate keys, NaN/Infinity and numbers with a fraction or exponent (even 7.0) "
-            "are refused."
+            "Integers may be written with a zero fraction or an exponent (768.0, 7.68e2 are "
+            "768), as JSON Schema's `integer` allows; 768.5, strings and booleans are refused, "
+            "and so are duplicate keys and NaN/Infinity."
         ),
     },
     "JobBatch": {
@@ -119,8 +124,9 @@ SCHEMAS: dict[str, Any] = {
             "additionalProperties": False,
         },
         "description": (
-            "Many jobs in one statement, in request order; an object repeated in the batch "
-            "gets slots a window apart, as if sent one by one. No Idempotency-Key."
+            "Many jobs in one statement, in request order, all or none; an object repeated in "
+            "the batch gets slots a window apart, as if sent one by one. An Idempotency-Key "
+            "covers the whole batch."
         ),
     },
     "CreatedJobs": {
@@ -350,6 +356,10 @@ JOB_LINKS = {
     "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
     "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
 }
+# POST /jobs answers one job or, for a batch, {"jobs": [...]}, under the same status codes. A
+# link belongs to a response, not to one of its shapes, so POST /jobs has none (an expression
+# like `$response.body#/id` would not resolve for a batch): a client follows a single job's
+# `Location` header, and the links start from the job itself (GET /jobs/{job_id}, cancel).
 
 PATHS: dict[str, Any] = {
     "/jobs": {
@@ -362,8 +372,9 @@ PATHS: dict[str, Any] = {
                     "in": "header",
                     "required": False,
                     "description": (
-                        "Retries with the same key and body return the same job (200) for 24 h; "
-                        "the same key with another body is a 422."
+                        "Retries with the same key and body return the same job, or the same "
+                        "jobs of a batch (200), for 24 h; the same key with another body is a "
+                        "422. Concurrent retries create the job (or batch) once."
                     ),
                     "schema": {
                         "type": "string",
@@ -395,18 +406,23 @@ PATHS: dict[str, Any] = {
                             "schema": {"type": "string", "format": "uri-reference"},
                         }
                     },
-                    links=JOB_LINKS,
                 ),
                 "200": _json(
-                    "An existing job: coalesced onto the object's pending job, or the replay "
-                    "of an Idempotency-Key (header Idempotent-Replayed: true).",
-                    _ref("schemas", "JoinedJob"),
+                    "Existing jobs: coalesced onto the object's pending job, or the replay "
+                    "of an Idempotency-Key (header Idempotent-Replayed: true) of one job or of a "
+                    'batch ({"jobs": [...]}, without Location).',
+                    {"oneOf": [_ref("schemas", "JoinedJob"), _ref("schemas", "CreatedJobs")]},
                     headers={
                         "Location": {
-                            "description": "The job's address.",
-                            "required": True,
+                            "description": "The job's address (one job, not a batch).",
+                            "required": False,
                             "schema": {"type": "string", "format": "uri-reference"},
-                        }
+                        },
+                        "Idempotent-Replayed": {
+                            "description": "`true` when an Idempotency-Key was replayed.",
+                            "required": False,
+                            "schema": {"type": "string", "const": "true"},
+                        },
                     },
                 ),
                 "429": _problem(
@@ -490,7 +506,11 @@ PATHS: dict[str, Any] = {
             "summary": "Cancel a pending job",
             "parameters": [JOB_ID_PARAMETER],
             "responses": {
-                "200": _json("The job, now CANCELLED.", JOB),
+                "200": _json(
+                    "The job, now CANCELLED.",
+                    JOB,
+                    links={"GetJob": JOB_LINKS["GetJob"]},
+                ),
                 "404": _ref("responses", "NotFound"),
                 "409": _ref("responses", "Conflict"),
                 **COMMON,
@@ -589,7 +609,8 @@ DOCUMENT: dict[str, Any] = {
             "`detail`; a refused request changes nothing."
         ),
     },
-    # Optional: only when PACELINE_API_TOKEN is set; the probes and this document never need it.
+    # Optional: only when PACELINE_API_TOKEN is set. The probes and this document never need it:
+    # the document holds no job data, and clients read it before they have a token.
     "security": [{}, {"bearerAuth": []}],
     "paths": PATHS,
     "components": {
