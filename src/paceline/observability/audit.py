@@ -18,8 +18,8 @@ from datetime import datetime
 
 import asyncpg
 
+from paceline.db import dashboard
 from paceline.db.pool import is_unavailable
-from paceline.db.queries import QUERIES
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,14 @@ class WindowAuditor:
 
     async def check(self) -> list[Violation]:
         """Audit the starts since the last check; report and return the violations found."""
-        horizon = await self._pool.fetchval(QUERIES["audit_horizon"], self._margin)
+        horizon = await dashboard.audit_horizon(self._pool, margin=self._margin)
         if self.audited_to is None:
             self.audited_to = horizon
             return []
         if horizon <= self.audited_to:
             return []
-        rows = await self._pool.fetch(
-            QUERIES["audit_window"], self.audited_to, horizon, self._window
+        rows = await dashboard.audit_window(
+            self._pool, after=self.audited_to, up_to=horizon, window=self._window
         )
         self.audited_to = horizon
         violations = [Violation(**dict(row)) for row in rows]

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from paceline.db.queries import QUERIES
+from paceline.db import dashboard
 from paceline.queue.jobs import isoformat
 
 # A count stops reading here; the page says "at least" beyond it.
@@ -143,14 +143,13 @@ async def read_overview(pool: asyncpg.Pool) -> Overview:
         pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        counts = await conn.fetchrow(QUERIES["overview_counts"], COUNT_CAP)
-        assert counts is not None
-        first_due = await conn.fetchrow(QUERIES["overview_first_due"])
-        oldest = await conn.fetchrow(QUERIES["overview_oldest_pending"])
-        shares = await conn.fetch(QUERIES["overview_table_estimates"])
-        live_rows = await conn.fetchval(QUERIES["overview_live_rows"])
-        minutes = await conn.fetch(QUERIES["overview_finished_per_minute"], MINUTES)
-        failures = await conn.fetch(QUERIES["overview_recent_failures"], FAILURES_SHOWN)
+        counts = await dashboard.overview_counts(conn, count_cap=COUNT_CAP)
+        first_due = await dashboard.overview_first_due(conn)
+        oldest = await dashboard.overview_oldest_pending(conn)
+        shares = await dashboard.overview_table_estimates(conn)
+        live_rows = await dashboard.overview_live_rows(conn)
+        minutes = await dashboard.overview_finished_per_minute(conn, minutes=MINUTES)
+        failures = await dashboard.overview_recent_failures(conn, limit=FAILURES_SHOWN)
         replicas = await read_replicas(conn)
     finished = _finished_estimate(live_rows, counts["pending"] + counts["processing"])
     return Overview(
@@ -181,7 +180,7 @@ async def read_replicas(
     conn: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy[asyncpg.Record],
 ) -> list[Replica]:
     """Every registered replica, oldest first, each marked alive or dead."""
-    rows = await conn.fetch(QUERIES["replicas"], DEAD_AFTER)
+    rows = await dashboard.replicas(conn, dead_after=DEAD_AFTER)
     return [Replica(**dict(row)) for row in rows]
 
 

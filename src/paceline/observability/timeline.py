@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from paceline.db.queries import QUERIES
+from paceline.db import dashboard
 from paceline.queue.jobs import isoformat
 
 RUNS_SHOWN = 50
@@ -84,15 +84,16 @@ async def read_timeline(pool: asyncpg.Pool, object_id: int, window: float) -> Ti
         pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        windows = await conn.fetchrow(QUERIES["timeline_windows"], object_id)
-        assert windows is not None
+        windows = await dashboard.timeline_windows(conn, object_id=object_id)
         pending = [
             dict(row)
-            for row in await conn.fetch(QUERIES["timeline_waiting"], object_id, WAITING_SHOWN)
+            for row in await dashboard.timeline_waiting(
+                conn, object_id=object_id, limit=WAITING_SHOWN
+            )
         ]
-        total = await conn.fetchval(QUERIES["timeline_waiting_count"], object_id, WAITING_CAP)
+        total = await dashboard.timeline_waiting_count(conn, object_id=object_id, cap=WAITING_CAP)
         # One more than shown: the oldest run shown still gets its gap to the one before.
-        runs = await conn.fetch(QUERIES["timeline_runs"], object_id, RUNS_SHOWN + 1)
+        runs = await dashboard.timeline_runs(conn, object_id=object_id, limit=RUNS_SHOWN + 1)
     now, last_start = windows["now"], windows["last_started_at"]
     waits = explain_waits(pending, now=now, last_start=last_start, window=window)
     next_slot = windows["next_slot"]

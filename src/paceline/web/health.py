@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from paceline.db import migrate
-from paceline.db.queries import QUERIES
+from paceline.db import dashboard, migrate
 from paceline.web.api import json_response
 from paceline.web.keys import MIGRATIONS, POOL
 from paceline.web.problems import Problem
@@ -34,10 +33,9 @@ async def readyz(request: web.Request) -> web.Response:
     """
     known = request.app[MIGRATIONS]
     try:
-        rows = await request.app[POOL].fetch(QUERIES["schema_revisions"])
+        applied = await dashboard.schema_revisions(request.app[POOL])
     except asyncpg.UndefinedTableError:
-        rows = []  # never migrated
-    applied = {row["version_num"] for row in rows}
+        applied = set()  # never migrated
     head = known[-1]
     if head in applied:
         return json_response({"status": "ready", "migration": head})

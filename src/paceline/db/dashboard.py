@@ -1,0 +1,100 @@
+"""What the page, /metrics, /readyz and the window auditor read: the queries of `dashboard.sql`.
+
+Typed, keyword-argument functions, one per named query; `dashboard.sql` says which index keeps
+each read small. Callers pass a pool or a connection (a snapshot transaction, say).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from paceline.db.pool import Connection
+from paceline.db.queries import QUERIES
+
+Executor = asyncpg.Pool | Connection
+
+
+async def overview_counts(db: Executor, *, count_cap: int) -> asyncpg.Record:
+    """now, and the exact pending, due and processing counts (each capped at `count_cap`)."""
+    record = await db.fetchrow(QUERIES["overview_counts"], count_cap)
+    assert record is not None
+    return record
+
+
+async def overview_first_due(db: Executor) -> asyncpg.Record | None:
+    """The pending job whose slot comes first (id, object_id, created_at, run_at)."""
+    return await db.fetchrow(QUERIES["overview_first_due"])
+
+
+async def overview_oldest_pending(db: Executor) -> asyncpg.Record | None:
+    """The pending job accepted first (id, object_id, created_at, run_at)."""
+    return await db.fetchrow(QUERIES["overview_oldest_pending"])
+
+
+async def overview_table_estimates(db: Executor) -> list[asyncpg.Record]:
+    """(live_rows, status, share) from the statistics; nothing before the first ANALYZE."""
+    return await db.fetch(QUERIES["overview_table_estimates"])
+
+
+async def overview_live_rows(db: Executor) -> float | None:
+    """The statistics' count of live rows in `jobs`."""
+    rows: float | None = await db.fetchval(QUERIES["overview_live_rows"])
+    return rows
+
+
+async def overview_finished_per_minute(db: Executor, *, minutes: int) -> list[asyncpg.Record]:
+    """(minute, status, jobs) finished over the last `minutes` minutes."""
+    return await db.fetch(QUERIES["overview_finished_per_minute"], minutes)
+
+
+async def overview_recent_failures(db: Executor, *, limit: int) -> list[asyncpg.Record]:
+    """The newest FAILED jobs (id, object_id, finished_at, attempts, error)."""
+    return await db.fetch(QUERIES["overview_recent_failures"], limit)
+
+
+async def replicas(db: Executor, *, dead_after: float) -> list[asyncpg.Record]:
+    """Every registered replica, with `alive` = a heartbeat within `dead_after` seconds."""
+    return await db.fetch(QUERIES["replicas"], dead_after)
+
+
+async def timeline_windows(db: Executor, *, object_id: int) -> asyncpg.Record:
+    """now, the object's last start and its next free slot (either may be None)."""
+    record = await db.fetchrow(QUERIES["timeline_windows"], object_id)
+    assert record is not None
+    return record
+
+
+async def timeline_waiting(db: Executor, *, object_id: int, limit: int) -> list[asyncpg.Record]:
+    """The object's pending jobs in the order they start."""
+    return await db.fetch(QUERIES["timeline_waiting"], object_id, limit)
+
+
+async def timeline_waiting_count(db: Executor, *, object_id: int, cap: int) -> int:
+    """How many jobs of the object are pending, counting up to `cap`."""
+    count: int = await db.fetchval(QUERIES["timeline_waiting_count"], object_id, cap)
+    return count
+
+
+async def timeline_runs(db: Executor, *, object_id: int, limit: int) -> list[asyncpg.Record]:
+    """The object's latest starts, newest first, with the replica that ran each."""
+    return await db.fetch(QUERIES["timeline_runs"], object_id, limit)
+
+
+async def audit_horizon(db: Executor, *, margin: float) -> datetime:
+    """The newest start the auditor may trust to be committed: now() - `margin` seconds."""
+    horizon: datetime = await db.fetchval(QUERIES["audit_horizon"], margin)
+    return horizon
+
+
+async def audit_window(
+    db: Executor, *, after: datetime, up_to: datetime, window: float
+) -> list[asyncpg.Record]:
+    """Starts in (after, up_to] less than `window` after the previous start of their object."""
+    return await db.fetch(QUERIES["audit_window"], after, up_to, window)
+
+
+async def schema_revisions(db: Executor) -> set[str]:
+    """The migrations the database is at; UndefinedTableError if it was never migrated."""
+    return {row["version_num"] for row in await db.fetch(QUERIES["schema_revisions"])}
