@@ -8,8 +8,8 @@ import asyncpg
 from aiohttp import web
 
 from paceline.config import Settings
-from paceline.observability.metrics import JobMetrics
 from paceline.observability.overview import OverviewCache
+from paceline.observability.prometheus import JobMetrics
 from paceline.queue.events import JobEvents
 from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.wakeup import DueNotifier

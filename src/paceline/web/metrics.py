@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from paceline.db.pool import is_unavailable
 from paceline.observability.audit import WindowAuditor
-from paceline.observability.metrics import JobMetrics
 from paceline.observability.overview import Overview
+from paceline.observability.prometheus import JobMetrics
 from paceline.observability.transitions import EnqueueLog
 from paceline.queue.events import EventFanout, JobEvents
 from paceline.web.keys import METRICS, OVERVIEW, POOL, SETTINGS
