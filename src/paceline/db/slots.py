@@ -1,0 +1,133 @@
+"""Planning an object's slots beyond the plain enqueue: the queries of `slots.sql`.
+
+Backlog policies, idempotency keys, compaction after a cancel, re-planning for a new window.
+Typed, keyword-argument functions, one per named query. Every multi-step change calls
+`lock_object_slots` first, inside the caller's transaction, so it serializes with enqueues of
+that object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from paceline.db.pool import Connection
+from paceline.db.queries import QUERIES
+
+Executor = asyncpg.Pool | Connection
+
+
+async def lock_object_slots(conn: Connection, *, object_id: int) -> None:
+    """Take the object's slot-row lock (creating the row as "free now" if it has none)."""
+    await conn.execute(QUERIES["lock_object_slots"], object_id)
+
+
+async def object_backlog(
+    conn: Connection, *, object_id: int, window: float, count_up_to: int
+) -> asyncpg.Record:
+    """now, next_free, pending (counted up to `count_up_to`), head_id and head_run_at."""
+    record = await conn.fetchrow(QUERIES["object_backlog"], object_id, window, count_up_to)
+    assert record is not None
+    return record
+
+
+async def claim_idempotency_key(conn: Connection, *, key: str, fingerprint: str) -> bool:
+    """True if this request now owns `key`; waits for a concurrent owner's commit first."""
+    return await conn.fetchval(QUERIES["claim_idempotency_key"], key, fingerprint) is not None
+
+
+async def read_idempotency_key(conn: Connection, *, key: str, ttl: float) -> asyncpg.Record | None:
+    """The earlier request's fingerprint, job_id, job_ids, and whether the key `expired`."""
+    return await conn.fetchrow(QUERIES["read_idempotency_key"], key, ttl)
+
+
+async def forget_idempotency_key(conn: Connection, *, key: str) -> None:
+    """Drop `key` (it expired, or its jobs were pruned)."""
+    await conn.execute(QUERIES["forget_idempotency_key"], key)
+
+
+async def bind_idempotency_key(conn: Connection, *, key: str, job_id: int) -> None:
+    """Remember the job a single request with `key` created."""
+    await conn.execute(QUERIES["bind_idempotency_key"], key, job_id)
+
+
+async def bind_idempotency_key_to_batch(
+    conn: Connection, *, key: str, job_ids: Sequence[int]
+) -> None:
+    """Remember the jobs a batch with `key` created, in request order."""
+    await conn.execute(QUERIES["bind_idempotency_key_to_batch"], key, list(job_ids))
+
+
+async def prune_idempotency_keys(db: Executor, *, ttl: float, batch: int) -> None:
+    """Delete up to `batch` keys older than `ttl` seconds."""
+    await db.execute(QUERIES["prune_idempotency_keys"], ttl, batch)
+
+
+async def object_of_job(db: Executor, *, job_id: int) -> int | None:
+    """The job's object (jobs never change object, so no lock is needed)."""
+    object_id: int | None = await db.fetchval(QUERIES["object_of_job"], job_id)
+    return object_id
+
+
+async def cancel_pending_job(conn: Connection, *, job_id: int) -> asyncpg.Record | None:
+    """Cancel the job if it is PENDING; the cancelled job's row, or None."""
+    return await conn.fetchrow(QUERIES["cancel_pending_job"], job_id)
+
+
+async def pending_jobs_of_object(
+    conn: Connection, *, object_id: int, after_job_id: int = 0
+) -> list[asyncpg.Record]:
+    """The object's pending jobs after `after_job_id` (id, created_at, run_at), locked."""
+    return await conn.fetch(QUERIES["pending_jobs_of_object"], object_id, after_job_id)
+
+
+async def last_start_of_object(conn: Connection, *, object_id: int) -> datetime | None:
+    """When the object last started a run, if it is remembered."""
+    started: datetime | None = await conn.fetchval(QUERIES["last_start_of_object"], object_id)
+    return started
+
+
+async def move_slots(
+    conn: Connection, *, job_ids: Sequence[int], run_at: Sequence[datetime]
+) -> None:
+    """Give each job its new slot (the two sequences are parallel)."""
+    await conn.execute(QUERIES["move_slots"], list(job_ids), list(run_at))
+
+
+async def set_next_slot(conn: Connection, *, object_id: int, next_slot: datetime) -> None:
+    """Set the object's next free slot."""
+    await conn.execute(QUERIES["set_next_slot"], object_id, next_slot)
+
+
+async def objects_with_pending_jobs(conn: Connection) -> list[int]:
+    """Every object that has a pending job, in id order."""
+    return [row["object_id"] for row in await conn.fetch(QUERIES["objects_with_pending_jobs"])]
+
+
+async def objects_with_pending(db: Executor, *, object_ids: Sequence[int]) -> set[int]:
+    """Those of `object_ids` that have a pending job."""
+    rows = await db.fetch(QUERIES["objects_with_pending"], list(object_ids))
+    return {row["object_id"] for row in rows}
+
+
+async def respace_idle_objects(conn: Connection, *, old_window: float, new_window: float) -> None:
+    """Objects without pending jobs: their next free slot moves to the new window."""
+    await conn.execute(QUERIES["respace_idle_objects"], old_window, new_window)
+
+
+async def read_state(conn: Connection, *, name: str) -> str | None:
+    """A value the replicas agree on (service_state), or None."""
+    value: str | None = await conn.fetchval(QUERIES["read_state"], name)
+    return value
+
+
+async def write_state(conn: Connection, *, name: str, value: str) -> None:
+    """Set a value the replicas agree on."""
+    await conn.execute(QUERIES["write_state"], name, value)
+
+
+async def lock_replan(conn: Connection) -> None:
+    """Only one re-plan at a time, across replicas; released at commit."""
+    await conn.execute(QUERIES["lock_replan"])
