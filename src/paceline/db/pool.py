@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -66,3 +68,24 @@ def is_unavailable(exc: BaseException) -> bool:
         # mid-statement (MagicStack/asyncpg#784): the session is gone, not a bug of ours.
         | asyncpg.exceptions.InternalClientError,
     )
+
+
+async def fetch_committed(db: asyncpg.Pool, query: str, *args: Any) -> list[asyncpg.Record]:
+    """`db.fetch` for a statement that changes something, robust to the server going away.
+
+    When PostgreSQL ends a session (a shutdown's FATAL message) right around a statement,
+    asyncpg can raise InternalClientError ("cannot switch to state ...; another operation (2)
+    is in progress", MagicStack/asyncpg#784) rather than a connection error:
+    - from the statement itself, which was then never sent: raised here as the outage it is;
+    - from handing the connection back, after the statement's answer came (so it committed):
+      ignored, like any error of that hand-back (the pool drops the connection itself), so the
+      caller learns what was done (a created job, claimed jobs, a finish) instead of losing it.
+    """
+    conn = await db.acquire()
+    try:
+        return await conn.fetch(query, *args)
+    except asyncpg.InternalClientError as exc:
+        raise asyncpg.ConnectionDoesNotExistError(f"the server ended the session ({exc})") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await db.release(conn)

@@ -15,6 +15,13 @@ MAX_IDS_PER_STATEMENT = 500
 
 _NAME_LINE = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 
+# The columns of a job row, in the order `paceline.queue.jobs.Job` has them: every query that
+# returns jobs says `{job_columns}`, so the list is written once.
+JOB_COLUMNS = (
+    "id, object_id, status, created_at, run_at, started_at, finished_at, duration, attempts, error"
+)
+_FRAGMENTS = {"{job_columns}": JOB_COLUMNS}
+
 
 def parse(text: str) -> dict[str, str]:
     """Split a queries file into {name: sql}; the text before the first name is a preamble."""
@@ -26,6 +33,8 @@ def parse(text: str) -> dict[str, str]:
         sql = body.strip()
         if not sql:
             raise ValueError(f"query {name!r} is empty")
+        for fragment, text in _FRAGMENTS.items():
+            sql = sql.replace(fragment, text)
         found[name] = sql
     return found
 

@@ -19,8 +19,7 @@ WITH slot AS (
 job AS (
     INSERT INTO jobs (object_id, run_at)
     SELECT $1, slot.run_at FROM slot
-    RETURNING id, object_id, status, created_at, run_at, started_at, finished_at,
-              duration, attempts, error
+    RETURNING {job_columns}
 )
 -- No NOTIFY here: NOTIFY takes a cluster-wide lock at commit and cut this statement's
 -- throughput to a third (pgbench, 16 clients). The API wakes workers through DueNotifier,
@@ -56,8 +55,7 @@ created AS (
     JOIN counts AS c ON c.object_id = i.object_id
     JOIN slots AS sl ON sl.object_id = i.object_id
     ORDER BY i.ord
-    RETURNING id, object_id, status, created_at, run_at, started_at, finished_at,
-              duration, attempts, error
+    RETURNING {job_columns}
 )
 SELECT * FROM created ORDER BY id;
 
@@ -287,22 +285,19 @@ WHERE last_started_at < now() - make_interval(secs => $1);
 
 -- name: get_job
 -- $1 id.
-SELECT id, object_id, status, created_at, run_at, started_at, finished_at,
-       duration, attempts, error
+SELECT {job_columns}
 FROM jobs
 WHERE id = $1;
 
 -- name: get_jobs
 -- $1 ids. Those that exist, in any order.
-SELECT id, object_id, status, created_at, run_at, started_at, finished_at,
-       duration, attempts, error
+SELECT {job_columns}
 FROM jobs
 WHERE id = ANY ($1::bigint[]);
 
 -- name: list_jobs
 -- $1 before id (cursor), $2 limit. Newest first, over the primary key.
-SELECT id, object_id, status, created_at, run_at, started_at, finished_at,
-       duration, attempts, error
+SELECT {job_columns}
 FROM jobs
 WHERE id < $1
 ORDER BY id DESC
@@ -310,8 +305,7 @@ LIMIT $2;
 
 -- name: list_jobs_by_object
 -- $1 object_id, $2 before id, $3 limit. Uses ix_jobs_object_id_id.
-SELECT id, object_id, status, created_at, run_at, started_at, finished_at,
-       duration, attempts, error
+SELECT {job_columns}
 FROM jobs
 WHERE object_id = $1 AND id < $2
 ORDER BY id DESC
@@ -319,8 +313,7 @@ LIMIT $3;
 
 -- name: list_jobs_by_status
 -- $1 status, $2 before id, $3 limit. Uses ix_jobs_status_id.
-SELECT id, object_id, status, created_at, run_at, started_at, finished_at,
-       duration, attempts, error
+SELECT {job_columns}
 FROM jobs
 WHERE status = $1 AND id < $2
 ORDER BY id DESC
@@ -328,15 +321,19 @@ LIMIT $3;
 
 -- name: list_jobs_by_object_and_status
 -- $1 object_id, $2 status, $3 before id, $4 limit. Walks the object's jobs newest first.
-SELECT id, object_id, status, created_at, run_at, started_at, finished_at,
-       duration, attempts, error
+SELECT {job_columns}
 FROM jobs
 WHERE object_id = $1 AND status = $2 AND id < $3
 ORDER BY id DESC
 LIMIT $4;
 
 -- name: ping
+-- A round trip that proves the session is alive (the LISTEN connection's keepalive).
 SELECT 1;
+
+-- name: notify_due
+-- $1 channel, $2 seconds until the earliest job just committed is due (text).
+SELECT pg_notify($1, $2);
 
 -- name: finish_jobs
 -- $1 ids, $2 attempts, $3 statuses (SUCCESS or FAILED), $4 durations, $5 errors: every attempt

@@ -78,8 +78,7 @@ SELECT object_id FROM jobs WHERE id = $1;
 UPDATE jobs
 SET status = 'CANCELLED', finished_at = clock_timestamp()
 WHERE id = $1 AND status = 'PENDING'
-RETURNING id, object_id, status, created_at, run_at, started_at, finished_at,
-          duration, attempts, error;
+RETURNING {job_columns};
 
 -- name: pending_jobs_of_object
 -- $1 object_id, $2 after this job id. Locked: claims skip them for the moment they move.

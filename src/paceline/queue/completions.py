@@ -10,10 +10,10 @@ import time
 
 import asyncpg
 
-from paceline.db.pool import is_transient
+from paceline.db.pool import fetch_committed, is_transient
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.batching import BatchWriter
-from paceline.queue.jobs import Job, Status, fetch_committed
+from paceline.queue.jobs import Job, Status
 
 log = logging.getLogger(__name__)
 

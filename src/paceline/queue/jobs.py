@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 from datetime import UTC, datetime, timedelta
@@ -11,7 +10,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from paceline.db.pool import Connection
+from paceline.db.pool import Connection, fetch_committed
 from paceline.db.queries import QUERIES
 
 INT64_MIN = -(2**63)
@@ -97,27 +96,6 @@ def isoformat(moment: datetime | None) -> str | None:
     # orjson writes the same text as datetime.isoformat() a third of the time: this runs three
     # times per job in every answer, 3,000 times for a batch.
     return orjson.dumps(moment, option=orjson.OPT_UTC_Z)[1:-1].decode()
-
-
-async def fetch_committed(db: asyncpg.Pool, query: str, *args: Any) -> list[asyncpg.Record]:
-    """`db.fetch` for a statement that changes something, robust to the server going away.
-
-    When PostgreSQL ends a session (a shutdown's FATAL message) right around a statement,
-    asyncpg can raise InternalClientError ("cannot switch to state ...; another operation (2)
-    is in progress", MagicStack/asyncpg#784) rather than a connection error:
-    - from the statement itself, which was then never sent: raised here as the outage it is;
-    - from handing the connection back, after the statement's answer came (so it committed):
-      ignored, like any error of that hand-back (the pool drops the connection itself), so the
-      caller learns what was done (a created job, claimed jobs, a finish) instead of losing it.
-    """
-    conn = await db.acquire()
-    try:
-        return await conn.fetch(query, *args)
-    except asyncpg.InternalClientError as exc:
-        raise asyncpg.ConnectionDoesNotExistError(f"the server ended the session ({exc})") from exc
-    finally:
-        with contextlib.suppress(Exception):
-            await db.release(conn)
 
 
 async def enqueue(db: asyncpg.Pool, object_id: int, window: float) -> Job:

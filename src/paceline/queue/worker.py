@@ -26,12 +26,12 @@ from typing import TypeVar
 
 import asyncpg
 
-from paceline.db.pool import is_transient, is_unavailable
+from paceline.db.pool import fetch_committed, is_transient, is_unavailable
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
-from paceline.queue.jobs import Job, Status, fetch_committed
+from paceline.queue.jobs import Job, Status
 from paceline.queue.leases import LeaseKeeper, RunningJob, log_extra
 from paceline.queue.planning import push_back_after_late_starts
 from paceline.queue.requeue import requeue

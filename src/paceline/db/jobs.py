@@ -1,0 +1,183 @@
+"""Jobs, their attempts, leases and the replicas: the queries of `jobs.sql`.
+
+Typed, keyword-argument functions, one per named query, and the only readers of those entries
+of the SQL registry. They return rows (asyncpg records); `paceline.queue.jobs.Job` turns a job
+row into the value the rest of the code uses. Writes sent through the pool use
+`fetch_committed`, so an answer that arrived is not lost when the server ends the session.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from paceline.db.pool import Connection, fetch_committed
+from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
+
+Executor = asyncpg.Pool | Connection
+__all__ = ["MAX_IDS_PER_STATEMENT"]
+
+
+async def _fetch_written(db: Executor, query: str, *args: object) -> list[asyncpg.Record]:
+    if isinstance(db, asyncpg.Pool):
+        return await fetch_committed(db, query, *args)
+    return await db.fetch(query, *args)
+
+
+async def enqueue(db: Executor, *, object_id: int, window: float) -> asyncpg.Record:
+    """Reserve the object's next free slot and insert the job there; the job's row."""
+    (record,) = await _fetch_written(db, QUERIES["enqueue"], object_id, window)
+    return record
+
+
+async def enqueue_batch(
+    db: Executor, *, object_ids: Sequence[int], window: float
+) -> list[asyncpg.Record]:
+    """One job per id, in request order, each in its object's next free slot; their rows."""
+    return await _fetch_written(db, QUERIES["enqueue_batch"], list(object_ids), window)
+
+
+async def get_job(db: Executor, *, job_id: int) -> asyncpg.Record | None:
+    """The job's row, or None."""
+    return await db.fetchrow(QUERIES["get_job"], job_id)
+
+
+async def get_jobs(db: Executor, *, job_ids: Sequence[int]) -> list[asyncpg.Record]:
+    """The rows of those of `job_ids` that exist, in no particular order."""
+    return await db.fetch(QUERIES["get_jobs"], list(job_ids))
+
+
+async def list_jobs(
+    db: Executor, *, object_id: int | None, status: str | None, before: int, limit: int
+) -> list[asyncpg.Record]:
+    """Jobs newest first with ids below `before`, optionally of one object and/or status."""
+    # One named query per filter combination, so each gets a plan that uses its index.
+    filters: tuple[int | str, ...]
+    if object_id is not None and status is not None:
+        query, filters = QUERIES["list_jobs_by_object_and_status"], (object_id, status)
+    elif object_id is not None:
+        query, filters = QUERIES["list_jobs_by_object"], (object_id,)
+    elif status is not None:
+        query, filters = QUERIES["list_jobs_by_status"], (status,)
+    else:
+        query, filters = QUERIES["list_jobs"], ()
+    return await db.fetch(query, *filters, before, limit)
+
+
+async def lock_running_job(conn: Connection, *, job_id: int, attempt: int) -> int | None:
+    """Lock the job if `attempt` still holds it (PROCESSING); its object, or None."""
+    object_id: int | None = await conn.fetchval(QUERIES["lock_running_job"], job_id, attempt)
+    return object_id
+
+
+async def requeue_job(
+    conn: Connection,
+    *,
+    job_id: int,
+    attempt: int,
+    delay: float,
+    window: float,
+    error: str | None,
+    outcome: str,
+) -> asyncpg.Record | None:
+    """Back to PENDING no sooner than `delay` and a window after the object's last start;
+    the attempt gets `outcome` (RETRY, RELEASED, LOST). The new `run_at`, or None if the
+    attempt no longer holds the job."""
+    return await conn.fetchrow(
+        QUERIES["requeue_job"], job_id, attempt, delay, window, error, outcome
+    )
+
+
+async def shift_later_slots(
+    conn: Connection, *, object_id: int, job_id: int, after: object, window: float
+) -> None:
+    """Move the object's jobs behind `job_id` back so each is a window after the one before,
+    the first a window after `after`; the object's next free slot follows."""
+    await conn.execute(QUERIES["shift_later_slots"], object_id, job_id, after, window)
+
+
+async def renew_leases(
+    db: Executor,
+    *,
+    job_ids: Sequence[int],
+    attempts: Sequence[int],
+    lease: float,
+    worker_id: uuid.UUID,
+) -> set[int]:
+    """Extend the leases `worker_id` still holds (at most MAX_IDS_PER_STATEMENT); the ids
+    renewed (one missing was taken back)."""
+    rows = await db.fetch(QUERIES["renew_leases"], list(job_ids), list(attempts), lease, worker_id)
+    return {row["id"] for row in rows}
+
+
+async def finish_jobs(
+    db: Executor,
+    *,
+    job_ids: Sequence[int],
+    attempts: Sequence[int],
+    statuses: Sequence[str],
+    durations: Sequence[float],
+    errors: Sequence[str | None],
+) -> set[int]:
+    """Record the outcomes of attempts that ended (at most MAX_IDS_PER_STATEMENT, parallel
+    sequences) in one statement; the ids recorded (an attempt taken back meanwhile is not)."""
+    rows = await _fetch_written(
+        db,
+        QUERIES["finish_jobs"],
+        list(job_ids),
+        list(attempts),
+        list(statuses),
+        list(durations),
+        list(errors),
+    )
+    return {row["id"] for row in rows}
+
+
+async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
+    """Running jobs whose lease ran out (id, attempts, object_id), locked, SKIP LOCKED."""
+    return await conn.fetch(QUERIES["expired_leases"], limit)
+
+
+async def fail_lost_job(conn: Connection, *, job_id: int, attempt: int, error: str) -> None:
+    """The lost attempt was the last one allowed: FAILED."""
+    await conn.execute(QUERIES["fail_lost_job"], job_id, attempt, error)
+
+
+async def heartbeat(
+    db: Executor, *, worker_id: uuid.UUID, host: str, pid: int, concurrency: int, running: int
+) -> None:
+    """Register this replica or beat its heart."""
+    await db.execute(QUERIES["heartbeat"], worker_id, host, pid, concurrency, running)
+
+
+async def unregister_worker(db: Executor, *, worker_id: uuid.UUID) -> None:
+    """A replica leaving gracefully."""
+    await db.execute(QUERIES["unregister_worker"], worker_id)
+
+
+async def forget_dead_workers(db: Executor, *, silent_for: float) -> None:
+    """Forget replicas whose heartbeat is older than `silent_for` seconds."""
+    await db.execute(QUERIES["forget_dead_workers"], silent_for)
+
+
+async def prune_finished_jobs(db: Executor, *, retention: float, batch: int) -> int:
+    """Delete up to `batch` finished jobs older than `retention` seconds; how many."""
+    status = await db.execute(QUERIES["prune_finished_jobs"], retention, batch)
+    return int(status.split()[-1])
+
+
+async def prune_passed_windows(db: Executor, *, window: float) -> None:
+    """Drop window rows whose window has passed (a missing row means "free now")."""
+    await db.execute(QUERIES["prune_passed_windows"], window)
+
+
+async def ping(db: Executor) -> None:
+    """One round trip; raises if the server does not answer."""
+    await db.execute(QUERIES["ping"])
+
+
+async def notify_due(db: Executor, *, channel: str, seconds: float) -> None:
+    """Tell every replica's listener that a job is due in `seconds`."""
+    await db.execute(QUERIES["notify_due"], channel, f"{seconds:.6f}")
