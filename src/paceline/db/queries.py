@@ -33,8 +33,8 @@ def parse(text: str) -> dict[str, str]:
         sql = body.strip()
         if not sql:
             raise ValueError(f"query {name!r} is empty")
-        for fragment, text in _FRAGMENTS.items():
-            sql = sql.replace(fragment, text)
+        for fragment, expansion in _FRAGMENTS.items():
+            sql = sql.replace(fragment, expansion)
         found[name] = sql
     return found
 

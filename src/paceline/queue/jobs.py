@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from paceline.db.pool import Connection, fetch_committed
-from paceline.db.queries import QUERIES
+from paceline.db import jobs as store
+from paceline.db.pool import Connection
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -98,22 +98,29 @@ def isoformat(moment: datetime | None) -> str | None:
     return orjson.dumps(moment, option=orjson.OPT_UTC_Z)[1:-1].decode()
 
 
-async def enqueue(db: asyncpg.Pool, object_id: int, window: float) -> Job:
+async def enqueue(db: asyncpg.Pool | Connection, object_id: int, window: float) -> Job:
     """Create a job in its object's next free slot (I1, I6); one statement, one round trip."""
-    (record,) = await fetch_committed(db, QUERIES["enqueue"], object_id, window)
-    return Job.from_record(record)
+    return Job.from_record(await store.enqueue(db, object_id=object_id, window=window))
 
 
-async def enqueue_batch(db: asyncpg.Pool, object_ids: list[int], window: float) -> list[Job]:
+async def enqueue_batch(
+    db: asyncpg.Pool | Connection, object_ids: list[int], window: float
+) -> list[Job]:
     """Create one job per id, in request order, in one statement; repeats a window apart."""
-    records = await fetch_committed(db, QUERIES["enqueue_batch"], object_ids, window)
+    records = await store.enqueue_batch(db, object_ids=object_ids, window=window)
     return [Job.from_record(record) for record in records]
 
 
 async def get_job(db: asyncpg.Pool | Connection, job_id: int) -> Job | None:
     """The job with this id, or None."""
-    record = await db.fetchrow(QUERIES["get_job"], job_id)
+    record = await store.get_job(db, job_id=job_id)
     return None if record is None else Job.from_record(record)
+
+
+async def get_jobs(db: asyncpg.Pool | Connection, job_ids: list[int]) -> dict[int, Job]:
+    """Those of the jobs that exist, by id."""
+    records = await store.get_jobs(db, job_ids=job_ids)
+    return {record["id"]: Job.from_record(record) for record in records}
 
 
 async def list_jobs(
@@ -125,15 +132,11 @@ async def list_jobs(
     limit: int = 50,
 ) -> list[Job]:
     """Jobs newest first, optionally of one object and/or status, with ids below `before`."""
-    # One named query per filter combination, so each gets a plan that uses its index.
-    if object_id is not None and status is not None:
-        args: tuple[Any, ...] = ("list_jobs_by_object_and_status", object_id, status.value)
-    elif object_id is not None:
-        args = ("list_jobs_by_object", object_id)
-    elif status is not None:
-        args = ("list_jobs_by_status", status.value)
-    else:
-        args = ("list_jobs",)
-    name, *filters = args
-    records = await db.fetch(QUERIES[name], *filters, before, limit)
+    records = await store.list_jobs(
+        db,
+        object_id=object_id,
+        status=None if status is None else status.value,
+        before=before,
+        limit=limit,
+    )
     return [Job.from_record(record) for record in records]

@@ -16,10 +16,10 @@ from datetime import datetime
 
 import asyncpg
 
+from paceline.db import slots
 from paceline.db.pool import Connection
-from paceline.db.queries import QUERIES
 from paceline.queue.grouping import EnqueueGrouper
-from paceline.queue.jobs import Job, enqueue, enqueue_batch, get_job
+from paceline.queue.jobs import Job, enqueue, enqueue_batch, get_job, get_jobs
 
 # How long an Idempotency-Key returns the same job.
 IDEMPOTENCY_TTL = 24 * 3600.0
@@ -95,8 +95,8 @@ async def submit(
                 return replay
         admitted = await _admit(conn, request, window)
         if request.idempotency_key is not None:
-            await conn.execute(
-                QUERIES["bind_idempotency_key"], request.idempotency_key, admitted.job.id
+            await slots.bind_idempotency_key(
+                conn, key=request.idempotency_key, job_id=admitted.job.id
             )
         return admitted
 
@@ -131,10 +131,9 @@ async def submit_batch(
         earlier = await _claim_batch_key(conn, idempotency_key, fingerprint)
         if earlier is not None:
             return AdmittedBatch(earlier, replayed=True)
-        records = await conn.fetch(QUERIES["enqueue_batch"], object_ids, window)
-        jobs = [Job.from_record(record) for record in records]
-        await conn.execute(
-            QUERIES["bind_idempotency_key_to_batch"], idempotency_key, [job.id for job in jobs]
+        jobs = await enqueue_batch(conn, object_ids, window)
+        await slots.bind_idempotency_key_to_batch(
+            conn, key=idempotency_key, job_ids=[job.id for job in jobs]
         )
         return AdmittedBatch(jobs)
 
@@ -144,10 +143,7 @@ async def _claim_batch_key(conn: Connection, key: str, fingerprint: str) -> list
     earlier = await _own_or_read_key(conn, key, fingerprint)
     ids = None if earlier is None else earlier["job_ids"]
     if ids is not None:
-        found = {
-            record["id"]: Job.from_record(record)
-            for record in await conn.fetch(QUERIES["get_jobs"], ids)
-        }
+        found = await get_jobs(conn, ids)
         if len(found) == len(ids):
             return [found[job_id] for job_id in ids]
     if earlier is not None:  # some of its jobs were pruned: this request takes the key over
@@ -174,9 +170,9 @@ async def _own_or_read_key(conn: Connection, key: str, fingerprint: str) -> asyn
     """Take `key` for this request (None), or the row of the live earlier request that holds
     it with the same fingerprint. A concurrent request with the key waits here for that one's
     commit. Raises KeyReused for another request's key."""
-    if await conn.fetchval(QUERIES["claim_idempotency_key"], key, fingerprint) is not None:
+    if await slots.claim_idempotency_key(conn, key=key, fingerprint=fingerprint):
         return None
-    earlier = await conn.fetchrow(QUERIES["read_idempotency_key"], key, IDEMPOTENCY_TTL)
+    earlier = await slots.read_idempotency_key(conn, key=key, ttl=IDEMPOTENCY_TTL)
     if earlier is None or earlier["expired"]:
         await _take_over_key(conn, key, fingerprint)
         return None
@@ -188,16 +184,15 @@ async def _own_or_read_key(conn: Connection, key: str, fingerprint: str) -> asyn
 
 
 async def _take_over_key(conn: Connection, key: str, fingerprint: str) -> None:
-    await conn.execute(QUERIES["forget_idempotency_key"], key)
-    await conn.execute(QUERIES["claim_idempotency_key"], key, fingerprint)
+    await slots.forget_idempotency_key(conn, key=key)
+    await slots.claim_idempotency_key(conn, key=key, fingerprint=fingerprint)
 
 
 async def _admit(conn: Connection, request: Submission, window: float) -> Admitted:
     object_id = request.object_id
-    await conn.execute(QUERIES["lock_object_slots"], object_id)
+    await slots.lock_object_slots(conn, object_id=object_id)
     cap = (request.max_backlog or 0) + 1
-    state = await conn.fetchrow(QUERIES["object_backlog"], object_id, window, cap)
-    assert state is not None
+    state = await slots.object_backlog(conn, object_id=object_id, window=window, count_up_to=cap)
     if request.on_busy is OnBusy.COALESCE and state["head_id"] is not None:
         job = await get_job(conn, state["head_id"])
         assert job is not None
@@ -219,6 +214,4 @@ async def _admit(conn: Connection, request: Submission, window: float) -> Admitt
             next_free=state["next_free"],
         )
     # The object's row is ours already: the enqueue statement's upsert does not wait.
-    record = await conn.fetchrow(QUERIES["enqueue"], object_id, window)
-    assert record is not None
-    return Admitted(Job.from_record(record), created=True)
+    return Admitted(await enqueue(conn, object_id, window), created=True)
