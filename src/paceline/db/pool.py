@@ -36,7 +36,7 @@ async def create_pool(dsn: str, size: int) -> asyncpg.Pool:
 
 async def _rollback_if_needed(conn: asyncpg.Connection) -> None:
     # asyncpg's default reset (UNLISTEN, RESET ALL, CLOSE ALL, advisory unlock) costs a round
-    # trip on every release: a third of a no-op job's database time. Pooled connections carry
+    # trip on every release, a large share of a short job's database time. Pooled connections carry
     # no session state here (no SET, no LISTEN, no session advisory lock; the listener has a
     # connection of its own), so only an unfinished transaction needs undoing.
     if conn.is_in_transaction():

@@ -9,8 +9,8 @@ from importlib import resources
 from types import MappingProxyType
 
 # finish_jobs and renew_leases find each row's own values with array_position, a linear search
-# of the arrays: a statement's cost grows with the square of its length (renewing 5,000 leases
-# took 260 ms, 20,000 took 2 s). Callers send at most this many ids per statement.
+# of the arrays: a statement's cost grows with the square of its length. Callers send at most
+# this many ids per statement (docs/performance-notes.md).
 MAX_IDS_PER_STATEMENT = 500
 
 _NAME_LINE = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)

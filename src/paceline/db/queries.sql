@@ -21,9 +21,9 @@ job AS (
     SELECT $1, slot.run_at FROM slot
     RETURNING {job_columns}
 )
--- No NOTIFY here: NOTIFY takes a cluster-wide lock at commit and cut this statement's
--- throughput to a third (pgbench, 16 clients). The API wakes workers through DueNotifier,
--- one NOTIFY per burst of enqueues instead of one per job.
+-- No NOTIFY here: NOTIFY takes a cluster-wide lock at commit, which throttles this statement
+-- (docs/performance-notes.md). The API wakes workers through DueNotifier, one NOTIFY per
+-- burst of enqueues instead of one per job.
 SELECT * FROM job;
 
 -- name: enqueue_batch
@@ -94,7 +94,7 @@ started AS (
     SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1,
         lease_expires_at = now() + make_interval(secs => $3), worker_id = $4
     -- By primary key: joined to the CTE instead, the planner may hash-join it against a
-    -- sequential scan of the whole table (seen: 10 ms of a 25 ms claim at 40k rows).
+    -- sequential scan of the whole table.
     WHERE j.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING j.id, j.object_id, j.status, j.created_at, j.run_at, j.started_at,
               j.finished_at, j.duration, j.attempts, j.error
@@ -344,11 +344,10 @@ SELECT pg_notify($1, $2);
 --
 -- Both tables' rows are found by primary key alone (`= ANY`), never by a join with the outcomes
 -- or with each other, and each row's own values come from its place in the arrays (a linear
--- search: at most MAX_IDS_PER_STATEMENT outcomes per statement, see queries.py). A join's plan
--- follows the statistics, and the planner cannot know how many rows an UPDATE ... RETURNING
--- gives (it guesses one). Seen: every running job read through ix_jobs_lease for each batch;
--- and, with job_attempts analyzed while empty, a nested loop reading all of job_attempts once
--- per outcome, 1.3 to 8 s per 500 outcomes at 100k attempts, while claims went on.
+-- search: at most MAX_IDS_PER_STATEMENT outcomes per statement). A join's plan follows the
+-- statistics, and the planner cannot know how many rows an UPDATE ... RETURNING gives (it
+-- guesses one): with statistics taken on empty tables such joins read whole tables per batch
+-- (docs/performance-notes.md).
 WITH finished AS (
     -- Still running is tested through the lease (ck_jobs_lease_while_processing makes that the
     -- same as status = 'PROCESSING'), so that no index of running jobs looks like a shortcut.
