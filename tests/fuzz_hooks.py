@@ -1,4 +1,4 @@
-"""Schemathesis hooks for the contract fuzzer (tests/test_fuzz_contract.py): loaded by the
+"""Schemathesis hooks for the contract fuzzer (tests/process/test_schemathesis.py): loaded by the
 `st` command through SCHEMATHESIS_HOOKS=tests.fuzz_hooks.
 
 Generated Idempotency-Keys repeat across requests with other bodies ("0", "a"), and reusing a

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.integration.test_rate_window import assert_window_holds
 from tests.support import (
     ROOT,
     ServeProcess,
@@ -19,7 +20,6 @@ from tests.support import (
     post_job,
     wait_until_finished,
 )
-from tests.test_rate_window import assert_window_holds
 
 pytestmark = pytest.mark.processes
 

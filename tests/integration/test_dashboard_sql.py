@@ -16,7 +16,7 @@ from paceline.db.queries import QUERIES
 from paceline.observability.overview import COUNT_CAP, FAILURES_SHOWN, MINUTES
 from paceline.observability.timeline import RUNS_SHOWN, WAITING_CAP, WAITING_SHOWN
 from tests.conftest import _admin, with_database
-from tests.test_sql import PlanNode, explain, summary
+from tests.integration.test_sql import PlanNode, explain, summary
 
 HISTORY = 60_000  # started jobs, one every 3 s over 50 hours, on HISTORY_OBJECTS objects
 HISTORY_OBJECTS = 1_000
