@@ -24,6 +24,7 @@ from paceline.app import create_app
 from paceline.config import Settings
 from paceline.db import migrate
 from paceline.db.embedded import EmbeddedPostgres
+from tests.browser import require_chromium
 
 # For the test server only: durability is not what these tests measure, speed is welcome.
 _FAST_SERVER = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -143,3 +144,9 @@ async def client(make_client: MakeClient) -> TestClient[Any, Any]:
 def artifacts(tmp_path: Path) -> Path:
     """A directory for logs of child processes."""
     return tmp_path
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium; a test that asks for it is skipped without it."""
+    return require_chromium()

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
+from aiohttp.test_utils import TestClient
 
 from paceline.client import PacelineClient
 from paceline.db.embedded import free_port
@@ -56,15 +57,40 @@ async def all_jobs(dsn: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def wait_until_finished(dsn: str, count: int, timeout: float = 30.0) -> list[asyncpg.Record]:
-    """Wait until `count` jobs exist and none is PENDING or PROCESSING; return them."""
+async def wait_until_finished(
+    dsn: str,
+    count: int,
+    timeout: float = 30.0,
+    *,
+    ended: tuple[str, ...] = ("SUCCESS", "FAILED"),
+) -> list[asyncpg.Record]:
+    """Wait until `count` jobs exist and each is in one of the `ended` states; return them."""
 
     async def probe() -> list[asyncpg.Record] | None:
         rows = await all_jobs(dsn)
-        done = len(rows) == count and all(r["status"] in ("SUCCESS", "FAILED") for r in rows)
+        done = len(rows) == count and all(r["status"] in ended for r in rows)
         return rows if done else None
 
     return await eventually(probe, timeout=timeout, interval=0.1)
+
+
+def parse_time(value: str) -> datetime:
+    """A time as the API writes it: ISO 8601 in UTC with a `Z`."""
+    assert value.endswith("Z"), value
+    return datetime.fromisoformat(value)
+
+
+async def post(client: TestClient[Any, Any], object_id: int) -> dict[str, Any]:
+    """Create a job through an in-process app's API; it must be accepted (201)."""
+    response = await client.post("/jobs", json={"object_id": object_id})
+    assert response.status == 201
+    job: dict[str, Any] = await response.json()
+    return job
+
+
+async def attempts_of(db: asyncpg.Connection, job_id: int) -> list[asyncpg.Record]:
+    """Every attempt of a job, in order."""
+    return await db.fetch("SELECT * FROM job_attempts WHERE job_id = $1 ORDER BY attempt", job_id)
 
 
 class ServeProcess:

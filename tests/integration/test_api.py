@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from paceline.web.problems import MAX_BODY_BYTES
+from tests.support import parse_time
 
 Client = TestClient[Any, Any]
 
@@ -21,12 +22,7 @@ JOB_FIELDS = {
 }  # fmt: skip
 
 
-def parse_time(value: str) -> datetime:
-    assert value.endswith("Z"), value
-    return datetime.fromisoformat(value)
-
-
-async def post(client: Client, body: Any) -> tuple[int, Any]:
+async def post_body(client: Client, body: Any) -> tuple[int, Any]:
     response = await client.post("/jobs", json=body)
     return response.status, await response.json(content_type=None)
 
@@ -70,7 +66,7 @@ async def test_timestamp_is_whole_unix_seconds_as_the_original_table_has_it(
 
 
 async def test_created_job_reads_back_the_same(client: Client) -> None:
-    status, created = await post(client, {"object_id": 7})
+    status, created = await post_body(client, {"object_id": 7})
     assert status == 201
     response = await client.get(f"/jobs/{created['id']}")
     assert response.status == 200
@@ -78,9 +74,9 @@ async def test_created_job_reads_back_the_same(client: Client) -> None:
 
 
 async def test_second_job_of_an_object_waits_one_window(client: Client) -> None:
-    _, first = await post(client, {"object_id": 7})
-    _, second = await post(client, {"object_id": 7})
-    _, other = await post(client, {"object_id": 8})
+    _, first = await post_body(client, {"object_id": 7})
+    _, second = await post_body(client, {"object_id": 7})
+    _, other = await post_body(client, {"object_id": 8})
     gap = parse_time(second["run_at"]) - parse_time(first["run_at"])
     assert gap == timedelta(seconds=0.2)  # W of the test settings, to the microsecond
     # Another object has its own window.
@@ -191,7 +187,7 @@ async def test_unknown_route_and_method_are_problems(client: Client) -> None:
 
 
 async def test_list_is_newest_first_and_filters(client: Client, db: asyncpg.Connection) -> None:
-    ids = [(await post(client, {"object_id": oid}))[1]["id"] for oid in (1, 2, 1, 3, 1)]
+    ids = [(await post_body(client, {"object_id": oid}))[1]["id"] for oid in (1, 2, 1, 3, 1)]
     await db.execute("UPDATE jobs SET status = 'FAILED' WHERE id = $1", ids[2])
 
     response = await client.get("/jobs")
@@ -211,7 +207,7 @@ async def test_list_is_newest_first_and_filters(client: Client, db: asyncpg.Conn
 
 
 async def test_list_pages_with_a_cursor(client: Client) -> None:
-    ids = [(await post(client, {"object_id": n}))[1]["id"] for n in range(7)]
+    ids = [(await post_body(client, {"object_id": n}))[1]["id"] for n in range(7)]
     seen: list[int] = []
     url: str | None = "/jobs?limit=3"
     pages = 0
@@ -260,7 +256,7 @@ async def test_health_and_readiness(client: Client) -> None:
 async def test_a_batch_is_created_in_order_with_exact_slots_for_repeats(
     client: Client, db: asyncpg.Connection
 ) -> None:
-    await post(client, {"object_id": 2})  # object 2 already has a job: its slot is taken
+    await post_body(client, {"object_id": 2})  # object 2 already has a job: its slot is taken
     response = await client.post(
         "/jobs", json=[{"object_id": 1}, {"object_id": 2}, {"object_id": 1}, {"object_id": 3}]
     )
@@ -276,7 +272,7 @@ async def test_a_batch_is_created_in_order_with_exact_slots_for_repeats(
     first_of_2 = await db.fetchval("SELECT run_at FROM jobs WHERE object_id = 2 ORDER BY id")
     assert run_at[1] - first_of_2 == window
     # The object's next free slot counts the whole batch: the next job of 1 comes after both.
-    _, following = await post(client, {"object_id": 1})
+    _, following = await post_body(client, {"object_id": 1})
     assert parse_time(following["run_at"]) - run_at[2] == window
 
 

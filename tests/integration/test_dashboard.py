@@ -17,13 +17,9 @@ from aiohttp.test_utils import TestClient
 from paceline.observability.timeline import explain_waits
 from tests.conftest import MakeClient
 from tests.queue_data import insert_attempt, insert_job, insert_worker
-from tests.support import eventually
+from tests.support import eventually, parse_time
 
 Client = TestClient[Any, Any]
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 async def get_json(client: Client, path: str, status: int = 200) -> Any:

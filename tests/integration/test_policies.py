@@ -19,11 +19,7 @@ import pytest
 
 from paceline.queue.planning import adopt_window
 from tests.conftest import MakeClient
-from tests.support import ROOT, ServeProcess, eventually, wait_until_finished
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+from tests.support import ROOT, ServeProcess, eventually, parse_time, wait_until_finished
 
 
 async def burst(

@@ -22,21 +22,10 @@ from paceline.queue.maintenance import Janitor
 from paceline.queue.worker import MAX_UNWRITTEN
 from paceline.web import validation
 from tests.conftest import MakeClient
-from tests.support import all_jobs, eventually, wait_until_finished
+from tests.support import all_jobs, attempts_of, eventually, post, wait_until_finished
 
 Client = TestClient[Any, Any]
 TOKEN = "correct-horse-battery-staple"
-
-
-async def attempts_of(db: asyncpg.Connection, job_id: int) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM job_attempts WHERE job_id = $1 ORDER BY attempt", job_id)
-
-
-async def post(client: Client, object_id: int) -> dict[str, Any]:
-    response = await client.post("/jobs", json={"object_id": object_id})
-    assert response.status == 201
-    job: dict[str, Any] = await response.json()
-    return job
 
 
 async def test_failed_attempts_retry_with_backoff_and_spacing(
@@ -137,21 +126,14 @@ async def test_cancel_a_pending_job_keeps_the_others_in_order(
     assert (await api.post("/jobs/987654/cancel")).status == 404
 
     await make_client(rate_window=window)
-    rows = await wait_until_finished_or_cancelled(database_url, 5)
+    rows = await wait_until_finished(
+        database_url, 5, timeout=10, ended=("SUCCESS", "FAILED", "CANCELLED")
+    )
     ran = [row for row in rows if row["status"] == "SUCCESS"]
     assert [row["id"] for row in ran] == [job["id"] for job in jobs if job is not jobs[2]]
     starts = [row["started_at"] for row in ran]
     assert starts == sorted(starts)
     assert all(row["started_at"] >= row["run_at"] for row in ran)
-
-
-async def wait_until_finished_or_cancelled(dsn: str, count: int) -> list[asyncpg.Record]:
-    async def probe() -> list[asyncpg.Record] | None:
-        rows = await all_jobs(dsn)
-        ended = ("SUCCESS", "FAILED", "CANCELLED")
-        return rows if len(rows) == count and all(r["status"] in ended for r in rows) else None
-
-    return await eventually(probe, timeout=10)
 
 
 async def test_cancel_a_started_job_is_409(make_client: MakeClient, database_url: str) -> None:

@@ -24,7 +24,7 @@ from paceline.queue import webhook
 from paceline.queue.handlers import resolve_handler
 from paceline.queue.webhook import WebhookHandler, retry_after_seconds, sign, verify_signature
 from tests.conftest import MakeClient
-from tests.support import ROOT, eventually, wait_until_finished
+from tests.support import ROOT, attempts_of, eventually, post, wait_until_finished
 
 Client = TestClient[Any, Any]
 SECRET = "whsec-test-0123456789abcdef"
@@ -95,17 +95,6 @@ async def start(make_client: MakeClient, receiver: Receiver, **changes: Any) -> 
         **changes,
     }
     return await make_client(**options)
-
-
-async def post(client: Client, object_id: int) -> dict[str, Any]:
-    response = await client.post("/jobs", json={"object_id": object_id})
-    assert response.status == 201
-    job: dict[str, Any] = await response.json()
-    return job
-
-
-async def attempts_of(db: asyncpg.Connection, job_id: int) -> list[asyncpg.Record]:
-    return await db.fetch("SELECT * FROM job_attempts WHERE job_id = $1 ORDER BY attempt", job_id)
 
 
 def signed_at(header: str) -> int:

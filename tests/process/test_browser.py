@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.browser import api_jobs, launch, open_page, require_chromium, serve
+from tests.browser import api_jobs, launch, open_page, serve
 
 pytestmark = pytest.mark.browser
 
@@ -28,12 +28,6 @@ ACCEPTED = re.compile(r"^Accepted: job (\d+) · object (-?\d+) · PENDING · acc
 
 # Columns of the "Jobs" table.
 ID, OBJECT, STATUS, RUNS_AT, STARTED, DURATION, ERROR = range(7)
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium; the test is skipped without it."""
-    return require_chromium()
 
 
 def submit(page: Page, object_id: str) -> None:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import api, launch, open_page, require_chromium, serve
+from tests.browser import api, launch, open_page, serve
 from tests.queue_data import DEMO_ERRORS, seed_busy_queue
 from tests.support import ROOT
 
@@ -25,12 +25,6 @@ pytestmark = pytest.mark.browser
 
 SCREENSHOTS = ROOT / "docs"
 PHONE = {"width": 375, "height": 740}
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium; the test is skipped without it."""
-    return require_chromium()
 
 
 def wait_for_first_update(page: Page) -> None:
