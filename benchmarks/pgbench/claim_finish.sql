@@ -1,4 +1,4 @@
--- Ceiling for the drain: claim up to :batch due jobs in one statement (the claim DESIGN.md
+-- Ceiling for the drain: claim up to :batch due jobs in one statement (the claim docs/design.md
 -- prescribes: SKIP LOCKED over the due index, FIFO per object, the spacing check against the
 -- object's last start), then mark them finished in a second statement, as a worker whose
 -- handler does nothing would. Variables: -D batch=<jobs per claim> -D window=<W seconds>.

@@ -1,4 +1,4 @@
--- Ceiling for POST /jobs: the enqueue as one statement, the shape DESIGN.md prescribes (per-object
+-- Ceiling for POST /jobs: the enqueue as one statement, the shape docs/design.md describes (per-object
 -- slot upsert + job insert in one CTE), without paceline's NOTIFY. Random object ids, as the
 -- scenario sends. Variables: -D window=<W seconds>.
 \set object_id random(1, 1000000000000)

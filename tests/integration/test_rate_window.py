@@ -1,4 +1,4 @@
-"""The rate window (I1-I6 of DESIGN.md) with real workers and real commits."""
+"""The rate window (I1-I6 of docs/design.md) with real workers and real commits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The JSON API: create a job, read one, list them. The contract is in DESIGN.md."""
+"""The JSON API: create a job, read one, list them. The contract is in docs/design.md."""
 
 from __future__ import annotations
 
