@@ -135,3 +135,12 @@ def test_the_document_states_the_contracts_bounds() -> None:
     assert backlog["maximum"] == contract.MAX_BACKLOG_LIMIT
     key = openapi.PATHS["/jobs"]["post"]["parameters"][0]["schema"]
     assert key["maxLength"] == contract.MAX_IDEMPOTENCY_KEY
+
+
+def test_an_unknown_field_is_named_with_the_fields_a_job_takes() -> None:
+    with pytest.raises(Problem) as refused:
+        validation.parse_jobs_body(b'{"object_id": 1, "priority": 2}')
+    assert refused.value.status == 422
+    assert refused.value.detail == (
+        "Unknown field(s) 'priority': a job takes object_id, on_busy and max_backlog."
+    )

@@ -49,6 +49,10 @@ __all__ = [
 # client, and it must not keep a connection (and memory) forever.
 BODY_TIMEOUT = 10.0
 JOB_FIELDS = frozenset(JobRequest.__struct_fields__)
+# "object_id, on_busy and max_backlog", in the order JobRequest declares them.
+_JOB_FIELD_NAMES = " and ".join(
+    (", ".join(JobRequest.__struct_fields__[:-1]), JobRequest.__struct_fields__[-1])
+)
 _BATCH_FIELDS = frozenset(BatchItem.__struct_fields__)
 # The shapes decode a well-formed body in one pass; anything they refuse, or that they could
 # have read differently from the rules below, is read again by the rules, which say why.
@@ -145,7 +149,7 @@ def _job_request(document: Any) -> JobRequest:
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
         raise invalid(
-            f"Unknown field(s) {names}: a job takes object_id, on_busy and max_backlog.",
+            f"Unknown field(s) {names}: a job takes {_JOB_FIELD_NAMES}.",
             name=unknown[0],
         )
     if "object_id" not in document:
