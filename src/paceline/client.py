@@ -6,7 +6,8 @@
 
 A refusal raises PacelineError, built from the server's problem document (RFC 9457); a 429
 raises its subclass Busy, whose `retry_after` says when to ask again. Network failures are
-aiohttp's own exceptions. Needs only aiohttp, not the rest of paceline.
+aiohttp's own exceptions. Needs only aiohttp and paceline.contract (the standard library
+alone), not the rest of paceline.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import aiohttp
 from yarl import URL
 
-OnBusy = Literal["queue", "coalesce", "reject"]
-# A job in one of these states will not change any more.
-FINISHED = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
+from paceline.contract import FINISHED
+from paceline.contract import OnBusyName as OnBusy
+
+__all__ = ["FINISHED", "Busy", "Job", "OnBusy", "PacelineClient", "PacelineError"]
 # An error quotes this much of an answer that is not a problem document (a proxy's page).
 _EXCERPT_CHARS = 300
 

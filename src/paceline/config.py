@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from paceline.contract import ON_BUSY_VALUES, OnBusyName
 
 
 class ConfigError(ValueError):
@@ -53,7 +57,7 @@ class Settings:
     api_token: str | None = dataclasses.field(default=None, repr=False)
     # What a request without `on_busy` gets when its object's window is busy:
     # queue (wait for the next slot), coalesce (join its pending job) or reject (429).
-    on_busy: str = "queue"
+    on_busy: OnBusyName = "queue"
     # The `webhook` handler POSTs each job here (http or https), signed with the secret.
     webhook_url: str | None = None
     webhook_secret: str | None = dataclasses.field(default=None, repr=False)
@@ -80,8 +84,9 @@ class Settings:
             raise ConfigError("PACELINE_LOG_FORMAT must be text or json")
         if not self.lease > 0:
             raise ConfigError("PACELINE_LEASE must be a positive number of seconds")
-        if self.on_busy not in ("queue", "coalesce", "reject"):
-            raise ConfigError("PACELINE_ON_BUSY must be queue, coalesce or reject")
+        if self.on_busy not in ON_BUSY_VALUES:
+            *first, last = ON_BUSY_VALUES
+            raise ConfigError(f"PACELINE_ON_BUSY must be {', '.join(first)} or {last}")
         if self.max_attempts < 1:
             raise ConfigError("PACELINE_MAX_ATTEMPTS must be at least 1")
         if self.retry_backoff < 0:
@@ -119,7 +124,7 @@ class Settings:
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
-            values[field.name] = _parse(name, field.type, raw)
+            values[field.name] = _parse(name, _READERS[field.name], raw)
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
 
@@ -133,16 +138,29 @@ def env_name(field: str) -> str:
     return "DATABASE_URL" if field == "database_url" else f"PACELINE_{field.upper()}"
 
 
-def _parse(name: str, type_name: Any, raw: str) -> Any:
-    # Field types are strings under `from __future__ import annotations`.
-    kind = str(type_name).removesuffix(" | None")
+# How each kind of field is read from its variable's text, keyed by the field's real type.
+_READ_AS: dict[Any, Callable[[str], Any]] = {int: int, float: float, Path: Path, str: str}
+
+
+def _reader(name: str, kind: Any) -> tuple[str, Callable[[str], Any]]:
+    """(the type's name for messages, how to read it): `T | None` reads as T; a Literal of
+    strings reads as text (its values are checked in Settings.__post_init__)."""
+    if isinstance(kind, types.UnionType):
+        (kind,) = (arg for arg in typing.get_args(kind) if arg is not type(None))
+    if typing.get_origin(kind) is typing.Literal:
+        kind = str
+    if kind not in _READ_AS:
+        raise TypeError(f"Settings.{name}: no reader for {kind!r}; add one to _READ_AS")
+    return kind.__name__, _READ_AS[kind]
+
+
+# Built once from the resolved annotations: a field of a type without a reader fails at import.
+_READERS = {name: _reader(name, kind) for name, kind in typing.get_type_hints(Settings).items()}
+
+
+def _parse(name: str, reader: tuple[str, Callable[[str], Any]], raw: str) -> Any:
+    kind, read = reader
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "Path":
-            return Path(raw)
+        return read(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a valid {kind}") from None
-    return raw

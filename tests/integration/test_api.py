@@ -1,4 +1,4 @@
-"""The JSON API as a client sees it: the contract of docs/design.md, and strict, harmless refusals."""
+"""The JSON API as a client sees it: the contract of docs/design.md and harmless refusals."""
 
 from __future__ import annotations
 

@@ -9,13 +9,13 @@ then decides, then enqueues or refuses; a refusal rolls back and leaves nothing 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
 import math
 from datetime import datetime
 
 import asyncpg
 
+from paceline import contract
 from paceline.db import slots
 from paceline.db.pool import Connection
 from paceline.queue.grouping import EnqueueGrouper
@@ -25,12 +25,8 @@ from paceline.queue.jobs import Job, enqueue, enqueue_batch, get_job, get_jobs
 IDEMPOTENCY_TTL = 24 * 3600.0
 
 
-class OnBusy(enum.StrEnum):
-    """What a request wants when its object's window is busy."""
-
-    QUEUE = "queue"  # wait for the next free slot
-    COALESCE = "coalesce"  # join the object's pending job, if it has one
-    REJECT = "reject"  # refuse with 429 and Retry-After
+# What a request wants when its object's window is busy (queue, coalesce, reject).
+OnBusy = contract.OnBusy
 
 
 @dataclasses.dataclass(frozen=True)

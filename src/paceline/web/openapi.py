@@ -1,7 +1,9 @@
 """The API as an OpenAPI 3.1 document, served at `GET /openapi.json`; the tests hold the app to it.
 
-The document is a plain dict built once at import and encoded once; the bounds it states come
-from the same constants the request validation uses, so the two cannot drift apart.
+The document is a plain dict built once at import and encoded once. The schemas of the job
+requests and responses are generated from the shapes the API decodes with (paceline.shapes),
+and every bound comes from paceline.contract, which the validation uses too, so the document
+and the service cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,31 +13,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from paceline import __version__
-from paceline.queue.jobs import INT64_MAX, INT64_MIN, Status
+from paceline import __version__, shapes
+from paceline.contract import DEFAULT_PAGE, MAX_PAGE
 from paceline.web.problems import MAX_BODY_BYTES, PROBLEM_JSON
-from paceline.web.validation import (
-    DEFAULT_PAGE,
-    MAX_BACKLOG_LIMIT,
-    MAX_BATCH,
-    MAX_IDEMPOTENCY_KEY,
-    MAX_PAGE,
-)
 
 routes = web.RouteTableDef()
 
 JSON = "application/json"
+REF_TEMPLATE = "#/components/schemas/{name}"
 
-# JSON Schema's `format` is only an annotation; the bounds make int64 a constraint.
-INT64: dict[str, Any] = {
-    "type": "integer",
-    "format": "int64",
-    "minimum": INT64_MIN,
-    "maximum": INT64_MAX,
-}
-JOB_ID: dict[str, Any] = {**INT64, "minimum": 1}
-# isoformat() in UTC with a `Z`, microseconds when there are any.
-UTC_TIME: dict[str, Any] = {"type": "string", "format": "date-time", "pattern": "Z$"}
+INT64: dict[str, Any] = shapes.schema(shapes.Int64, REF_TEMPLATE)
+JOB_ID: dict[str, Any] = shapes.schema(shapes.JobId, REF_TEMPLATE)
+UTC_TIME: dict[str, Any] = shapes.schema(shapes.UtcTime, REF_TEMPLATE)
+# JobBatch (a JSON array), and JobRequest, Job, JoinedJob, CreatedJobs, JobPage, Status.
+NAMED_SCHEMAS, SHAPE_SCHEMAS = shapes.json_schemas(REF_TEMPLATE)
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -60,118 +51,9 @@ def _json(description: str, schema: dict[str, Any], **extra: Any) -> dict[str, A
     return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
 
 
-JOB_PROPERTIES: dict[str, Any] = {
-    "id": JOB_ID,
-    "object_id": INT64,
-    "status": _ref("schemas", "Status"),
-    "timestamp": {
-        **INT64,
-        "description": "Whole UNIX seconds (floored) when it was created: the original "
-        "service's integer column. `created_at` has the precise instant.",
-    },
-    "created_at": {**UTC_TIME, "description": "When it was accepted (UTC, microseconds)."},
-    "duration": {
-        "type": ["number", "null"],
-        "minimum": 0,
-        "description": "Seconds its last run took; null until it finished.",
-    },
-    "run_at": {**UTC_TIME, "description": "Its reserved slot (UTC): it never starts before this."},
-    "started_at": {**UTC_TIME, "type": ["string", "null"]},
-    "finished_at": {**UTC_TIME, "type": ["string", "null"]},
-    "attempts": {"type": "integer", "minimum": 0},
-    "error": {"type": ["string", "null"], "description": "Why the last attempt failed."},
-}
-
 SCHEMAS: dict[str, Any] = {
-    "JobRequest": {
-        "type": "object",
-        "required": ["object_id"],
-        "properties": {
-            "object_id": INT64,
-            "on_busy": {
-                "type": ["string", "null"],
-                "enum": ["queue", "coalesce", "reject", None],
-                "description": (
-                    "When the object's window is busy: queue (wait for the next free slot), "
-                    "coalesce (return its pending job, 200), reject (429 with Retry-After). "
-                    "Null or absent: PACELINE_ON_BUSY (default queue)."
-                ),
-            },
-            "max_backlog": {
-                "type": ["integer", "null"],
-                "minimum": 1,
-                "maximum": MAX_BACKLOG_LIMIT,
-                "description": (
-                    "Refuse (429) when the object already has this many pending jobs; null: no cap."
-                ),
-            },
-        },
-        "additionalProperties": False,
-        "description": (
-            "Integers may be written with a zero fraction or an exponent (768.0, 7.68e2 are "
-            "768), as JSON Schema's `integer` allows; 768.5, strings and booleans are refused, "
-            "and so are duplicate keys and NaN/Infinity."
-        ),
-    },
-    "JobBatch": {
-        "type": "array",
-        "minItems": 1,
-        "maxItems": MAX_BATCH,
-        "items": {
-            "type": "object",
-            "required": ["object_id"],
-            "properties": {"object_id": INT64},
-            "additionalProperties": False,
-        },
-        "description": (
-            "Many jobs in one statement, in request order, all or none; an object repeated in "
-            "the batch gets slots a window apart, as if sent one by one. An Idempotency-Key "
-            "covers the whole batch."
-        ),
-    },
-    "CreatedJobs": {
-        "type": "object",
-        "required": ["jobs"],
-        "additionalProperties": False,
-        "properties": {"jobs": {"type": "array", "items": _ref("schemas", "Job")}},
-    },
-    "JoinedJob": {
-        "type": "object",
-        "required": list(JOB_PROPERTIES),
-        "additionalProperties": False,
-        "properties": {
-            **JOB_PROPERTIES,
-            "coalesced": {
-                "type": "boolean",
-                "description": "True: on_busy=coalesce returned the object's pending job.",
-            },
-        },
-    },
-    "Status": {
-        "type": "string",
-        "enum": [status.value for status in Status],
-        "description": "PENDING → PROCESSING → SUCCESS | FAILED; CANCELLED for a pending job.",
-    },
-    "Job": {
-        "type": "object",
-        # Every field is always there; those without a value yet are null.
-        "required": list(JOB_PROPERTIES),
-        "additionalProperties": False,
-        "properties": JOB_PROPERTIES,
-    },
-    "JobPage": {
-        "type": "object",
-        "required": ["jobs", "next_cursor"],
-        "additionalProperties": False,
-        "properties": {
-            "jobs": {"type": "array", "items": _ref("schemas", "Job"), "maxItems": MAX_PAGE},
-            "next_cursor": {
-                "type": ["string", "null"],
-                "pattern": "^[1-9][0-9]*$",
-                "description": "Pass as `cursor` for the next page; null on the last one.",
-            },
-        },
-    },
+    **SHAPE_SCHEMAS,
+    **NAMED_SCHEMAS,
     # What the dashboard reads (GET /overview, /objects/{object_id}/timeline, /workers).
     "Overview": {
         "type": "object",
@@ -376,12 +258,7 @@ PATHS: dict[str, Any] = {
                         "jobs of a batch (200), for 24 h; the same key with another body is a "
                         "422. Concurrent retries create the job (or batch) once."
                     ),
-                    "schema": {
-                        "type": "string",
-                        "minLength": 1,
-                        "maxLength": MAX_IDEMPOTENCY_KEY,
-                        "pattern": "^[!-~]+$",
-                    },
+                    "schema": shapes.schema(shapes.IdempotencyKey, REF_TEMPLATE),
                 }
             ],
             "requestBody": {

@@ -3,33 +3,64 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final, cast
 
+import msgspec
 from aiohttp import web
 
-from paceline.queue.jobs import INT64_MAX, INT64_MIN, Status
+from paceline.contract import (
+    DEFAULT_PAGE,
+    INT64_MAX,
+    INT64_MIN,
+    MAX_BACKLOG_LIMIT,
+    MAX_BATCH,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_PAGE,
+    ON_BUSY_VALUES,
+    OnBusyName,
+)
+from paceline.queue.jobs import Status
+from paceline.shapes import BatchItem, JobBatch, JobRequest
 from paceline.web.problems import Problem, invalid, not_found
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_BACKLOG_LIMIT",
+    "MAX_BATCH",
+    "MAX_IDEMPOTENCY_KEY",
+    "MAX_PAGE",
+    "ON_BUSY_VALUES",
+    "JobRequest",
+    "check_json_content_type",
+    "json_integer",
+    "object_id_value",
+    "parse_idempotency_key",
+    "parse_job_id",
+    "parse_jobs_body",
+    "parse_list_query",
+    "read_body",
+]
 
 # A job request is a few bytes; a body still arriving after this long is a slow-loris, not a
 # client, and it must not keep a connection (and memory) forever.
 BODY_TIMEOUT = 10.0
-JOB_FIELDS = frozenset({"object_id", "on_busy", "max_backlog"})
-ON_BUSY_VALUES = ("queue", "coalesce", "reject")
-MAX_BACKLOG_LIMIT = 1_000_000
-MAX_IDEMPOTENCY_KEY = 255
+JOB_FIELDS = frozenset(JobRequest.__struct_fields__)
+# "object_id, on_busy and max_backlog", in the order JobRequest declares them.
+_JOB_FIELD_NAMES = " and ".join(
+    (", ".join(JobRequest.__struct_fields__[:-1]), JobRequest.__struct_fields__[-1])
+)
+_BATCH_FIELDS = frozenset(BatchItem.__struct_fields__)
+# The shapes decode a well-formed body in one pass; anything they refuse, or that they could
+# have read differently from the rules below, is read again by the rules, which say why.
+_DECODER: Final = msgspec.json.Decoder(JobRequest | JobBatch)
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 # A JSON number whose most significant digit is further out than this is no int64.
 _MAX_INTEGER_DIGITS = 20
-# Jobs in one batch POST (a JSON array), inserted in one statement.
-MAX_BATCH = 1000
 LIST_PARAMS = frozenset({"object_id", "status", "limit", "cursor"})
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
 
 _EXAMPLE = 'send {"object_id": <integer>}'
 
@@ -59,17 +90,37 @@ async def read_body(request: web.Request) -> bytes:
         ) from None
 
 
-@dataclasses.dataclass(frozen=True)
-class JobRequest:
-    """A `POST /jobs` body: the object, and optionally its backlog policy and cap."""
-
-    object_id: int
-    on_busy: str | None = None
-    max_backlog: int | None = None
-
-
 def parse_jobs_body(body: bytes) -> JobRequest | list[int]:
     """A `POST /jobs` body: one job request, or a batch (a JSON array of `{"object_id": n}`)."""
+    try:
+        decoded = _DECODER.decode(body)
+    except msgspec.DecodeError:  # ValidationError included
+        pass
+    else:
+        # The decoder keeps the last of duplicate keys, which are refused here. Once it has
+        # decoded, the only strings in the body are its keys and an on_busy value (a name
+        # with no quote in it), so one quote pair more than those is a key written twice.
+        if isinstance(decoded, JobRequest):
+            if body.count(b'"') == _quotes(decoded):
+                return decoded
+        elif body.count(b'"') == 2 * len(decoded):
+            return [item.object_id for item in decoded]
+    return _explained(body)
+
+
+def _quotes(request: JobRequest) -> int:
+    # An explicit null (e.g. "on_busy": null) is not counted: the rules read that body.
+    quotes = 2
+    if request.on_busy is not None:
+        quotes += 4
+    if request.max_backlog is not None:
+        quotes += 2
+    return quotes
+
+
+def _explained(body: bytes) -> JobRequest | list[int]:
+    """The hand-written reading of a body: the exact sentence for whatever is wrong with it,
+    and integral numbers such as 768.0 or 7.68e2 read (exactly) as the integers they are."""
     document = _parse_json(body)
     if isinstance(document, list):
         return _batch(document)
@@ -81,7 +132,7 @@ def _batch(items: list[Any]) -> list[int]:
         raise invalid(f"A batch holds 1 to {MAX_BATCH} jobs (got {len(items)}).")
     object_ids = []
     for position, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) != {"object_id"}:
+        if not isinstance(item, dict) or set(item) != _BATCH_FIELDS:
             raise invalid(
                 f'Batch item {position} must be {{"object_id": <integer>}} and nothing else; '
                 "policies are per request, not per batch.",
@@ -98,7 +149,7 @@ def _job_request(document: Any) -> JobRequest:
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
         raise invalid(
-            f"Unknown field(s) {names}: a job takes object_id, on_busy and max_backlog.",
+            f"Unknown field(s) {names}: a job takes {_JOB_FIELD_NAMES}.",
             name=unknown[0],
         )
     if "object_id" not in document:
@@ -115,7 +166,7 @@ def _job_request(document: Any) -> JobRequest:
                 f"max_backlog must be an integer from 1 to {MAX_BACKLOG_LIMIT}.",
                 name="max_backlog",
             )
-    return JobRequest(object_id, on_busy, max_backlog)
+    return JobRequest(object_id, cast(OnBusyName | None, on_busy), max_backlog)
 
 
 def parse_idempotency_key(value: str | None) -> str | None:

@@ -1,0 +1,48 @@
+"""The API's vocabulary and bounds, in the standard library alone.
+
+The request and response shapes (`paceline.shapes`, msgspec), the request validation, the
+OpenAPI document, the settings and the standalone client (`paceline.client`, which needs only
+aiohttp and this module) all take their names and numbers from here, so none can drift.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, Literal, get_args
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+# What a request wants when its object's window is busy.
+OnBusyName = Literal["queue", "coalesce", "reject"]
+ON_BUSY_VALUES: Final[tuple[OnBusyName, ...]] = get_args(OnBusyName)
+
+
+class OnBusy(enum.StrEnum):
+    """What a request wants when its object's window is busy."""
+
+    QUEUE = "queue"  # wait for the next free slot
+    COALESCE = "coalesce"  # join the object's pending job, if it has one
+    REJECT = "reject"  # refuse with 429 and Retry-After
+
+
+# The enum and the literal type are one list, spelled twice only because a type checker needs
+# each spelled out; this refuses to import if they ever differ.
+if tuple(OnBusy) != ON_BUSY_VALUES:  # pragma: no cover
+    raise ImportError(f"OnBusy {tuple(OnBusy)} differs from OnBusyName {ON_BUSY_VALUES}")
+
+# A job's states, as the API writes them (paceline.queue.jobs.Status has the same values).
+StatusName = Literal["PENDING", "PROCESSING", "SUCCESS", "FAILED", "CANCELLED"]
+STATUS_VALUES: Final[tuple[StatusName, ...]] = get_args(StatusName)
+# A job in one of these states will not change any more.
+FINISHED: Final[frozenset[StatusName]] = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
+
+# Refuse a job when its object already has this many pending (the largest cap one may ask).
+MAX_BACKLOG_LIMIT: Final = 1_000_000
+# Jobs in one batch POST (a JSON array), inserted in one statement.
+MAX_BATCH: Final = 1000
+# GET /jobs: jobs per page, by default and at most.
+DEFAULT_PAGE: Final = 50
+MAX_PAGE: Final = 500
+# The Idempotency-Key header: 1 to this many visible ASCII characters.
+MAX_IDEMPOTENCY_KEY: Final = 255

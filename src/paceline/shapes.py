@@ -1,0 +1,149 @@
+"""The JSON API's request and response shapes, declared once as msgspec types.
+
+`POST /jobs` bodies are decoded and checked with them (paceline.web.validation), the OpenAPI
+document's schemas are generated from them (paceline.web.openapi), and a test holds
+`Job.to_json` and the client's `Job` to the `Job` view here. Names and bounds come from
+paceline.contract, which the standalone client imports too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+import msgspec
+from msgspec import Meta
+
+from paceline.contract import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_BACKLOG_LIMIT,
+    MAX_BATCH,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_PAGE,
+    OnBusyName,
+)
+from paceline.queue.jobs import Status
+
+# JSON Schema's `format` is only an annotation; the bounds make int64 a constraint.
+Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX, extra_json_schema={"format": "int64"})]
+JobId = Annotated[int, Meta(ge=1, le=INT64_MAX, extra_json_schema={"format": "int64"})]
+# isoformat() in UTC with a `Z`, microseconds when there are any.
+UTC_TIME_SCHEMA: Final = {"format": "date-time"}
+UtcTime = Annotated[str, Meta(pattern="Z$", extra_json_schema=UTC_TIME_SCHEMA)]
+IdempotencyKey = Annotated[
+    str, Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, pattern="^[!-~]+$")
+]
+Cursor = Annotated[str, Meta(pattern="^[1-9][0-9]*$")]
+
+
+class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Integers may be written with a zero fraction or an exponent (768.0, 7.68e2 are 768),
+    as JSON Schema's `integer` allows; 768.5, strings and booleans are refused, and so are
+    duplicate keys and NaN/Infinity."""
+
+    object_id: Int64
+    on_busy: Annotated[
+        OnBusyName | None,
+        Meta(
+            description="When the object's window is busy: queue (wait for the next free "
+            "slot), coalesce (return its pending job, 200), reject (429 with Retry-After). "
+            "Null or absent: PACELINE_ON_BUSY (default queue)."
+        ),
+    ] = None
+    max_backlog: Annotated[
+        Annotated[int, Meta(ge=1, le=MAX_BACKLOG_LIMIT)] | None,
+        Meta(
+            description="Refuse (429) when the object already has this many pending jobs; "
+            "null: no cap."
+        ),
+    ] = None
+
+
+class BatchItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One job of a batch: its object, nothing else (policies are per request)."""
+
+    object_id: Int64
+
+
+JobBatch = Annotated[
+    list[BatchItem],
+    Meta(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description="Many jobs in one statement, in request order, all or none; an object "
+        "repeated in the batch gets slots a window apart, as if sent one by one. An "
+        "Idempotency-Key covers the whole batch.",
+    ),
+]
+
+
+class Job(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A job as the API shows it; every field is always there, null until it has a value."""
+
+    id: JobId
+    object_id: Int64
+    status: Status
+    timestamp: Annotated[
+        int,
+        Meta(
+            ge=INT64_MIN,
+            le=INT64_MAX,
+            extra_json_schema={"format": "int64"},
+            description="Whole UNIX seconds (floored) when it was created: the original "
+            "service's integer column. `created_at` has the precise instant.",
+        ),
+    ]
+    created_at: Annotated[UtcTime, Meta(description="When it was accepted (UTC, microseconds).")]
+    duration: Annotated[
+        Annotated[float, Meta(ge=0)] | None,
+        Meta(description="Seconds its last run took; null until it finished."),
+    ]
+    run_at: Annotated[
+        UtcTime, Meta(description="Its reserved slot (UTC): it never starts before this.")
+    ]
+    started_at: UtcTime | None
+    finished_at: UtcTime | None
+    attempts: Annotated[int, Meta(ge=0)]
+    error: Annotated[str | None, Meta(description="Why the last attempt failed.")]
+
+
+class JoinedJob(Job, frozen=True):
+    """A job a request joined: coalesced onto its object's pending job, or replayed."""
+
+    coalesced: Annotated[
+        bool, Meta(description="True: on_busy=coalesce returned the object's pending job.")
+    ] = False
+
+
+class CreatedJobs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The jobs of a batch, in request order."""
+
+    jobs: list[Job]
+
+
+class JobPage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One page of GET /jobs, newest first."""
+
+    jobs: Annotated[list[Job], Meta(max_length=MAX_PAGE)]
+    next_cursor: Annotated[
+        Cursor | None,
+        Meta(description="Pass as `cursor` for the next page; null on the last one."),
+    ]
+
+
+# The shapes the OpenAPI document names that are not structs (a struct is named by itself).
+NAMED: Final[dict[str, Any]] = {"JobBatch": JobBatch}
+STRUCTS: Final = (JobRequest, BatchItem, Job, JoinedJob, CreatedJobs, JobPage, Status)
+
+
+def json_schemas(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the schemas of `NAMED`, the components every shape refers to), for OpenAPI."""
+    types = [*NAMED.values(), *STRUCTS]
+    schemas, components = msgspec.json.schema_components(types, ref_template=ref_template)
+    return dict(zip(NAMED, schemas, strict=False)), components
+
+
+def schema(kind: Any, ref_template: str) -> dict[str, Any]:
+    """The JSON Schema of one type (refs to components written with `ref_template`)."""
+    (found,), _ = msgspec.json.schema_components([kind], ref_template=ref_template)
+    return found
