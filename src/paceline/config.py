@@ -1,6 +1,6 @@
 """Settings: one typed object, read from the environment and the command line, passed in.
 
-The variable names are part of paceline's contract (see DESIGN.md); keep them.
+The variable names are part of paceline's contract (see docs/design.md); keep them.
 """
 
 from __future__ import annotations
