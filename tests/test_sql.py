@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 import asyncpg
 import pytest
 
+from paceline.db.plans import INDEX_PATHS_ONLY
 from paceline.db.queries import JOB_COLUMNS, QUERIES, parse
-from paceline.queue.claiming import PLAN_THIS_CALL
 from paceline.db.schema import jobs
 from paceline.queue.jobs import INT64_MAX, Job, Status
 
@@ -148,7 +148,7 @@ async def history(db: asyncpg.Connection) -> asyncpg.Connection:
 async def test_claim_scans_only_due_pending_jobs(history: asyncpg.Connection) -> None:
     """Every worker poll runs the claim: scanning the whole history, it slows as jobs pile up."""
     async with history.transaction():
-        await history.execute(PLAN_THIS_CALL)  # as the worker runs it
+        await history.execute(INDEX_PATHS_ONLY)  # as the worker runs it
         plan = await explain(history, "claim_due_jobs", 10, WINDOW, 30.0, uuid.UUID(int=1))
     nodes = summary(plan)
     assert PlanNode("Index Scan", "jobs", "ix_jobs_due") in nodes, nodes
@@ -194,7 +194,7 @@ async def test_list_by_status_uses_its_index(history: asyncpg.Connection) -> Non
 async def test_next_due_reads_the_first_pending_jobs_by_slot(history: asyncpg.Connection) -> None:
     """Every idle worker asks when to wake up: that must not read the whole history."""
     async with history.transaction():
-        await history.execute(PLAN_THIS_CALL)  # as the worker runs it
+        await history.execute(INDEX_PATHS_ONLY)  # as the worker runs it
         nodes = summary(await explain(history, "seconds_until_next_due", WINDOW))
     # Only indexes that hold pending jobs alone: by slot, or (few pending) their ids, sorted.
     pending_only = {"ix_jobs_due", "ix_jobs_pending_id", "ix_jobs_pending_object"}

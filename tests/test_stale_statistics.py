@@ -16,7 +16,10 @@ import uuid
 import asyncpg
 import pytest
 
+from paceline.db.plans import fetch_planned, plan_per_call
+from paceline.db.queries import QUERIES
 from paceline.queue.claiming import claim_due_jobs, seconds_until_next_due
+from paceline.queue.requeue import requeue
 
 WINDOW = 300.0
 LEASE = 30.0
@@ -41,6 +44,26 @@ async def rows_read(db: asyncpg.Connection) -> int:
     return int(value)
 
 
+async def hot_statements(db: asyncpg.Connection, running: list[int]) -> None:
+    """Each statement of the worker's hot paths once, as the worker runs it; `running`: ids of
+    jobs in their first attempt, whose leases are renewed, one requeued, the others finished."""
+    worker = uuid.UUID(int=1)
+    await claim_due_jobs(db, LIMIT, WINDOW, LEASE, worker)
+    await seconds_until_next_due(db, WINDOW)
+    await fetch_planned(
+        db, QUERIES["renew_leases"], running, [1] * len(running), LEASE, uuid.UUID(int=2)
+    )
+    async with db.transaction():
+        await requeue(db, running[0], 1, delay=0.0, window=WINDOW, error="x", outcome="RETRY")
+    async with db.transaction():
+        await plan_per_call(db)
+        await db.fetch(QUERIES["expired_leases"], 100)
+    n = len(running) - 1
+    await fetch_planned(
+        db, QUERIES["finish_jobs"], running[1:], [1] * n, ["SUCCESS"] * n, [0.1] * n, [None] * n
+    )
+
+
 @pytest.fixture
 async def stale(db: asyncpg.Connection) -> asyncpg.Connection:
     """A session whose plans were cached on empty tables that have since grown unanalyzed."""
@@ -49,11 +72,9 @@ async def stale(db: asyncpg.Connection) -> asyncpg.Connection:
     for table in TABLES:
         await db.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
         await db.execute(f"ANALYZE {table}")
-    worker = uuid.UUID(int=1)
     # More than 5 executions: PostgreSQL then switches a prepared statement to its generic plan.
     for _ in range(8):
-        assert await claim_due_jobs(db, LIMIT, WINDOW, LEASE, worker) == []
-        await seconds_until_next_due(db, WINDOW)
+        await hot_statements(db, [1, 2])
     await db.execute(
         """
         INSERT INTO jobs (object_id, run_at)
@@ -113,3 +134,23 @@ async def test_next_due_stays_bounded_on_stale_statistics(stale: asyncpg.Connect
         assert read < MAX_ROWS_READ, f"next-due read {read} rows of jobs"
         # Due heads of free objects exist: the answer is "now or earlier".
         assert row["next_start"] <= row["now"]
+
+
+async def test_outcomes_leases_and_requeues_stay_bounded_on_stale_statistics(
+    stale: asyncpg.Connection,
+) -> None:
+    """Lease renewals, outcomes, requeues and the reaper find their rows by index too."""
+    claimed = await claim_due_jobs(stale, LIMIT, WINDOW, LEASE, uuid.UUID(int=2))
+    running = [job["id"] for job in claimed]
+    async with stale.transaction():
+        before = await rows_read(stale)
+        began = time.monotonic()
+        await hot_statements(stale, running)
+        took = time.monotonic() - began
+        read = await rows_read(stale) - before
+    assert took < BOUND, f"the hot statements took {took:.2f}s"
+    assert read < MAX_ROWS_READ, f"the hot statements read {read} rows of jobs"
+    statuses = await stale.fetch(
+        "SELECT status, count(*) FROM jobs WHERE id = ANY ($1) GROUP BY 1 ORDER BY 1", running
+    )
+    assert [tuple(row) for row in statuses] == [("PENDING", 1), ("SUCCESS", LIMIT - 1)]

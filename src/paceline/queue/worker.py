@@ -26,9 +26,10 @@ from typing import TypeVar
 
 import asyncpg
 
-from paceline.db.pool import fetch_committed, is_transient, is_unavailable
+from paceline.db.plans import fetch_planned_committed
+from paceline.db.pool import is_transient, is_unavailable
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
-from paceline.queue.claiming import claim_due_jobs, seconds_until_next_due
+from paceline.queue.claiming import seconds_until_next_due
 from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
@@ -213,20 +214,11 @@ class Worker:
                 await self.alarm.wait(sleep)
 
     async def _claim(self, limit: int) -> list[Job]:
-        conn = await self._pool.acquire()
-        try:
-            began = time.monotonic()
-            records = await claim_due_jobs(conn, limit, self._window, self._lease, self.id)
-            self._events.claimed(len(records), time.monotonic() - began)
-        except asyncpg.InternalClientError as exc:
-            # As in fetch_committed: the server ended the session around the statement.
-            raise asyncpg.ConnectionDoesNotExistError(
-                f"the server ended the session ({exc})"
-            ) from exc
-        finally:
-            # The claim has committed: an error handing the connection back must not lose it.
-            with contextlib.suppress(Exception):
-                await self._pool.release(conn)
+        began = time.monotonic()
+        records = await fetch_planned_committed(
+            self._pool, QUERIES["claim_due_jobs"], limit, self._window, self._lease, self.id
+        )
+        self._events.claimed(len(records), time.monotonic() - began)
         return [Job.from_record(record) for record in records]
 
     async def _seconds_until_due(self) -> float:
