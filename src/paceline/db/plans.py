@@ -48,7 +48,7 @@ async def fetch_planned_committed(
     pool: asyncpg.Pool, query: str, *args: Any
 ) -> list[asyncpg.Record]:
     """`fetch_planned` on a pooled connection, robust to the server going away as
-    `paceline.queue.jobs.fetch_committed` is: the statement's InternalClientError is the outage
+    `paceline.db.pool.fetch_committed` is: the statement's InternalClientError is the outage
     it means, and an error handing the connection back after the commit does not lose what the
     statement did (claimed jobs, recorded outcomes)."""
     conn = await pool.acquire()
