@@ -38,10 +38,24 @@ async def plan_per_call(conn: Connection) -> None:
 
 
 async def fetch_planned(conn: Connection, query: str, *args: Any) -> list[asyncpg.Record]:
-    """`conn.fetch` in a transaction of its own, planned for the call (see above)."""
-    async with conn.transaction():
+    """`conn.fetch`, planned for the call (see above), in a transaction of its own unless one
+    is open. Three round trips: BEGIN with the settings (one simple query), the statement, and
+    COMMIT; the wake-up of an idle worker pays them twice (next-due, then the claim)."""
+    if conn.is_in_transaction():
         await plan_per_call(conn)
         return list(await conn.fetch(query, *args))
+    await conn.execute("BEGIN; " + INDEX_PATHS_ONLY)
+    try:
+        records = await conn.fetch(query, *args)
+    except BaseException:
+        # A connection that broke is dropped by the pool; one that did not must not stay in
+        # the failed transaction (the pool's reset rolls back too, but a caller may reuse it).
+        if not conn.is_closed() and conn.is_in_transaction():
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return list(records)
 
 
 async def fetch_planned_committed(
