@@ -87,6 +87,8 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
             hot_jobs=2_000,
             memory_jobs=4_000,
             scale=False,
+            stale_burst_seconds=10,
+            stale_objects=20_000,
         )
     if args.scale:
         config = dataclasses.replace(

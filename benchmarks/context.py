@@ -41,6 +41,9 @@ class BenchConfig:
     scale: bool = True
     scale_pending: int = 100_000
     scale_finished: int = 500_000
+    # Scenario 9 (stale statistics): a burst of this many seconds over this many objects.
+    stale_burst_seconds: int = 30
+    stale_objects: int = 50_000
     experiments: bool = False
     experiment_drain_runs: int = 2
     profile: bool = False

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from benchmarks.context import Bench
-from benchmarks.scenarios import batch, drain, enqueue, experiments, hot, lateness, memory, scale
+from benchmarks.scenarios import (
+    batch,
+    drain,
+    enqueue,
+    experiments,
+    hot,
+    lateness,
+    memory,
+    scale,
+    stale,
+)
 
 Scenario = Callable[[Bench], Awaitable[None]]
 
@@ -17,5 +27,6 @@ SCENARIOS: dict[str, Scenario] = {
     "lateness": lateness.run,
     "scale": scale.run,
     "memory": memory.run,
+    "stale": stale.run,
     "experiments": experiments.run,
 }

@@ -86,6 +86,9 @@ async def test_counters_and_histograms_move_as_jobs_run(
     assert after['paceline_job_lateness_seconds_bucket{le="+Inf"}'] == 5
     assert after["paceline_job_processing_seconds_count"] == 4
     assert after["paceline_job_processing_seconds_sum"] >= 0
+    # Every claim statement is timed, those that found nothing too (issue 20).
+    assert after["paceline_claim_seconds_count"] >= 4
+    assert after["paceline_claim_seconds_sum"] > 0
     # The queue is empty again, and the database was readable.
     assert after['paceline_queue_depth{status="PENDING"}'] == 0
     assert after['paceline_queue_depth{status="PROCESSING"}'] == 0

@@ -71,20 +71,28 @@ WITH due AS (
       -- I4: only the oldest pending job of an object may start. This also means a
       -- claim never takes two jobs of one object, and while another worker holds the
       -- head locked (SKIP LOCKED skips it), the jobs behind it wait too.
-      AND NOT EXISTS (
+      --
+      -- Both checks are scalar subqueries with LIMIT 1, not NOT EXISTS: PostgreSQL turns a
+      -- NOT EXISTS into an anti join, and with old statistics (a table analyzed while small)
+      -- it chose to join with every pending job, by nested loop of sequential scans or by
+      -- hashing them all (issue 20: 12-25 s per claim at a million rows). A scalar subquery
+      -- is never made a join: it stays one probe of an index per job the claim looks at.
+      AND (
           SELECT 1 FROM jobs AS older
           WHERE older.object_id = j.object_id
             AND older.status = 'PENDING'
             AND older.id < j.id
-      )
+          LIMIT 1
+      ) IS NULL
       -- I1: the object's last actual start is at least W ago. run_at alone is not
       -- enough: when workers fall behind, a job starts after its slot and the next
       -- slot is then less than W after that start.
-      AND NOT EXISTS (
+      AND (
           SELECT 1 FROM object_starts AS s
           WHERE s.object_id = j.object_id
             AND s.last_started_at > now() - make_interval(secs => $2)
-      )
+          LIMIT 1
+      ) IS NULL
     ORDER BY j.run_at, j.id
     LIMIT $1
     FOR UPDATE OF j SKIP LOCKED
@@ -127,14 +135,20 @@ WITH first_pending AS (
 heads AS (
     -- When a head may start: at its slot, and a window after its object's last start
     -- (later than the slot when an earlier run started late). Jobs behind a head wait for it.
+    -- Per-row probes as scalar subqueries, never joins, as in claim_due_jobs: 100 probes of
+    -- indexes whatever the statistics say (a join hashed every pending job when they were old).
     SELECT f.run_at,
-           GREATEST(f.run_at, s.last_started_at + make_interval(secs => $1)) AS earliest
+           GREATEST(
+               f.run_at,
+               (SELECT s.last_started_at FROM object_starts AS s
+                WHERE s.object_id = f.object_id) + make_interval(secs => $1)
+           ) AS earliest
     FROM first_pending AS f
-    LEFT JOIN object_starts AS s ON s.object_id = f.object_id
-    WHERE NOT EXISTS (
+    WHERE (
         SELECT 1 FROM jobs AS older
         WHERE older.object_id = f.object_id AND older.status = 'PENDING' AND older.id < f.id
-    )
+        LIMIT 1
+    ) IS NULL
 )
 SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
        EXTRACT(EPOCH FROM

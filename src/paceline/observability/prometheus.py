@@ -28,6 +28,10 @@ from paceline.queue.jobs import Job, Status
 LATENESS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
 )  # fmt: skip
+# A claim takes a few milliseconds; seconds mean a plan that reads the whole table (issue 20).
+CLAIM_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+)  # fmt: skip
 PROCESSING_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 )  # fmt: skip
@@ -77,6 +81,12 @@ class JobMetrics(JobEvents):
             "paceline_job_processing_seconds",
             "How long the handler worked on a job that finished here.",
             buckets=PROCESSING_BUCKETS,
+            registry=r,
+        )
+        self.claim = Histogram(
+            "paceline_claim_seconds",
+            "How long each claim statement of this process's workers took (claimed or not).",
+            buckets=CLAIM_BUCKETS,
             registry=r,
         )
         self.window_violations = Counter(
@@ -136,6 +146,9 @@ class JobMetrics(JobEvents):
 
     def released(self, job: Job) -> None:
         self.released_total.inc()
+
+    def claimed(self, jobs: int, seconds: float) -> None:
+        self.claim.observe(seconds)
 
     def violation(self, violation: Violation) -> None:
         """The auditor found two starts of one object less than a window apart."""

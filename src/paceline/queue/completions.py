@@ -10,7 +10,8 @@ import time
 
 import asyncpg
 
-from paceline.db.pool import fetch_committed, is_transient
+from paceline.db.plans import fetch_planned_committed
+from paceline.db.pool import is_transient
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.batching import BatchWriter
 from paceline.queue.jobs import Job, Status
@@ -48,7 +49,8 @@ class CompletionWriter(BatchWriter[_Outcome, bool]):
         while True:
             try:
                 async with self._row_lock:
-                    records = await fetch_committed(
+                    # Planned per call (paceline.db.plans): one statement per batch of outcomes.
+                    records = await fetch_planned_committed(
                         self._pool,
                         QUERIES["finish_jobs"],
                         [o.job.id for o in items],

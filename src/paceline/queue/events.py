@@ -34,6 +34,9 @@ class JobEvents:
     def released(self, job: Job) -> None:
         """Shutdown gave `job` back unfinished; another worker will run it."""
 
+    def claimed(self, jobs: int, seconds: float) -> None:
+        """A worker's claim statement started `jobs` jobs (maybe 0) and took `seconds`."""
+
 
 class EventFanout(JobEvents):
     """Passes every event on to several observers."""
@@ -64,3 +67,7 @@ class EventFanout(JobEvents):
     def released(self, job: Job) -> None:
         for observer in self.observers:
             observer.released(job)
+
+    def claimed(self, jobs: int, seconds: float) -> None:
+        for observer in self.observers:
+            observer.claimed(jobs, seconds)

@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from paceline.db.plans import fetch_planned
 from paceline.db.pool import is_unavailable
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.jobs import Job
@@ -93,8 +94,10 @@ class LeaseKeeper:
     async def _renew_some(self, held: list[RunningJob]) -> None:
         sent = time.monotonic()
         # The lock is taken per statement, so outcomes are written in between.
-        async with self._row_lock:
-            records = await self._pool.fetch(
+        async with self._row_lock, self._pool.acquire() as conn:
+            # Planned per call (paceline.db.plans): one statement per lease tick.
+            records = await fetch_planned(
+                conn,
                 QUERIES["renew_leases"],
                 [entry.job.id for entry in held],
                 [entry.job.attempts for entry in held],

@@ -12,6 +12,7 @@ import time
 
 import asyncpg
 
+from paceline.db.plans import plan_per_call
 from paceline.db.pool import is_unavailable
 from paceline.db.queries import QUERIES
 from paceline.queue.requeue import requeue
@@ -68,6 +69,7 @@ class Janitor:
     async def reap_expired_leases(self) -> int:
         """Requeue (or fail, if it was the last attempt) jobs whose lease expired; how many."""
         async with self._pool.acquire() as conn, conn.transaction():
+            await plan_per_call(conn)  # see paceline.db.plans
             expired = await conn.fetch(QUERIES["expired_leases"], REAP_BATCH)
             for row in expired:
                 job_id, attempt = row["id"], row["attempts"]

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from paceline.db.plans import plan_per_call
 from paceline.db.pool import Connection
 from paceline.db.queries import QUERIES
 from paceline.queue.jobs import Job
@@ -116,6 +117,7 @@ async def push_back_after_late_starts(pool: asyncpg.Pool, late: list[Job], windo
             continue
         assert job.started_at is not None
         async with pool.acquire() as conn, conn.transaction():
+            await plan_per_call(conn)  # see paceline.db.plans
             await conn.execute(QUERIES["lock_object_slots"], job.object_id)
             await conn.execute(
                 QUERIES["shift_later_slots"], job.object_id, job.id, job.started_at, window

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from paceline.db.plans import plan_per_call
 from paceline.db.pool import Connection
 from paceline.db.queries import QUERIES
 
@@ -26,8 +27,11 @@ async def requeue(
 ) -> datetime | None:
     """Requeue attempt `attempt` of job `job_id`; its new `run_at`, or None if it was taken back.
 
-    Call inside a transaction.
+    Call inside a transaction. Its statements, and the rest of the transaction's, are planned
+    per call out of index paths only (`paceline.db.plans`): requeues are rare, and a plan cached
+    on small tables would scan `jobs` whole.
     """
+    await plan_per_call(conn)
     object_id = await conn.fetchval(QUERIES["lock_running_job"], job_id, attempt)
     if object_id is None:
         return None

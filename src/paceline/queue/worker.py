@@ -26,8 +26,10 @@ from typing import TypeVar
 
 import asyncpg
 
-from paceline.db.pool import fetch_committed, is_transient, is_unavailable
+from paceline.db.plans import fetch_planned_committed
+from paceline.db.pool import is_transient, is_unavailable
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
+from paceline.queue.claiming import seconds_until_next_due
 from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
@@ -212,18 +214,20 @@ class Worker:
                 await self.alarm.wait(sleep)
 
     async def _claim(self, limit: int) -> list[Job]:
-        records = await fetch_committed(
+        began = time.monotonic()
+        records = await fetch_planned_committed(
             self._pool, QUERIES["claim_due_jobs"], limit, self._window, self._lease, self.id
         )
+        self._events.claimed(len(records), time.monotonic() - began)
         return [Job.from_record(record) for record in records]
 
     async def _seconds_until_due(self) -> float:
         # The database clock decides; read it with the answer and credit half the round
         # trip, so the alarm is not late by the time the answer took to arrive.
         sent = time.monotonic()
-        row = await self._pool.fetchrow(QUERIES["seconds_until_next_due"], self._window)
+        async with self._pool.acquire() as conn:
+            row = await seconds_until_next_due(conn, self._window)
         half_trip = (time.monotonic() - sent) / 2
-        assert row is not None
         if row["next_start"] is None:
             return self._idle_poll
         seconds: float = row["next_start"] - row["now"] - half_trip

@@ -1,0 +1,75 @@
+"""Run a statement with a plan made for the call, out of index paths only.
+
+PostgreSQL caches a prepared statement's plan (its generic plan, after five executions) as the
+statistics of that moment make it. Cached while paceline's tables were empty, the plans of the
+worker's statements were sequential scans and nested loops over them, and stayed so as `jobs`
+grew to a million rows without an ANALYZE (autovacuum off or lagging): 12-25 s per claim, no
+job started for half a minute (issue 20). Every statement run through here is planned for this
+call (`force_custom_plan`: the planner sizes each table by its pages now, whatever its
+statistics say) with sequential scans, bitmap scans, sorts, hash and merge joins turned off,
+for this transaction only (SET LOCAL): what remains are the index walks and per-row index
+probes the statements were written for, whose cost follows the rows they return, not the table.
+
+Not for enqueue: it scans no table (an insert and a primary-key upsert), runs once per request,
+and planning it per call cost 40 % of its throughput (pgbench). See docs/design.md, "Plans that
+do not depend on statistics".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import asyncpg
+
+from paceline.db.pool import Connection
+
+# One round trip (a simple query may hold several statements).
+INDEX_PATHS_ONLY = (
+    "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; "
+    "SET LOCAL enable_sort = off; SET LOCAL enable_hashjoin = off; "
+    "SET LOCAL enable_mergejoin = off; SET LOCAL plan_cache_mode = force_custom_plan"
+)
+
+
+async def plan_per_call(conn: Connection) -> None:
+    """Inside a transaction: its statements from now on are planned as described above."""
+    await conn.execute(INDEX_PATHS_ONLY)
+
+
+async def fetch_planned(conn: Connection, query: str, *args: Any) -> list[asyncpg.Record]:
+    """`conn.fetch`, planned for the call (see above), in a transaction of its own unless one
+    is open. Three round trips: BEGIN with the settings (one simple query), the statement, and
+    COMMIT; the wake-up of an idle worker pays them twice (next-due, then the claim)."""
+    if conn.is_in_transaction():
+        await plan_per_call(conn)
+        return list(await conn.fetch(query, *args))
+    await conn.execute("BEGIN; " + INDEX_PATHS_ONLY)
+    try:
+        records = await conn.fetch(query, *args)
+    except BaseException:
+        # A connection that broke is dropped by the pool; one that did not must not stay in
+        # the failed transaction (the pool's reset rolls back too, but a caller may reuse it).
+        if not conn.is_closed() and conn.is_in_transaction():
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return list(records)
+
+
+async def fetch_planned_committed(
+    pool: asyncpg.Pool, query: str, *args: Any
+) -> list[asyncpg.Record]:
+    """`fetch_planned` on a pooled connection, robust to the server going away as
+    `paceline.db.pool.fetch_committed` is: the statement's InternalClientError is the outage
+    it means, and an error handing the connection back after the commit does not lose what the
+    statement did (claimed jobs, recorded outcomes)."""
+    conn = await pool.acquire()
+    try:
+        return await fetch_planned(conn, query, *args)
+    except asyncpg.InternalClientError as exc:
+        raise asyncpg.ConnectionDoesNotExistError(f"the server ended the session ({exc})") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await pool.release(conn)
