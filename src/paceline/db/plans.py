@@ -4,7 +4,7 @@ PostgreSQL caches a prepared statement's plan (its generic plan, after five exec
 statistics of that moment make it. Cached while paceline's tables were empty, the plans of the
 worker's statements were sequential scans and nested loops over them, and stayed so as `jobs`
 grew to a million rows without an ANALYZE (autovacuum off or lagging): 12-25 s per claim, no
-job started for half a minute (issue 20). Every statement run through here is planned for this
+job started for half a minute. Every statement run through here is planned for this
 call (`force_custom_plan`: the planner sizes each table by its pages now, whatever its
 statistics say) with sequential scans, bitmap scans, sorts, hash and merge joins turned off,
 for this transaction only (SET LOCAL): what remains are the index walks and per-row index

@@ -75,8 +75,8 @@ WITH due AS (
       -- Both checks are scalar subqueries with LIMIT 1, not NOT EXISTS: PostgreSQL turns a
       -- NOT EXISTS into an anti join, and with old statistics (a table analyzed while small)
       -- it chose to join with every pending job, by nested loop of sequential scans or by
-      -- hashing them all (issue 20: 12-25 s per claim at a million rows). A scalar subquery
-      -- is never made a join: it stays one probe of an index per job the claim looks at.
+      -- hashing them all (docs/design.md, "Plans that do not depend on statistics"). A
+      -- scalar subquery is never made a join: it stays one index probe per job looked at.
       AND (
           SELECT 1 FROM jobs AS older
           WHERE older.object_id = j.object_id

@@ -28,7 +28,8 @@ from paceline.queue.jobs import Job, Status
 LATENESS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
 )  # fmt: skip
-# A claim takes a few milliseconds; seconds mean a plan that reads the whole table (issue 20).
+# A claim takes a few milliseconds; seconds mean a plan that reads the whole table
+# (docs/design.md, "Plans that do not depend on statistics").
 CLAIM_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 )  # fmt: skip

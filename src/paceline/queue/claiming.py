@@ -1,6 +1,6 @@
 """The worker's two polling statements, planned for each call out of index paths only
 (`paceline.db.plans`): their cached plans were what stalled the service when the statistics
-were old (issue 20)."""
+were old (docs/design.md)."""
 
 from __future__ import annotations
 
