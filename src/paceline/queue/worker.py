@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,11 +29,12 @@ from paceline.db.pool import is_transient, is_unavailable
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
-from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
+from paceline.queue.handlers import Handler
 from paceline.queue.jobs import Job, Status, fetch_committed
 from paceline.queue.leases import LeaseKeeper, RunningJob, log_extra
 from paceline.queue.planning import push_back_after_late_starts
 from paceline.queue.requeue import requeue
+from paceline.queue.retry import Action, RetryPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,8 +47,6 @@ _ALARM_SLACK = 0.0002
 _RECHECK = 0.002
 # After the shutdown grace, a job whose outcome is being written gets this much more.
 _RECORDING_GRACE = 5.0
-# Retries never wait longer than this, however many attempts came before.
-_MAX_BACKOFF = 3600.0
 # Finished jobs whose outcomes wait to be written: one statement's worth in flight and one
 # more queued. Past that the writes are not keeping up (a slow or busy database), and claims
 # wait for them rather than pile up finished jobs that are still leased, renewed, and run
@@ -124,8 +122,7 @@ class Worker:
         self._concurrency = concurrency
         self._window = rate_window
         self._lease = lease
-        self._max_attempts = max_attempts
-        self._backoff = retry_backoff
+        self._retry_policy = RetryPolicy(max_attempts=max_attempts, backoff=retry_backoff)
         self._job_timeout = job_timeout
         self._idle_poll = idle_poll
         self._grace = shutdown_grace
@@ -321,17 +318,12 @@ class Worker:
             await self._finish(job, Status.SUCCESS, duration, None)
             return
         error = f"{type(outcome).__name__}: {outcome}"
-        last_attempt = job.attempts >= self._max_attempts
-        if isinstance(outcome, PermanentFailure) or last_attempt:
+        decision = self._retry_policy.decide(job.attempts, outcome)
+        if decision.action is Action.FAIL:
             # The last error, as the handler said it; `attempts` tells how many there were.
             await self._finish(job, Status.FAILED, duration, error)
             return
-        if isinstance(outcome, RetryLater):
-            delay = outcome.delay
-        else:
-            exponential = self._backoff * 2 ** (job.attempts - 1)
-            delay = min(exponential * random.uniform(0.5, 1.5), _MAX_BACKOFF)
-        await self._retry(job, delay, error, duration)
+        await self._retry(job, decision.delay, error, duration)
 
     async def _finish(self, job: Job, status: Status, duration: float, error: str | None) -> None:
         updated = await self._completions.finish(job, status, duration, error)
