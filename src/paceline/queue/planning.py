@@ -99,8 +99,8 @@ async def replan(
     return changes
 
 
-async def push_back_after_late_starts(pool: asyncpg.Pool, late: list[Job], window: float) -> None:
-    """Move the later slots of each object whose job started late (after a worker outage or
+async def shift_later_slots(pool: asyncpg.Pool, late: list[Job], window: float) -> None:
+    """Shift the later slots of each object whose job started late (after a worker outage or
     backlog) to a window apart from that start, so each waiting job's run_at stays an honest
     prediction. The claim enforces I1 either way; this only keeps the promises true."""
     # One read for the whole claim: only objects with jobs waiting behind need a move (a drain
