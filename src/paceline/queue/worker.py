@@ -122,7 +122,6 @@ class Worker(Service):
         self._pool = pool
         self._handler = handler
         self._events = events if events is not None else JobEvents()
-        self._concurrency = concurrency
         self._window = rate_window
         self._lease = lease
         self._retry_policy = RetryPolicy(max_attempts=max_attempts, backoff=retry_backoff)
