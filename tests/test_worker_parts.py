@@ -117,7 +117,13 @@ async def test_the_lease_keeper_renews_and_abandons_a_job_taken_back(
     )
     with caplog.at_level(logging.WARNING, "paceline.queue.leases"):
         keeper.start()
-        await asyncio.sleep(0.5)  # one renewal, and the first interval (0.3 s) after it
+
+        async def beaten() -> bool:
+            # The first round renews, then beats the heart.
+            beat = await pool.fetchval("SELECT running FROM workers WHERE id = $1", worker_id)
+            return bool(beat == 2)
+
+        await eventually(beaten, timeout=10)
         await keeper.cancel()
     after = await pool.fetchval("SELECT lease_expires_at FROM jobs WHERE id = $1", kept.id)
     assert after > before
@@ -128,7 +134,6 @@ async def test_the_lease_keeper_renews_and_abandons_a_job_taken_back(
     await asyncio.gather(lost.task, return_exceptions=True)
     assert lost.task.cancelled()
     assert any("it was taken back" in r.getMessage() for r in caplog.records)
-    assert await pool.fetchval("SELECT running FROM workers WHERE id = $1", worker_id) == 2
     for entry in running:
         entry.task.cancel()
 
