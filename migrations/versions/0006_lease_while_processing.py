@@ -2,7 +2,7 @@
 
 The code always kept it so; the constraint lets the worker's batched writes (finish_jobs,
 renew_leases) test "still running" through the lease, which no index of running jobs can
-answer, so the planner keeps to the primary key (see queries.sql).
+answer, so the planner keeps to the primary key (see the runtime SQL).
 
 Revision ID: 0006
 Revises: 0005

@@ -17,6 +17,8 @@ from paceline.queue.events import JobEvents
 from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.handlers import Handler, resolve_handler
 from paceline.queue.maintenance import Janitor
+from paceline.queue.reaper import Reaper
+from paceline.queue.service import Service
 from paceline.queue.wakeup import DueListener, DueNotifier
 from paceline.queue.worker import Worker
 from paceline.resources import templates_dir
@@ -90,14 +92,12 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
     grouper = EnqueueGrouper(app[POOL], app[SETTINGS].rate_window)
     app[NOTIFIER] = notifier
     app[GROUPER] = grouper
-    tasks = [
-        asyncio.create_task(notifier.run(), name="paceline-notifier"),
-        asyncio.create_task(grouper.run(), name="paceline-grouper"),
-    ]
+    notifier.start()
+    grouper.start()
     yield
     grouper.stop()
     notifier.stop()
-    await asyncio.gather(*tasks)
+    await asyncio.gather(notifier.wait(), grouper.wait())
 
 
 @contextlib.asynccontextmanager
@@ -117,12 +117,16 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
         idle_poll=settings.idle_poll,
         shutdown_grace=settings.shutdown_grace,
     )
-    janitor = Janitor(
+    # Expired leases are looked for this often; a failed round of either is tried again then.
+    housekeeping = min(settings.lease / 3, settings.idle_poll)
+    reaper = Reaper(
         app[POOL],
         window=settings.rate_window,
         max_attempts=settings.max_attempts,
-        retention=settings.retention,
-        interval=min(settings.lease / 3, settings.idle_poll),
+        interval=housekeeping,
+    )
+    janitor = Janitor(
+        app[POOL], window=settings.rate_window, retention=settings.retention, interval=housekeeping
     )
     listener = DueListener(
         settings.database_url,
@@ -133,11 +137,8 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
     app[WORKER] = worker
     # Jobs this replica accepts wake its own worker at once, before any NOTIFY round trip.
     app[NOTIFIER].local = worker.alarm.fire_in
-    tasks = [
-        asyncio.create_task(listener.run(), name="paceline-listener"),
-        asyncio.create_task(worker.run(), name="paceline-worker"),
-        asyncio.create_task(janitor.run(), name="paceline-janitor"),
-    ]
+    services: list[Service] = [listener, worker, reaper, janitor]
+    tasks = [service.start() for service in services]
     log.info(
         "worker running %d job(s) at once with handler %s, window %gs",
         settings.concurrency,
@@ -147,9 +148,8 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
     try:
         yield
     finally:
-        worker.stop()
-        listener.stop()
-        janitor.stop()
+        for service in services:
+            service.stop()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         for task, outcome in zip(tasks, outcomes, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(

@@ -21,6 +21,7 @@ from paceline.db.pool import CONNECT_TIMEOUT, is_unavailable
 from paceline.logs import configure_logging
 from paceline.queue.jobs import isoformat
 from paceline.queue.planning import adopt_window
+from paceline.queue.service import Backoff
 
 log = logging.getLogger("paceline")
 
@@ -103,7 +104,7 @@ def _database(settings: Settings) -> Iterator[str]:
 
 def _wait_for_database(dsn: str) -> None:
     """Block until PostgreSQL accepts a connection, saying so every few seconds."""
-    delay, last_said = 0.2, 0.0
+    backoff, last_said = Backoff(0.2, 2.0), 0.0
     while True:
         try:
             asyncio.run(_ping(dsn))
@@ -114,8 +115,7 @@ def _wait_for_database(dsn: str) -> None:
             if time.monotonic() - last_said > 5:
                 log.warning("waiting for the database (%s); retrying", exc)
                 last_said = time.monotonic()
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            time.sleep(backoff.next())
 
 
 async def _replan(dsn: str, window: float, *, dry_run: bool) -> int:

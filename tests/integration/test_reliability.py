@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from paceline.db.embedded import free_port
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.maintenance import Janitor
+from paceline.queue.reaper import Reaper
 from paceline.queue.worker import MAX_UNWRITTEN
 from paceline.web import validation
 from tests.conftest import MakeClient
@@ -190,8 +191,8 @@ async def test_a_lost_lease_stops_the_handler_and_its_result_is_fenced(
     await db.execute("UPDATE jobs SET lease_expires_at = now() - interval '1 second'")
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        janitor = Janitor(pool, window=0.1, max_attempts=3, retention=3600, interval=1)
-        assert await janitor.reap_expired_leases() == 1
+        reaper = Reaper(pool, window=0.1, max_attempts=3, interval=1)
+        assert await reaper.reap_expired_leases() == 1
         # The old attempt can no longer write its outcome.
         stale = await pool.fetchval(
             QUERIES["finish_jobs"], [job["id"]], [1], ["SUCCESS"], [1.0], [None]
@@ -284,11 +285,11 @@ async def test_retention_prunes_old_jobs_but_not_the_window(
     )
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        janitor = Janitor(pool, window=window, max_attempts=3, retention=7 * 86400, interval=1)
+        janitor = Janitor(pool, window=window, retention=7 * 86400, interval=1)
         assert await janitor.prune() == 1200
         assert await db.fetchval("SELECT count(*) FROM jobs") == 1
         # Even with a retention of a millisecond the window of object 5 survives its job.
-        short = Janitor(pool, window=window, max_attempts=3, retention=0.001, interval=1)
+        short = Janitor(pool, window=window, retention=0.001, interval=1)
         assert await short.prune() == 1
     finally:
         await pool.close()

@@ -16,9 +16,9 @@ import uuid
 import asyncpg
 import pytest
 
+from paceline.db.jobs import claim_due_jobs, seconds_until_next_due
 from paceline.db.plans import fetch_planned, plan_per_call
 from paceline.db.queries import QUERIES
-from paceline.queue.claiming import claim_due_jobs, seconds_until_next_due
 from paceline.queue.requeue import requeue
 
 WINDOW = 300.0
@@ -48,8 +48,8 @@ async def hot_statements(db: asyncpg.Connection, running: list[int]) -> None:
     """Each statement of the worker's hot paths once, as the worker runs it; `running`: ids of
     jobs in their first attempt, whose leases are renewed, one requeued, the others finished."""
     worker = uuid.UUID(int=1)
-    await claim_due_jobs(db, LIMIT, WINDOW, LEASE, worker)
-    await seconds_until_next_due(db, WINDOW)
+    await claim_due_jobs(db, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=worker)
+    await seconds_until_next_due(db, window=WINDOW)
     await fetch_planned(
         db, QUERIES["renew_leases"], running, [1] * len(running), LEASE, uuid.UUID(int=2)
     )
@@ -107,7 +107,9 @@ async def test_claim_keeps_its_index_path_on_stale_statistics(stale: asyncpg.Con
         async with stale.transaction():
             before = await rows_read(stale)
             began = time.monotonic()
-            jobs = await claim_due_jobs(stale, LIMIT, WINDOW, LEASE, worker)
+            jobs = await claim_due_jobs(
+                stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=worker
+            )
             took = time.monotonic() - began
             read = await rows_read(stale) - before
         assert took < BOUND, f"a claim took {took:.2f}s"
@@ -127,7 +129,7 @@ async def test_next_due_stays_bounded_on_stale_statistics(stale: asyncpg.Connect
         async with stale.transaction():
             before = await rows_read(stale)
             began = time.monotonic()
-            row = await seconds_until_next_due(stale, WINDOW)
+            row = await seconds_until_next_due(stale, window=WINDOW)
             took = time.monotonic() - began
             read = await rows_read(stale) - before
         assert took < BOUND, f"next-due took {took:.2f}s"
@@ -140,7 +142,9 @@ async def test_outcomes_leases_and_requeues_stay_bounded_on_stale_statistics(
     stale: asyncpg.Connection,
 ) -> None:
     """Lease renewals, outcomes, requeues and the reaper find their rows by index too."""
-    claimed = await claim_due_jobs(stale, LIMIT, WINDOW, LEASE, uuid.UUID(int=2))
+    claimed = await claim_due_jobs(
+        stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=uuid.UUID(int=2)
+    )
     running = [job["id"] for job in claimed]
     async with stale.transaction():
         before = await rows_read(stale)

@@ -4,20 +4,27 @@ Typed, keyword-argument functions, one per named query, and the only readers of 
 of the SQL registry. They return rows (asyncpg records); `paceline.queue.jobs.Job` turns a job
 row into the value the rest of the code uses. Writes sent through the pool use
 `fetch_committed`, so an answer that arrived is not lost when the server ends the session.
+
+The worker's statements (the claim, next-due, outcomes, lease renewals, the requeue and the
+reaper's) are planned per call out of index paths only (`paceline.db.plans`): a plan cached
+while the tables were small must not decide how they run once the tables are large. Those that
+run inside a caller's transaction say so; the caller starts it with `plan_per_call`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
+from paceline.db.plans import fetch_planned, fetch_planned_committed, plan_per_call
 from paceline.db.pool import Connection, fetch_committed
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 
 Executor = asyncpg.Pool | Connection
-__all__ = ["MAX_IDS_PER_STATEMENT"]
+__all__ = ["MAX_IDS_PER_STATEMENT", "plan_per_call"]
 
 
 async def _fetch_written(db: Executor, query: str, *args: object) -> list[asyncpg.Record]:
@@ -66,8 +73,30 @@ async def list_jobs(
     return await db.fetch(query, *filters, before, limit)
 
 
+async def claim_due_jobs(
+    db: Executor, *, limit: int, window: float, lease: float, worker_id: uuid.UUID
+) -> list[asyncpg.Record]:
+    """Start up to `limit` due jobs under a lease held by `worker_id`; their rows."""
+    args = (limit, window, lease, worker_id)
+    if isinstance(db, asyncpg.Pool):
+        return await fetch_planned_committed(db, QUERIES["claim_due_jobs"], *args)
+    return await fetch_planned(db, QUERIES["claim_due_jobs"], *args)
+
+
+async def seconds_until_next_due(db: Executor, *, window: float) -> asyncpg.Record:
+    """The database's `now` and when the next pending job may start (`next_start`, NULL if
+    none is pending), both in epoch seconds."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            (row,) = await fetch_planned(conn, QUERIES["seconds_until_next_due"], window)
+    else:
+        (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], window)
+    return row
+
+
 async def lock_running_job(conn: Connection, *, job_id: int, attempt: int) -> int | None:
-    """Lock the job if `attempt` still holds it (PROCESSING); its object, or None."""
+    """Lock the job if `attempt` still holds it (PROCESSING); its object, or None. First step
+    of a requeue, in the caller's transaction, planned per call (`plan_per_call` first)."""
     object_id: int | None = await conn.fetchval(QUERIES["lock_running_job"], job_id, attempt)
     return object_id
 
@@ -81,17 +110,18 @@ async def requeue_job(
     window: float,
     error: str | None,
     outcome: str,
-) -> asyncpg.Record | None:
+) -> datetime | None:
     """Back to PENDING no sooner than `delay` and a window after the object's last start;
     the attempt gets `outcome` (RETRY, RELEASED, LOST). The new `run_at`, or None if the
     attempt no longer holds the job."""
-    return await conn.fetchrow(
+    run_at: datetime | None = await conn.fetchval(
         QUERIES["requeue_job"], job_id, attempt, delay, window, error, outcome
     )
+    return run_at
 
 
 async def shift_later_slots(
-    conn: Connection, *, object_id: int, job_id: int, after: object, window: float
+    conn: Connection, *, object_id: int, job_id: int, after: datetime, window: float
 ) -> None:
     """Move the object's jobs behind `job_id` back so each is a window after the one before,
     the first a window after `after`; the object's next free slot follows."""
@@ -123,20 +153,17 @@ async def finish_jobs(
 ) -> set[int]:
     """Record the outcomes of attempts that ended (at most MAX_IDS_PER_STATEMENT, parallel
     sequences) in one statement; the ids recorded (an attempt taken back meanwhile is not)."""
-    rows = await _fetch_written(
-        db,
-        QUERIES["finish_jobs"],
-        list(job_ids),
-        list(attempts),
-        list(statuses),
-        list(durations),
-        list(errors),
-    )
+    args = (list(job_ids), list(attempts), list(statuses), list(durations), list(errors))
+    if isinstance(db, asyncpg.Pool):
+        rows = await fetch_planned_committed(db, QUERIES["finish_jobs"], *args)
+    else:
+        rows = await fetch_planned(db, QUERIES["finish_jobs"], *args)
     return {row["id"] for row in rows}
 
 
 async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
-    """Running jobs whose lease ran out (id, attempts, object_id), locked, SKIP LOCKED."""
+    """Running jobs whose lease ran out (id, attempts, object_id), locked, SKIP LOCKED. In the
+    caller's transaction, planned per call (`plan_per_call` first)."""
     return await conn.fetch(QUERIES["expired_leases"], limit)
 
 

@@ -1,6 +1,7 @@
 """The schema as SQLAlchemy Core metadata: the source Alembic's migrations are checked against.
 
-Runtime queries do not use SQLAlchemy; they are hand-written SQL in `queries.sql`.
+Runtime queries do not use SQLAlchemy: they are hand-written SQL in the `*.sql` files beside it,
+run through the typed functions of `jobs.py`, `slots.py` and `dashboard.py`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ jobs = Table(
         name="status",
     ),
     # A lease exactly while running: the worker's batched writes test "still running"
-    # through it (queries.sql, finish_jobs), where no index of running jobs can be used.
+    # through it (jobs.sql, finish_jobs), where no index of running jobs can be used.
     CheckConstraint(
         "(status = 'PROCESSING') = (lease_expires_at IS NOT NULL)",
         name="lease_while_processing",

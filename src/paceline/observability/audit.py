@@ -9,8 +9,6 @@ database, so alert on the maximum across replicas, not the sum.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -19,7 +17,7 @@ from datetime import datetime
 import asyncpg
 
 from paceline.db import dashboard
-from paceline.db.pool import is_unavailable
+from paceline.queue.service import Backoff, Service
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +43,12 @@ class Violation:
         return (self.started_at - self.previous_started_at).total_seconds()
 
 
-class WindowAuditor:
-    """Audits new starts every `interval` seconds until `stop()`."""
+class WindowAuditor(Service):
+    """Audits new starts every `interval` seconds until `stop()`; an unreachable database
+    only delays the next look."""
+
+    name = "paceline-auditor"
+    failure = "the window audit failed"
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class WindowAuditor:
         margin: float = COMMIT_MARGIN,
         since: datetime | None = None,
     ) -> None:
+        super().__init__(logger=log, retry=Backoff(interval, interval))
         self._pool = pool
         self._window = window
         self._on_violation = on_violation
@@ -66,22 +69,11 @@ class WindowAuditor:
         # Starts up to here are audited. None: from the first look on (a replica audits what
         # happens while it lives; the previous start it compares with may be older).
         self.audited_to = since
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        """Ask `run()` to return."""
-        self._stopping.set()
-
-    async def run(self) -> None:
-        """Audit until stopped; an unreachable database only delays the next look."""
-        while not self._stopping.is_set():
-            try:
-                await self.check()
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    log.exception("the window audit failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+    async def step(self) -> float:
+        """One look."""
+        await self.check()
+        return self._interval
 
     async def check(self) -> list[Violation]:
         """Audit the starts since the last check; report and return the violations found."""

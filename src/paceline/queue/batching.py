@@ -9,26 +9,35 @@ Group commit of POST /jobs (grouping.EnqueueGrouper) and the worker's completion
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Generic, TypeVar
+
+from paceline.queue.service import Backoff, Service
+
+log = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
 
-class BatchWriter(Generic[ItemT, ResultT]):
-    """`submit()` an item and wait for its result; `run()` writes; `stop()` ends it once empty.
+class BatchWriter(Service, Generic[ItemT, ResultT]):
+    """`submit()` an item and wait for its result; `run()` (or `start()`) writes; `stop()`
+    ends it once everything queued is written.
 
     A subclass writes a batch in `_write`, returning one result per item in order; what it
-    raises is raised to every submitter of that batch.
+    raises is raised to every submitter of that batch (the writer goes on).
     """
 
+    name = "paceline-batch-writer"
+
     def __init__(self, *, max_batch: int, writers: int = 1) -> None:
+        # A failed write is the submitters' to handle, so nothing here is retried.
+        super().__init__(logger=log, retry=Backoff(0.0, 0.0))
         self._max_batch = max_batch
         self._writers = writers
         self._queue: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
         self._wakeup = asyncio.Event()
-        self._stopping = False
 
     async def submit(self, item: ItemT) -> ResultT:
         """Queue `item` for the next write; its result, or what the write raised."""
@@ -37,9 +46,8 @@ class BatchWriter(Generic[ItemT, ResultT]):
         self._wakeup.set()
         return await result
 
-    def stop(self) -> None:
-        """Let `run()` return once everything queued is written."""
-        self._stopping = True
+    def _wake(self) -> None:
+        # `stop()`: the writers return once the queue is empty.
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -49,7 +57,7 @@ class BatchWriter(Generic[ItemT, ResultT]):
     async def _writer(self) -> None:
         while True:
             if not self._queue:
-                if self._stopping:
+                if self.stopping:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()

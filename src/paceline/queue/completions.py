@@ -10,11 +10,11 @@ import time
 
 import asyncpg
 
-from paceline.db.plans import fetch_planned_committed
-from paceline.db.pool import is_transient
-from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
+from paceline.db import jobs as store
+from paceline.db.jobs import MAX_IDS_PER_STATEMENT
 from paceline.queue.batching import BatchWriter
 from paceline.queue.jobs import Job, Status
+from paceline.queue.service import retry_until
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class _Outcome:
 class CompletionWriter(BatchWriter[_Outcome, bool]):
     """Writes SUCCESS/FAILED outcomes for one worker; `finish()` waits until it is written."""
 
+    name = "paceline-completions"
+
     def __init__(self, pool: asyncpg.Pool, *, lease: float, row_lock: asyncio.Lock) -> None:
         super().__init__(max_batch=MAX_IDS_PER_STATEMENT)
         self._pool = pool
@@ -45,27 +47,24 @@ class CompletionWriter(BatchWriter[_Outcome, bool]):
         return await self.submit(_Outcome(job, status, duration, error, give_up_at))
 
     async def _write(self, items: list[_Outcome]) -> list[bool]:
-        backoff = 0.05
-        while True:
-            try:
-                async with self._row_lock:
-                    # Planned per call (paceline.db.plans): one statement per batch of outcomes.
-                    records = await fetch_planned_committed(
-                        self._pool,
-                        QUERIES["finish_jobs"],
-                        [o.job.id for o in items],
-                        [o.job.attempts for o in items],
-                        [o.status.value for o in items],
-                        [o.duration for o in items],
-                        [o.error for o in items],
-                    )
-                recorded = {record["id"] for record in records}
-                return [outcome.job.id in recorded for outcome in items]
-            except Exception as exc:
-                # Transient (an outage, a deadlock): again, until some job's lease has surely
-                # run out; then the outcomes are the reaper's, and the submitters hear why.
-                if not is_transient(exc) or time.monotonic() > min(o.give_up_at for o in items):
-                    raise
-                log.warning("cannot record %d finished job(s) yet (%s)", len(items), exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        async def write() -> list[bool]:
+            async with self._row_lock:
+                recorded = await store.finish_jobs(
+                    self._pool,
+                    job_ids=[o.job.id for o in items],
+                    attempts=[o.job.attempts for o in items],
+                    statuses=[o.status.value for o in items],
+                    durations=[o.duration for o in items],
+                    errors=[o.error for o in items],
+                )
+            return [outcome.job.id in recorded for outcome in items]
+
+        def give_up_at() -> float:
+            return min(o.give_up_at for o in items)
+
+        def waiting(exc: Exception) -> None:
+            log.warning("cannot record %d finished job(s) yet (%s)", len(items), exc)
+
+        # Transient (an outage, a deadlock): again, until some job's lease has surely run out;
+        # then the outcomes are the reaper's, and the submitters hear why.
+        return await retry_until(give_up_at, write, waiting)

@@ -21,6 +21,8 @@ MAX_GROUP = 1000
 class EnqueueGrouper(BatchWriter[int, Job]):
     """`enqueue()` one job; `writers` statements may be in flight at once."""
 
+    name = "paceline-grouper"
+
     def __init__(self, pool: asyncpg.Pool, window: float, *, writers: int = 4) -> None:
         super().__init__(max_batch=MAX_GROUP, writers=writers)
         self._pool = pool

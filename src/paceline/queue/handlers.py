@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
+import pkgutil
 from collections.abc import Awaitable, Callable
 
 from paceline.config import ConfigError, Settings
+from paceline.queue.errors import PermanentFailure, RetryLater
 from paceline.queue.jobs import Job
+from paceline.queue.webhook import webhook_handler
+
+__all__ = [
+    "Handler",
+    "PermanentFailure",
+    "RetryLater",
+    "noop",
+    "resolve_handler",
+    "sleeper",
+]
 
 Handler = Callable[[Job], Awaitable[object]]
-
-
-class RetryLater(Exception):
-    """Raise from a handler to run this job again no sooner than `delay` seconds from now.
-
-    For an upstream that said "not now" (HTTP 429/503 with Retry-After): the attempt ends, the
-    job goes back to PENDING at now + delay (and its object's window), and the object's later
-    jobs move back with it. Counts as an attempt against PACELINE_MAX_ATTEMPTS.
-    """
-
-    def __init__(self, delay: float, reason: str = "") -> None:
-        super().__init__(reason or f"retry in {delay:g}s")
-        self.delay = max(0.0, delay)
-        self.reason = reason
-
-
-class PermanentFailure(Exception):
-    """Raise from a handler when retrying cannot help (e.g. HTTP 400): FAILED at once."""
 
 
 async def noop(job: Job) -> None:
@@ -53,9 +46,6 @@ def resolve_handler(settings: Settings) -> Handler:
     if name == "sleep":
         return sleeper(settings.sleep_seconds)
     if name == "webhook":
-        # Imported here: the webhook module raises this module's RetryLater/PermanentFailure.
-        from paceline.queue.webhook import webhook_handler  # noqa: PLC0415
-
         return webhook_handler(settings)
     if ":" in name:
         return _import_handler(name)
@@ -68,17 +58,11 @@ def resolve_handler(settings: Settings) -> Handler:
 def _import_handler(path: str) -> Handler:
     module_name, _, attribute = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        target = pkgutil.resolve_name(path)
     except ImportError as exc:
         raise ConfigError(f"PACELINE_HANDLER={path!r}: cannot import {module_name}: {exc}") from exc
-    target = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(
-                f"PACELINE_HANDLER={path!r}: {module_name} has no {attribute}"
-            ) from None
+    except AttributeError:
+        raise ConfigError(f"PACELINE_HANDLER={path!r}: {module_name} has no {attribute}") from None
     if not inspect.iscoroutinefunction(target):
         raise ConfigError(f"PACELINE_HANDLER={path!r} must be an async function taking the job")
     handler: Handler = target

@@ -10,7 +10,6 @@ has run out by the monotonic clock is stopped too, since it may be running elsew
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import socket
@@ -20,23 +19,13 @@ from typing import Any
 
 import asyncpg
 
-from paceline.db.plans import fetch_planned
-from paceline.db.pool import is_unavailable
-from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
+from paceline.db import jobs as store
+from paceline.db.jobs import MAX_IDS_PER_STATEMENT
 from paceline.queue.jobs import Job
+from paceline.queue.running import JobState, RunningJob, RunningJobs
+from paceline.queue.service import Backoff, Service
 
-log = logging.getLogger("paceline.queue.worker")
-
-
-@dataclasses.dataclass
-class RunningJob:
-    """A job this worker runs, and what the lease keeper needs to know about it."""
-
-    job: Job
-    task: asyncio.Task[None]
-    lease_deadline: float  # monotonic; past it, with no renewal, the job may be taken back
-    recording: bool = False  # the handler is done; its outcome is being written
-    lost: bool = False  # the lease is gone: the handler was stopped, nothing is written
+log = logging.getLogger(__name__)
 
 
 def log_extra(job: Job) -> dict[str, Any]:
@@ -44,77 +33,78 @@ def log_extra(job: Job) -> dict[str, Any]:
     return {"job_id": job.id, "object_id": job.object_id, "attempt": job.attempts}
 
 
-class LeaseKeeper:
-    """Renews the leases of the jobs in `running` (shared with the worker) until cancelled."""
+class LeaseKeeper(Service):
+    """Renews the leases of the worker's running jobs every lease / 3 until stopped."""
+
+    name = "paceline-leases"
+    failure = "renewing leases failed"
 
     def __init__(
         self,
         pool: asyncpg.Pool,
-        running: dict[int, RunningJob],
+        running: RunningJobs,
         *,
         worker_id: uuid.UUID,
         concurrency: int,
         lease: float,
         row_lock: asyncio.Lock,
     ) -> None:
+        interval = lease / 3
+        # A failed round is tried again at the next interval, like any other.
+        super().__init__(logger=log, retry=Backoff(interval, interval))
         self._pool = pool
         self._running = running
         self._worker_id = worker_id
         self._concurrency = concurrency
         self._lease = lease
+        self._interval = interval
         # Shared with the completion writer: two statements of one worker locking the same
         # job rows in different orders could deadlock each other.
         self._row_lock = row_lock
 
-    async def run(self) -> None:
-        """Renew and beat every lease / 3, forever."""
-        interval = self._lease / 3
-        while True:
-            try:
-                await self._renew()
-                await self._pool.execute(
-                    QUERIES["heartbeat"],
-                    self._worker_id,
-                    socket.gethostname(),
-                    os.getpid(),
-                    self._concurrency,
-                    len(self._running),
-                )
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    log.exception("renewing leases failed")
-                self._abandon_expired()
-            await asyncio.sleep(interval)
+    async def step(self) -> float:
+        """Renew and beat."""
+        await self._renew()
+        await store.heartbeat(
+            self._pool,
+            worker_id=self._worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self._concurrency,
+            running=len(self._running),
+        )
+        return self._interval
+
+    def failed(self, exc: Exception) -> None:
+        """No renewal this round: stop what may be running elsewhere by now."""
+        self._abandon_expired()
 
     async def _renew(self) -> None:
-        held = [entry for entry in self._running.values() if not entry.lost]
+        held = [entry for entry in self._running if entry.state is not JobState.LOST]
         for start in range(0, len(held), MAX_IDS_PER_STATEMENT):
             await self._renew_some(held[start : start + MAX_IDS_PER_STATEMENT])
 
     async def _renew_some(self, held: list[RunningJob]) -> None:
         sent = time.monotonic()
         # The lock is taken per statement, so outcomes are written in between.
-        async with self._row_lock, self._pool.acquire() as conn:
-            # Planned per call (paceline.db.plans): one statement per lease tick.
-            records = await fetch_planned(
-                conn,
-                QUERIES["renew_leases"],
-                [entry.job.id for entry in held],
-                [entry.job.attempts for entry in held],
-                self._lease,
-                self._worker_id,
+        async with self._row_lock:
+            renewed = await store.renew_leases(
+                self._pool,
+                job_ids=[entry.job.id for entry in held],
+                attempts=[entry.job.attempts for entry in held],
+                lease=self._lease,
+                worker_id=self._worker_id,
             )
-        renewed = {record["id"] for record in records}
         for entry in held:
             if entry.job.id in renewed:
                 entry.lease_deadline = sent + self._lease
-            elif not entry.task.done() and not entry.recording:
+            elif not entry.task.done() and entry.state is JobState.RUNNING:
                 self._abandon(entry, "it was taken back")
 
     def _abandon_expired(self) -> None:
         now = time.monotonic()
-        for entry in list(self._running.values()):
-            if now > entry.lease_deadline and not entry.recording and not entry.lost:
+        for entry in self._running:
+            if now > entry.lease_deadline and entry.state is JobState.RUNNING:
                 self._abandon(entry, "its lease expired while the database was unreachable")
 
     def _abandon(self, entry: RunningJob, why: str) -> None:
@@ -126,5 +116,4 @@ class LeaseKeeper:
             why,
             extra=log_extra(entry.job),
         )
-        entry.lost = True
-        entry.task.cancel()
+        self._running.abandon(entry)

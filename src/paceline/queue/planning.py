@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from paceline.db.plans import plan_per_call
+from paceline.db import jobs as store
+from paceline.db import slots
 from paceline.db.pool import Connection
-from paceline.db.queries import QUERIES
 from paceline.queue.jobs import Job
 
 
@@ -35,16 +35,16 @@ async def cancel_and_compact(conn: Connection, job_id: int, window: float) -> Jo
     Returns the cancelled job, or None if it was not pending (or does not exist). Call inside
     a transaction.
     """
-    object_id = await conn.fetchval(QUERIES["object_of_job"], job_id)
+    object_id = await slots.object_of_job(conn, job_id=job_id)
     if object_id is None:
         return None
-    await conn.execute(QUERIES["lock_object_slots"], object_id)
-    record = await conn.fetchrow(QUERIES["cancel_pending_job"], job_id)
+    await slots.lock_object_slots(conn, object_id=object_id)
+    record = await slots.cancel_pending_job(conn, job_id=job_id)
     if record is None:
         return None
     cancelled = Job.from_record(record)
-    later = await conn.fetch(QUERIES["pending_jobs_of_object"], object_id, job_id)
-    last_start = await conn.fetchval(QUERIES["last_start_of_object"], object_id)
+    later = await slots.pending_jobs_of_object(conn, object_id=object_id, after_job_id=job_id)
+    last_start = await slots.last_start_of_object(conn, object_id=object_id)
     step = timedelta(seconds=window)
     floor = last_start + step if last_start is not None else None
     slot = cancelled.run_at
@@ -57,10 +57,10 @@ async def cancel_and_compact(conn: Connection, job_id: int, window: float) -> Jo
         changes.append((row["id"], candidate))
         slot = candidate + step
     if changes:
-        await conn.execute(
-            QUERIES["move_slots"], [job for job, _ in changes], [at for _, at in changes]
+        await slots.move_slots(
+            conn, job_ids=[job for job, _ in changes], run_at=[at for _, at in changes]
         )
-    await conn.execute(QUERIES["set_next_slot"], object_id, slot)
+    await slots.set_next_slot(conn, object_id=object_id, next_slot=slot)
     return cancelled
 
 
@@ -71,56 +71,50 @@ async def replan(
 
     Call inside a transaction; with `apply=False` nothing is written.
     """
-    await conn.execute(QUERIES["lock_replan"])
+    await slots.lock_replan(conn)
     step = timedelta(seconds=new_window)
     changes: list[SlotChange] = []
-    for object_row in await conn.fetch(QUERIES["objects_with_pending_jobs"]):
-        object_id = object_row["object_id"]
+    for object_id in await slots.objects_with_pending_jobs(conn):
         if apply:
-            await conn.execute(QUERIES["lock_object_slots"], object_id)
-        pending = await conn.fetch(QUERIES["pending_jobs_of_object"], object_id, 0)
-        last_start = await conn.fetchval(QUERIES["last_start_of_object"], object_id)
+            await slots.lock_object_slots(conn, object_id=object_id)
+        pending = await slots.pending_jobs_of_object(conn, object_id=object_id)
+        last_start = await slots.last_start_of_object(conn, object_id=object_id)
         previous = last_start
         ids: list[int] = []
-        slots: list[datetime] = []
+        new_slots: list[datetime] = []
         for row in pending:
             candidate = row["created_at"]
             if previous is not None:
                 candidate = max(candidate, previous + step)
             ids.append(row["id"])
-            slots.append(candidate)
+            new_slots.append(candidate)
             if candidate != row["run_at"]:
                 changes.append(SlotChange(row["id"], object_id, row["run_at"], candidate))
             previous = candidate
         if apply and ids:
-            await conn.execute(QUERIES["move_slots"], ids, slots)
-            await conn.execute(QUERIES["set_next_slot"], object_id, slots[-1] + step)
+            await slots.move_slots(conn, job_ids=ids, run_at=new_slots)
+            await slots.set_next_slot(conn, object_id=object_id, next_slot=new_slots[-1] + step)
     if apply:
-        await conn.execute(QUERIES["respace_idle_objects"], old_window, new_window)
+        await slots.respace_idle_objects(conn, old_window=old_window, new_window=new_window)
     return changes
 
 
-async def push_back_after_late_starts(pool: asyncpg.Pool, late: list[Job], window: float) -> None:
-    """Move the later slots of each object whose job started late (after a worker outage or
+async def shift_later_slots(pool: asyncpg.Pool, late: list[Job], window: float) -> None:
+    """Shift the later slots of each object whose job started late (after a worker outage or
     backlog) to a window apart from that start, so each waiting job's run_at stays an honest
     prediction. The claim enforces I1 either way; this only keeps the promises true."""
     # One read for the whole claim: only objects with jobs waiting behind need a move (a drain
     # of overdue jobs over distinct objects needs none).
-    waiting = {
-        record["object_id"]
-        for record in await pool.fetch(
-            QUERIES["objects_with_pending"], [job.object_id for job in late]
-        )
-    }
+    waiting = await slots.objects_with_pending(pool, object_ids=[job.object_id for job in late])
     for job in late:
         if job.object_id not in waiting:
             continue
         assert job.started_at is not None
         async with pool.acquire() as conn, conn.transaction():
-            await plan_per_call(conn)  # see paceline.db.plans
-            await conn.execute(QUERIES["lock_object_slots"], job.object_id)
-            await conn.execute(
-                QUERIES["shift_later_slots"], job.object_id, job.id, job.started_at, window
+            await store.plan_per_call(conn)  # see paceline.db.plans
+            await slots.lock_object_slots(conn, object_id=job.object_id)
+            await store.shift_later_slots(
+                conn, object_id=job.object_id, job_id=job.id, after=job.started_at, window=window
             )
 
 
@@ -137,12 +131,12 @@ async def adopt_window(
     """
     # Replicas starting together with the new window: the second one, once it has the lock,
     # reads the window the first one stored and has nothing left to do.
-    await conn.execute(QUERIES["lock_replan"])
-    stored = await conn.fetchval(QUERIES["read_state"], WINDOW_STATE)
+    await slots.lock_replan(conn)
+    stored = await slots.read_state(conn, name=WINDOW_STATE)
     previous = float(stored) if stored is not None else None
     changes: list[SlotChange] = []
     if previous is not None and previous != window:
         changes = await replan(conn, old_window=previous, new_window=window, apply=not dry_run)
     if not dry_run and previous != window:
-        await conn.execute(QUERIES["write_state"], WINDOW_STATE, repr(window))
+        await slots.write_state(conn, name=WINDOW_STATE, value=repr(window))
     return previous, changes

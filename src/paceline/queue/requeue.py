@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from paceline.db.plans import plan_per_call
+from paceline.db import jobs as store
+from paceline.db import slots
 from paceline.db.pool import Connection
-from paceline.db.queries import QUERIES
 
 
 async def requeue(
@@ -31,14 +31,22 @@ async def requeue(
     per call out of index paths only (`paceline.db.plans`): requeues are rare, and a plan cached
     on small tables would scan `jobs` whole.
     """
-    await plan_per_call(conn)
-    object_id = await conn.fetchval(QUERIES["lock_running_job"], job_id, attempt)
+    await store.plan_per_call(conn)
+    object_id = await store.lock_running_job(conn, job_id=job_id, attempt=attempt)
     if object_id is None:
         return None
-    await conn.execute(QUERIES["lock_object_slots"], object_id)
-    run_at: datetime | None = await conn.fetchval(
-        QUERIES["requeue_job"], job_id, attempt, delay, window, error, outcome
+    await slots.lock_object_slots(conn, object_id=object_id)
+    run_at = await store.requeue_job(
+        conn,
+        job_id=job_id,
+        attempt=attempt,
+        delay=delay,
+        window=window,
+        error=error,
+        outcome=outcome,
     )
     if run_at is not None:
-        await conn.execute(QUERIES["shift_later_slots"], object_id, job_id, run_at, window)
+        await store.shift_later_slots(
+            conn, object_id=object_id, job_id=job_id, after=run_at, window=window
+        )
     return run_at

@@ -17,15 +17,19 @@ from collections.abc import Callable
 
 import asyncpg
 
+from paceline.db import jobs as store
 from paceline.db.pool import CONNECT_TIMEOUT, is_unavailable
+from paceline.queue.service import Backoff, Service
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "paceline_jobs"
 
 
-class DueListener:
+class DueListener(Service):
     """Keeps a LISTEN connection open until `stop()`; reconnects when it drops."""
+
+    name = "paceline-listener"
 
     def __init__(
         self,
@@ -35,30 +39,28 @@ class DueListener:
         *,
         keepalive: float = 5.0,
     ) -> None:
+        super().__init__(logger=log, retry=Backoff(0.1, 5.0))
         self._dsn = dsn
         self._on_due = on_due
         self._on_connect = on_connect
         self._keepalive = keepalive
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        """Ask `run()` to close the connection and return."""
-        self._stopping.set()
+    async def step(self) -> float:
+        """Listen until stopped or the connection drops (raised)."""
+        await self._listen_once()
+        return 0.0
 
-    async def run(self) -> None:
-        """Listen until stopped."""
-        backoff = 0.1
-        while not self._stopping.is_set():
-            try:
-                await self._listen_once()
-                backoff = 0.1
-            except Exception as exc:
-                if not is_unavailable(exc) and not isinstance(exc, asyncpg.PostgresError):
-                    raise
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+    def expected(self, exc: Exception) -> bool:
+        """A lost connection or a refusal from the server: reconnect."""
+        return is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError)
+
+    def waiting_out(self, exc: Exception, delay: float) -> None:
+        """Say so: the workers are deaf to other replicas' enqueues until we are back."""
+        log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
+
+    def unexpected(self, exc: Exception) -> None:
+        """A bug: end the task with it (the app logs it)."""
+        raise exc
 
     async def _listen_once(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
@@ -67,11 +69,11 @@ class DueListener:
         try:
             await conn.add_listener(CHANNEL, self._notified)
             self._on_connect()
-            while not self._stopping.is_set():
+            while not self.stopping:
                 # Wake at once when the server drops us, not at the next keepalive tick:
                 # the workers are deaf to NOTIFY until we are back.
                 waits = [
-                    asyncio.ensure_future(self._stopping.wait()),
+                    asyncio.ensure_future(self._stop.wait()),
                     asyncio.ensure_future(lost.wait()),
                 ]
                 _done, pending = await asyncio.wait(
@@ -79,12 +81,13 @@ class DueListener:
                 )
                 for waiter in pending:
                     waiter.cancel()
-                if self._stopping.is_set():
+                if self.stopping:
                     break
                 if lost.is_set() or conn.is_closed():
                     raise ConnectionResetError("the LISTEN connection was closed")
                 # A cheap round trip notices a dead server the socket has not told us about.
-                await conn.execute("SELECT 1", timeout=CONNECT_TIMEOUT)
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await store.ping(conn)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT)
@@ -99,7 +102,7 @@ class DueListener:
         self._on_due(seconds)
 
 
-class DueNotifier:
+class DueNotifier(Service):
     """Tells the workers of every replica that jobs were enqueued, one NOTIFY per burst.
 
     `due_in()` is cheap and synchronous; a background task sends a NOTIFY carrying the seconds
@@ -108,12 +111,17 @@ class DueNotifier:
     directly, without waiting for the round trip.
     """
 
+    name = "paceline-notifier"
+    failure = "NOTIFY failed"
+
     def __init__(self, pool: asyncpg.Pool, local: Callable[[float], None] | None = None) -> None:
+        # A NOTIFY that failed is not sent again (the workers' idle poll covers it): the next
+        # one goes out with the next enqueue, without waiting.
+        super().__init__(logger=log, retry=Backoff(0.0, 0.0))
         self._pool = pool
         self.local = local
         self._earliest = math.inf  # monotonic time the earliest unannounced job is due
         self._pending = asyncio.Event()
-        self._stopping = False
 
     def due_in(self, seconds: float) -> None:
         """Jobs were committed; the earliest is due `seconds` from now."""
@@ -122,22 +130,16 @@ class DueNotifier:
         self._earliest = min(self._earliest, time.monotonic() + seconds)
         self._pending.set()
 
-    def stop(self) -> None:
-        """Ask `run()` to return."""
-        self._stopping = True
+    def _wake(self) -> None:
         self._pending.set()
 
-    async def run(self) -> None:
-        """Send NOTIFYs until stopped; a lost one is covered by the workers' idle poll."""
-        while not self._stopping:
-            await self._pending.wait()
-            self._pending.clear()
-            if self._stopping:
-                return
-            earliest, self._earliest = self._earliest, math.inf
-            payload = f"{max(0.0, earliest - time.monotonic()):.6f}"
-            try:
-                await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-            except Exception as exc:
-                if not is_unavailable(exc):
-                    log.exception("NOTIFY failed")
+    async def step(self) -> float:
+        """Wait for enqueues, then send one NOTIFY for all of them."""
+        await self._pending.wait()
+        self._pending.clear()
+        if self.stopping:
+            return 0.0
+        earliest, self._earliest = self._earliest, math.inf
+        seconds = max(0.0, earliest - time.monotonic())
+        await store.notify_due(self._pool, channel=CHANNEL, seconds=seconds)
+        return 0.0

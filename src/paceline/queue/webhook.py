@@ -31,7 +31,7 @@ from yarl import URL
 
 from paceline import __version__
 from paceline.config import Settings
-from paceline.queue.handlers import PermanentFailure, RetryLater
+from paceline.queue.errors import PermanentFailure, RetryLater
 from paceline.queue.jobs import Job
 
 log = logging.getLogger(__name__)

@@ -17,29 +17,27 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
 
 import asyncpg
 
-from paceline.db.plans import fetch_planned_committed
-from paceline.db.pool import is_transient, is_unavailable
-from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
-from paceline.queue.claiming import seconds_until_next_due
+from paceline.db import jobs as store
+from paceline.db.jobs import MAX_IDS_PER_STATEMENT
+from paceline.db.pool import is_unavailable
 from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
-from paceline.queue.handlers import Handler, PermanentFailure, RetryLater
+from paceline.queue.handlers import Handler
 from paceline.queue.jobs import Job, Status
-from paceline.queue.leases import LeaseKeeper, RunningJob, log_extra
-from paceline.queue.planning import push_back_after_late_starts
+from paceline.queue.leases import LeaseKeeper, log_extra
+from paceline.queue.planning import shift_later_slots
 from paceline.queue.requeue import requeue
+from paceline.queue.retry import Action, RetryPolicy
+from paceline.queue.running import JobState, RunningJobs
+from paceline.queue.service import Backoff, Service, retry_until
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Woken a hair before a slot (timers and clocks are not exact), the claim would find nothing;
 # sleeping this much past it costs less than a wasted round trip.
@@ -49,8 +47,6 @@ _ALARM_SLACK = 0.0002
 _RECHECK = 0.002
 # After the shutdown grace, a job whose outcome is being written gets this much more.
 _RECORDING_GRACE = 5.0
-# Retries never wait longer than this, however many attempts came before.
-_MAX_BACKOFF = 3600.0
 # Finished jobs whose outcomes wait to be written: one statement's worth in flight and one
 # more queued. Past that the writes are not keeping up (a slow or busy database), and claims
 # wait for them rather than pile up finished jobs that are still leased, renewed, and run
@@ -101,8 +97,10 @@ class Alarm:
             self._armed = False
 
 
-class Worker:
-    """Runs jobs from the shared queue; start with `run()`, end with `stop()`."""
+class Worker(Service):
+    """Runs jobs from the shared queue; `start()` (or `run()`), then `stop()` and `wait()`."""
+
+    name = "paceline-worker"
 
     def __init__(
         self,
@@ -119,22 +117,19 @@ class Worker:
         idle_poll: float = 5.0,
         shutdown_grace: float = 30.0,
     ) -> None:
+        # Claims that fail wait out the database: 50 ms, doubling up to 5 s.
+        super().__init__(logger=log, retry=Backoff(0.05, 5.0))
         self.id = uuid.uuid4()
         self._pool = pool
         self._handler = handler
         self._events = events if events is not None else JobEvents()
-        self._concurrency = concurrency
         self._window = rate_window
         self._lease = lease
-        self._max_attempts = max_attempts
-        self._backoff = retry_backoff
+        self._retry_policy = RetryPolicy(max_attempts=max_attempts, backoff=retry_backoff)
         self._job_timeout = job_timeout
         self._idle_poll = idle_poll
         self._grace = shutdown_grace
-        self._running: dict[int, RunningJob] = {}
-        # Jobs whose handler still runs (not those whose outcome is being written): what
-        # PACELINE_CONCURRENCY bounds.
-        self._handlers_running = 0
+        self._running = RunningJobs(concurrency=concurrency, max_unwritten=MAX_UNWRITTEN)
         self._background: set[asyncio.Task[None]] = set()
         row_lock = asyncio.Lock()
         self._completions = CompletionWriter(pool, lease=lease, row_lock=row_lock)
@@ -146,7 +141,6 @@ class Worker:
             lease=lease,
             row_lock=row_lock,
         )
-        self._stopping = False
         self.alarm = Alarm()
 
     @property
@@ -154,37 +148,29 @@ class Worker:
         """How many jobs this worker is running now."""
         return len(self._running)
 
-    def stop(self) -> None:
-        """Stop claiming; `run()` then waits for running jobs (up to the grace) and returns."""
-        self._stopping = True
+    def _wake(self) -> None:
+        # `stop()`: stop claiming; `run()` then waits for running jobs (up to the grace).
         self.alarm.fire()
 
     async def run(self) -> None:
         """Claim and run jobs until `stop()`; then drain or release what is running."""
-        keeper = asyncio.create_task(self._leases.run(), name="paceline-leases")
-        writer = asyncio.create_task(self._completions.run(), name="paceline-completions")
+        self._leases.start()
+        self._completions.start()
         try:
             await self._claim_loop()
         finally:
             await self._drain()
             self._completions.stop()
-            await writer
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await self._completions.wait()
+            await self._leases.cancel()
             await self._unregister()
 
     async def _claim_loop(self) -> None:
-        backoff = 0.05
+        backoff = self._backoff
         recheck = _RECHECK
-        while not self._stopping:
+        while not self.stopping:
             self.alarm.reset()
-            # Capacity is for handlers: a job whose outcome is being written no longer runs,
-            # so the next claim can go out while that write is in flight, as long as the
-            # writes keep up (MAX_UNWRITTEN).
-            free = self._concurrency - self._handlers_running
-            if len(self._running) - self._handlers_running >= MAX_UNWRITTEN:
-                free = 0
+            free = self._running.free()
             if free <= 0:
                 # Full: only a finishing job or a written outcome (or stop) changes anything.
                 await self.alarm.wait(math.inf, heed_due=False)
@@ -195,17 +181,17 @@ class Worker:
                 # not started now would sit PROCESSING, unrun, until its lease ran out.
                 for job in claimed:
                     self._start(job)
-                self._reslot_late_starts(claimed)
+                self._shift_later_slots(claimed)
                 sleep = 0.0 if len(claimed) == free else await self._seconds_until_due()
             except Exception as exc:
+                delay = backoff.next()
                 if not is_unavailable(exc):
                     log.exception("claiming jobs failed")
                 else:
-                    log.warning("database unavailable (%s); retrying in %.2fs", exc, backoff)
-                await self.alarm.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                    log.warning("database unavailable (%s); retrying in %.2fs", exc, delay)
+                await self.alarm.wait(delay)
                 continue
-            backoff = 0.05
+            backoff.reset()
             if claimed or sleep > 0:
                 recheck = _RECHECK
             else:
@@ -215,8 +201,8 @@ class Worker:
 
     async def _claim(self, limit: int) -> list[Job]:
         began = time.monotonic()
-        records = await fetch_planned_committed(
-            self._pool, QUERIES["claim_due_jobs"], limit, self._window, self._lease, self.id
+        records = await store.claim_due_jobs(
+            self._pool, limit=limit, window=self._window, lease=self._lease, worker_id=self.id
         )
         self._events.claimed(len(records), time.monotonic() - began)
         return [Job.from_record(record) for record in records]
@@ -225,15 +211,14 @@ class Worker:
         # The database clock decides; read it with the answer and credit half the round
         # trip, so the alarm is not late by the time the answer took to arrive.
         sent = time.monotonic()
-        async with self._pool.acquire() as conn:
-            row = await seconds_until_next_due(conn, self._window)
+        row = await store.seconds_until_next_due(self._pool, window=self._window)
         half_trip = (time.monotonic() - sent) / 2
         if row["next_start"] is None:
             return self._idle_poll
         seconds: float = row["next_start"] - row["now"] - half_trip
         return min(seconds + _ALARM_SLACK, self._idle_poll)
 
-    def _reslot_late_starts(self, claimed: list[Job]) -> None:
+    def _shift_later_slots(self, claimed: list[Job]) -> None:
         late = [
             job
             for job in claimed
@@ -241,13 +226,13 @@ class Worker:
             and (job.started_at - job.run_at).total_seconds() > _LATE_START
         ]
         if late:
-            task = asyncio.create_task(self._push_back_after_late_starts(late))
+            task = asyncio.create_task(self._shift_later_slots_of(late))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _push_back_after_late_starts(self, late: list[Job]) -> None:
+    async def _shift_later_slots_of(self, late: list[Job]) -> None:
         try:
-            await push_back_after_late_starts(self._pool, late, self._window)
+            await shift_later_slots(self._pool, late, self._window)
         except Exception as exc:
             # Only the predictions of later jobs stay stale; the claim still enforces I1.
             if not is_unavailable(exc):
@@ -257,13 +242,10 @@ class Worker:
         # The lease counts from the claim; the monotonic deadline errs early by the round trip.
         deadline = time.monotonic() + self._lease
         task = asyncio.create_task(self._execute(job), name=f"paceline-job-{job.id}")
-        self._running[job.id] = RunningJob(job=job, task=task, lease_deadline=deadline)
-        self._handlers_running += 1
+        self._running.add(job, task, deadline)
 
         def done(finished: asyncio.Task[None]) -> None:
-            entry = self._running.pop(job.id, None)
-            if entry is not None and not entry.recording:
-                self._handlers_running -= 1  # stopped, lost or failed before recording
+            self._running.done(job.id)
             self.alarm.fire()
             if not finished.cancelled() and (exc := finished.exception()) is not None:
                 log.error("job %d: recording its outcome failed", job.id, exc_info=exc)
@@ -284,7 +266,7 @@ class Worker:
             outcome = await self._call_handler(job)
         except asyncio.CancelledError:
             entry = self._running.get(job.id)
-            if entry is not None and entry.lost:
+            if entry is not None and entry.state is JobState.LOST:
                 log.warning(
                     "job %d attempt %d stopped: its lease was lost",
                     job.id,
@@ -296,10 +278,7 @@ class Worker:
             await asyncio.shield(self._release(job))
             raise
         duration = time.monotonic() - started
-        entry = self._running.get(job.id)
-        if entry is not None:
-            entry.recording = True
-            self._handlers_running -= 1
+        if self._running.recording(job.id):
             self.alarm.fire()
         await self._record(job, outcome, duration)
 
@@ -325,17 +304,12 @@ class Worker:
             await self._finish(job, Status.SUCCESS, duration, None)
             return
         error = f"{type(outcome).__name__}: {outcome}"
-        last_attempt = job.attempts >= self._max_attempts
-        if isinstance(outcome, PermanentFailure) or last_attempt:
+        decision = self._retry_policy.decide(job.attempts, outcome)
+        if decision.action is Action.FAIL:
             # The last error, as the handler said it; `attempts` tells how many there were.
             await self._finish(job, Status.FAILED, duration, error)
             return
-        if isinstance(outcome, RetryLater):
-            delay = outcome.delay
-        else:
-            exponential = self._backoff * 2 ** (job.attempts - 1)
-            delay = min(exponential * random.uniform(0.5, 1.5), _MAX_BACKOFF)
-        await self._retry(job, delay, error, duration)
+        await self._retry(job, decision.delay, error, duration)
 
     async def _finish(self, job: Job, status: Status, duration: float, error: str | None) -> None:
         updated = await self._completions.finish(job, status, duration, error)
@@ -380,7 +354,8 @@ class Worker:
                     outcome="RETRY",
                 )
 
-        run_at = await self._persist(write)
+        give_up_at = time.monotonic() + self._lease
+        run_at = await retry_until(lambda: give_up_at, write, _retrying_the_write)
         if run_at is None:
             log.warning("job %d attempt %d was taken back", job.id, job.attempts)
             return
@@ -395,21 +370,6 @@ class Worker:
             run_at.isoformat(),
             extra=log_extra(job),
         )
-
-    async def _persist(self, write: Callable[[], Awaitable[T]]) -> T:
-        """Run a write until the database takes it; gives up once the lease has surely expired
-        (the job is then someone else's: the reaper requeues it)."""
-        backoff = 0.05
-        give_up = time.monotonic() + self._lease
-        while True:
-            try:
-                return await write()
-            except Exception as exc:
-                if not is_transient(exc) or time.monotonic() > give_up:
-                    raise
-                log.warning("database unavailable (%s); retrying the write", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
 
     async def _release(self, job: Job) -> None:
         try:
@@ -433,7 +393,7 @@ class Worker:
     async def _drain(self) -> None:
         if not self._running:
             return
-        entries = list(self._running.values())
+        entries = list(self._running)
         log.info("waiting up to %gs for %d running job(s)", self._grace, len(entries))
         _done, pending = await asyncio.wait([e.task for e in entries], timeout=self._grace)
         if not pending:
@@ -441,7 +401,7 @@ class Worker:
         # Handlers still running are stopped and released; outcomes being written get a
         # little longer, since stopping them could leave the job PROCESSING until its lease ends.
         for entry in entries:
-            if entry.task in pending and not entry.recording:
+            if entry.task in pending and entry.state is not JobState.RECORDING:
                 entry.task.cancel()
         _done, still = await asyncio.wait(pending, timeout=_RECORDING_GRACE)
         for task in still:
@@ -451,4 +411,9 @@ class Worker:
 
     async def _unregister(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._pool.execute(QUERIES["unregister_worker"], self.id), 2)
+            await asyncio.wait_for(store.unregister_worker(self._pool, worker_id=self.id), 2)
+
+
+def _retrying_the_write(exc: Exception) -> None:
+    # Until the lease has surely expired; then the job is someone else's (the reaper's).
+    log.warning("database unavailable (%s); retrying the write", exc)

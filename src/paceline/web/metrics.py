@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -41,10 +40,10 @@ def setup(app: web.Application) -> None:
             on_violation=app[METRICS].violation,
             interval=AUDIT_INTERVAL,
         )
-        task = asyncio.create_task(auditor.run(), name="paceline-auditor")
+        auditor.start()
         yield
         auditor.stop()
-        await task
+        await auditor.wait()
 
     app.cleanup_ctx.append(auditor_ctx)
 

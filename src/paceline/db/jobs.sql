@@ -1,4 +1,5 @@
--- paceline's runtime SQL, one named query per block. Loaded by paceline.db.queries.
+-- Jobs, their attempts, leases and replicas: one named query per block, loaded by
+-- paceline.db.queries and run only through the typed functions of paceline.db.jobs.
 -- Parameters are positional ($1, ...); each block says what they are.
 -- W, the rate window, is always passed in seconds as float8, and all times are the
 -- database's clock, so replicas with skewed clocks still agree on every window.

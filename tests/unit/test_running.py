@@ -1,0 +1,82 @@
+"""A worker's running jobs: one state each, and the capacity they take."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from paceline.queue.jobs import Job, Status
+from paceline.queue.running import JobState, RunningJobs
+
+
+def job(job_id: int) -> Job:
+    now = datetime.now(UTC)
+    return Job(
+        id=job_id,
+        object_id=job_id,
+        status=Status.PROCESSING,
+        created_at=now,
+        run_at=now,
+        started_at=now,
+        finished_at=None,
+        duration=None,
+        attempts=1,
+        error=None,
+    )
+
+
+async def block() -> None:
+    await asyncio.Event().wait()
+
+
+def blocked() -> asyncio.Task[None]:
+    return asyncio.ensure_future(block())
+
+
+async def test_capacity_counts_handlers_not_outcomes_being_written() -> None:
+    running = RunningJobs(concurrency=2, max_unwritten=3)
+    tasks = [blocked() for _ in range(2)]
+    assert running.free() == 2
+    running.add(job(1), tasks[0], 0.0)
+    running.add(job(2), tasks[1], 0.0)
+    assert running.free() == 0
+    assert running.recording(1)
+    entry = running.get(1)
+    assert entry is not None
+    assert entry.state is JobState.RECORDING
+    assert running.free() == 1  # written in the background: the next claim may go out
+    running.done(1)
+    assert running.free() == 1
+    running.done(2)  # ended without recording (stopped, lost, or failed)
+    assert running.free() == 2
+    assert len(running) == 0
+    for task in tasks:
+        task.cancel()
+
+
+async def test_too_many_unwritten_outcomes_stop_the_claims() -> None:
+    running = RunningJobs(concurrency=10, max_unwritten=2)
+    tasks = [blocked() for _ in range(3)]
+    for n, task in enumerate(tasks):
+        running.add(job(n), task, 0.0)
+    running.recording(0)
+    assert running.free() == 8
+    running.recording(1)
+    assert running.free() == 0  # two outcomes wait to be written: no more claims
+    for task in tasks:
+        task.cancel()
+
+
+async def test_abandoning_a_job_marks_it_lost_and_stops_its_handler() -> None:
+    running = RunningJobs(concurrency=1, max_unwritten=1)
+    task = blocked()
+    running.add(job(7), task, 0.0)
+    [entry] = list(running)
+    running.abandon(entry)
+    assert entry.state is JobState.LOST
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert running.free() == 0  # until its task has ended
+    running.done(7)
+    assert running.free() == 1
+    assert not running.recording(7)  # gone
