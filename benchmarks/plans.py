@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from paceline.db.plans import plan_per_call
 from paceline.db.queries import QUERIES
 
 _COMPATIBLE: dict[type, frozenset[str]] = {
@@ -77,6 +78,11 @@ def _literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+# The statements paceline runs with cached plans and the planner's defaults (POST /jobs); every
+# other hot path runs planned per call out of index paths only, and is explained that way.
+PLANNED_AS_CACHED = frozenset({"enqueue", "enqueue_batch"})
+
+
 async def explain(
     conn: asyncpg.Connection, name: str, args: tuple[Any, ...], *, timed_runs: int = 1
 ) -> Explained:
@@ -107,6 +113,10 @@ async def _explain_once(
     transaction = conn.transaction()
     await transaction.start()
     try:
+        if name not in PLANNED_AS_CACHED:
+            # As the worker runs it: index paths only (paceline.db.plans); the mode below then
+            # shows the plan made for the call and the one a cache would keep.
+            await plan_per_call(conn)
         await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
         await conn.execute(f"PREPARE bench_{name} AS {sql}")
         rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {execute}")
