@@ -105,8 +105,8 @@ started AS (
     -- By primary key: joined to the CTE instead, the planner may hash-join it against a
     -- sequential scan of the whole table.
     WHERE j.id = ANY (ARRAY(SELECT id FROM due))
-    RETURNING j.id, j.object_id, j.status, j.created_at, j.run_at, j.started_at,
-              j.finished_at, j.duration, j.attempts, j.error
+    -- Unqualified, the columns are the updated row's (the statement has no FROM).
+    RETURNING {job_columns}
 ),
 window_start AS (
     -- Record the start for the I1 check above. At most one job per object is in

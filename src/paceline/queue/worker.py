@@ -50,9 +50,9 @@ _RECORDING_GRACE = 5.0
 # Finished jobs whose outcomes wait to be written: one statement's worth in flight and one
 # more queued. Past that the writes are not keeping up (a slow or busy database), and claims
 # wait for them rather than pile up finished jobs that are still leased, renewed, and run
-# again if this replica dies. Seen without a bound: a drain at concurrency 256 ended with
-# 93,000 unwritten outcomes. A tighter bound (2x concurrency) costs the default concurrency
-# half its drain rate: the claims need to run ahead so that each commit carries many outcomes.
+# again if this replica dies (without a bound, a fast drain ended with tens of thousands). A
+# tighter bound costs the default concurrency much of its drain rate: the claims need to run
+# ahead so that each commit carries many outcomes (docs/performance-notes.md).
 MAX_UNWRITTEN = 2 * MAX_IDS_PER_STATEMENT
 # A job that starts this much after its slot (workers were down or behind) pushes its
 # object's later slots back, so each waiting job's run_at stays an honest prediction.
