@@ -131,9 +131,143 @@ class JobPage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ]
 
 
+# What the page reads (GET /overview, /objects/{object_id}/timeline, /workers), the probes'
+# answer and the problem document. Open shapes: members may be added, so none forbids them.
+
+NullableUtcTime = UtcTime | None
+
+
+class QueuedJob(msgspec.Struct, frozen=True):
+    """A pending job the overview points at (the first slot, the oldest wait)."""
+
+    id: JobId
+    object_id: Int64
+    created_at: UtcTime
+    run_at: UtcTime
+
+
+class Replica(msgspec.Struct, frozen=True):
+    """A process with workers, as its heartbeat row says."""
+
+    id: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
+    host: str
+    pid: int
+    concurrency: int
+    running: int
+    started_at: UtcTime
+    last_heartbeat: UtcTime
+    alive: Annotated[bool, Meta(description="A heartbeat within the last 15 s.")]
+
+
+class Count(msgspec.Struct, frozen=True):
+    """Jobs of one status; `exact` counts stop at `count_cap` (`capped`)."""
+
+    count: Annotated[int, Meta(ge=0)] | None
+    exact: bool
+    capped: bool
+
+
+class LastMinutes(msgspec.Struct, frozen=True):
+    """Jobs finished per minute and status, oldest minute first (and totals per status)."""
+
+    minutes: int
+    per_minute: list[dict[str, Any]]
+
+
+class Overview(msgspec.Struct, frozen=True):
+    """The whole queue now, on the database's clock."""
+
+    now: Annotated[UtcTime, Meta(description="The database's clock.")]
+    counts: Annotated[
+        dict[str, Count],
+        Meta(
+            description="Per status: exact for PENDING and PROCESSING (up to `count_cap`), "
+            "estimated from table statistics for the finished ones (null: not known yet)."
+        ),
+    ]
+    due: Annotated[int, Meta(ge=0, description="Past their slot, not started.")]
+    waiting: Annotated[int, Meta(ge=0, description="Slot still ahead.")]
+    first_due: QueuedJob | None
+    oldest_pending: QueuedJob | None
+    last_minutes: LastMinutes
+    recent_failures: list[dict[str, Any]]
+    replicas: list[Replica]
+    count_cap: int | msgspec.UnsetType = msgspec.UNSET
+    finished_estimate: int | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class WaitingJob(msgspec.Struct, frozen=True):
+    """A pending job of the object, with `wait`: why it waits (`window`, `queue`, `due`)."""
+
+    id: JobId
+    run_at: UtcTime
+    wait: dict[str, Any]
+
+
+class Run(msgspec.Struct, frozen=True):
+    """A start of the object, with `gap` seconds since the one before."""
+
+    job_id: JobId
+    attempt: int
+    started_at: UtcTime
+
+
+class Timeline(msgspec.Struct, frozen=True):
+    """One object's runs and reserved slots."""
+
+    object_id: Int64
+    window: float
+    now: UtcTime
+    last_start: NullableUtcTime
+    next_free_slot: NullableUtcTime
+    waiting: Annotated[
+        list[WaitingJob], Meta(description="Pending jobs in the order they will start.")
+    ]
+    waiting_total: Annotated[int, Meta(ge=0)]
+    runs: Annotated[list[Run], Meta(description="Starts newest first.")]
+
+
+class Health(msgspec.Struct, frozen=True):
+    """A probe's answer."""
+
+    status: str
+
+
+class InvalidParam(msgspec.Struct, frozen=True):
+    """Which field or parameter was wrong, and why."""
+
+    name: str
+    reason: str
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """RFC 9457; more members may follow (extensions)."""
+
+    type: Annotated[
+        str, Meta(extra_json_schema={"format": "uri-reference", "default": "about:blank"})
+    ]
+    title: str
+    status: Annotated[int, Meta(ge=400, le=599)]
+    detail: Annotated[str, Meta(min_length=1, description="A sentence for humans.")]
+    invalid_params: list[InvalidParam] | msgspec.UnsetType = msgspec.UNSET
+
+
 # The shapes the OpenAPI document names that are not structs (a struct is named by itself).
 NAMED: Final[dict[str, Any]] = {"JobBatch": JobBatch}
-STRUCTS: Final = (JobRequest, BatchItem, Job, JoinedJob, CreatedJobs, JobPage, Status)
+STRUCTS: Final = (
+    JobRequest,
+    BatchItem,
+    Job,
+    JoinedJob,
+    CreatedJobs,
+    JobPage,
+    Status,
+    Overview,
+    Timeline,
+    Replica,
+    Health,
+    Problem,
+)
 
 
 def json_schemas(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
