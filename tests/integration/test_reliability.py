@@ -16,12 +16,12 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from paceline import contract
 from paceline.db.embedded import free_port
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.maintenance import Janitor
 from paceline.queue.reaper import Reaper
 from paceline.queue.worker import MAX_UNWRITTEN
-from paceline.web import validation
 from tests.conftest import MakeClient
 from tests.support import all_jobs, attempts_of, eventually, post, wait_until_finished
 
@@ -228,8 +228,8 @@ async def test_claims_wait_while_outcomes_are_slow_to_write(
     concurrency = 4
     count = 2 * MAX_UNWRITTEN
     client = await make_client(concurrency=concurrency, rate_window=0.05)
-    for start in range(0, count, validation.MAX_BATCH):
-        batch = [{"object_id": n} for n in range(start, start + validation.MAX_BATCH)]
+    for start in range(0, count, contract.MAX_BATCH):
+        batch = [{"object_id": n} for n in range(start, start + contract.MAX_BATCH)]
         assert (await client.post("/jobs", json=batch)).status == 201
 
     # Finished jobs whose outcome is not written yet are still PROCESSING and leased: without

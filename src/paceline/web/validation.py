@@ -12,28 +12,13 @@ from typing import Any, Final, cast
 import msgspec
 from aiohttp import web
 
-from paceline.contract import (
-    DEFAULT_PAGE,
-    INT64_MAX,
-    INT64_MIN,
-    MAX_BACKLOG_LIMIT,
-    MAX_BATCH,
-    MAX_IDEMPOTENCY_KEY,
-    MAX_PAGE,
-    ON_BUSY_VALUES,
-    OnBusyName,
-)
+from paceline import contract
+from paceline.contract import INT64_MAX, INT64_MIN, OnBusyName
 from paceline.queue.jobs import Status
 from paceline.shapes import BatchItem, JobBatch, JobRequest
 from paceline.web.problems import Problem, invalid, not_found
 
 __all__ = [
-    "DEFAULT_PAGE",
-    "MAX_BACKLOG_LIMIT",
-    "MAX_BATCH",
-    "MAX_IDEMPOTENCY_KEY",
-    "MAX_PAGE",
-    "ON_BUSY_VALUES",
     "JobRequest",
     "check_json_content_type",
     "json_integer",
@@ -128,8 +113,8 @@ def _explained(body: bytes) -> JobRequest | list[int]:
 
 
 def _batch(items: list[Any]) -> list[int]:
-    if not 1 <= len(items) <= MAX_BATCH:
-        raise invalid(f"A batch holds 1 to {MAX_BATCH} jobs (got {len(items)}).")
+    if not 1 <= len(items) <= contract.MAX_BATCH:
+        raise invalid(f"A batch holds 1 to {contract.MAX_BATCH} jobs (got {len(items)}).")
     object_ids = []
     for position, item in enumerate(items):
         if not isinstance(item, dict) or set(item) != _BATCH_FIELDS:
@@ -156,14 +141,15 @@ def _job_request(document: Any) -> JobRequest:
         raise invalid(f"object_id is missing; {_EXAMPLE}.", name="object_id")
     object_id = object_id_value(document["object_id"])
     on_busy = document.get("on_busy")
-    if on_busy is not None and on_busy not in ON_BUSY_VALUES:
-        raise invalid(f"on_busy must be one of {', '.join(ON_BUSY_VALUES)}.", name="on_busy")
+    if on_busy is not None and on_busy not in contract.ON_BUSY_VALUES:
+        choices = ", ".join(contract.ON_BUSY_VALUES)
+        raise invalid(f"on_busy must be one of {choices}.", name="on_busy")
     max_backlog = document.get("max_backlog")
     if max_backlog is not None:
         max_backlog = json_integer(max_backlog)
-        if max_backlog is None or not 1 <= max_backlog <= MAX_BACKLOG_LIMIT:
+        if max_backlog is None or not 1 <= max_backlog <= contract.MAX_BACKLOG_LIMIT:
             raise invalid(
-                f"max_backlog must be an integer from 1 to {MAX_BACKLOG_LIMIT}.",
+                f"max_backlog must be an integer from 1 to {contract.MAX_BACKLOG_LIMIT}.",
                 name="max_backlog",
             )
     return JobRequest(object_id, cast(OnBusyName | None, on_busy), max_backlog)
@@ -173,7 +159,8 @@ def parse_idempotency_key(value: str | None) -> str | None:
     """The Idempotency-Key header: 1-255 visible ASCII characters, or absent."""
     if value is None:
         return None
-    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not all("!" <= char <= "~" for char in value):
+    visible = all("!" <= char <= "~" for char in value)
+    if not 1 <= len(value) <= contract.MAX_IDEMPOTENCY_KEY or not visible:
         raise invalid(
             "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces).",
             name="Idempotency-Key",
@@ -247,9 +234,9 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[int | None, Status | Non
             raise invalid(
                 f"status must be one of {', '.join(Status)}.", name="status", status=400
             ) from None
-    limit = DEFAULT_PAGE
+    limit = contract.DEFAULT_PAGE
     if "limit" in query:
-        limit = _int_param(query, "limit", 1, MAX_PAGE)
+        limit = _int_param(query, "limit", 1, contract.MAX_PAGE)
     before = INT64_MAX
     if "cursor" in query:
         before = _int_param(query, "cursor", 1, INT64_MAX)
