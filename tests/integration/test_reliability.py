@@ -22,6 +22,7 @@ from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 from paceline.queue.maintenance import Janitor
 from paceline.queue.reaper import Reaper
 from paceline.queue.worker import MAX_UNWRITTEN
+from paceline.web import validation
 from tests.conftest import MakeClient
 from tests.support import all_jobs, attempts_of, eventually, post, wait_until_finished
 
