@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
+import importlib.util
 import re
 import statistics
 import uuid
@@ -19,8 +21,10 @@ from typing import Any
 
 import asyncpg
 
-from paceline.db.plans import plan_per_call
 from paceline.db.queries import QUERIES
+
+# A revision from before per-call planning (PYTHONPATH=/tmp/rev/src) has no paceline.db.plans.
+_PLANS = importlib.util.find_spec("paceline.db.plans")
 
 _COMPATIBLE: dict[type, frozenset[str]] = {
     int: frozenset({"int2", "int4", "int8", "float8", "numeric"}),
@@ -113,10 +117,11 @@ async def _explain_once(
     transaction = conn.transaction()
     await transaction.start()
     try:
-        if name not in PLANNED_AS_CACHED:
+        if _PLANS is not None and name not in PLANNED_AS_CACHED:
             # As the worker runs it: index paths only (paceline.db.plans); the mode below then
             # shows the plan made for the call and the one a cache would keep.
-            await plan_per_call(conn)
+            plans = importlib.import_module("paceline.db.plans")
+            await plans.plan_per_call(conn)
         await conn.execute(f"SET LOCAL plan_cache_mode = {mode}")
         await conn.execute(f"PREPARE bench_{name} AS {sql}")
         rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {execute}")
