@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 
-from paceline.db.jobs import claim_due_jobs, seconds_until_next_due
-from paceline.db.plans import fetch_planned, plan_per_call
-from paceline.db.queries import QUERIES
+from paceline.db import jobs as store
 from paceline.queue.requeue import requeue
 
 WINDOW = 300.0
@@ -44,24 +43,62 @@ async def rows_read(db: asyncpg.Connection) -> int:
     return int(value)
 
 
-async def hot_statements(db: asyncpg.Connection, running: list[int]) -> None:
-    """Each statement of the worker's hot paths once, as the worker runs it; `running`: ids of
-    jobs in their first attempt, whose leases are renewed, one requeued, the others finished."""
-    worker = uuid.UUID(int=1)
-    await claim_due_jobs(db, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=worker)
-    await seconds_until_next_due(db, window=WINDOW)
-    await fetch_planned(
-        db, QUERIES["renew_leases"], running, [1] * len(running), LEASE, uuid.UUID(int=2)
-    )
-    async with db.transaction():
-        await requeue(db, running[0], 1, delay=0.0, window=WINDOW, error="x", outcome="RETRY")
-    async with db.transaction():
-        await plan_per_call(db)
-        await db.fetch(QUERIES["expired_leases"], 100)
+def hot_calls(
+    db: asyncpg.Connection, running: list[int]
+) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+    """Each statement of the worker's hot paths, through the same data-layer call the worker
+    makes (the requeue and the reaper in a transaction of their own, as theirs are); `running`:
+    ids of jobs in their first attempt, whose leases are renewed, one requeued, the others
+    finished."""
+
+    async def requeue_one() -> None:
+        async with db.transaction():
+            await requeue(db, running[0], 1, delay=0.0, window=WINDOW, error="x", outcome="RETRY")
+
+    async def reap() -> None:
+        async with db.transaction():
+            await store.plan_per_call(db)
+            await store.expired_leases(db, limit=100)
+
     n = len(running) - 1
-    await fetch_planned(
-        db, QUERIES["finish_jobs"], running[1:], [1] * n, ["SUCCESS"] * n, [0.1] * n, [None] * n
-    )
+    return [
+        (
+            "claim",
+            lambda: store.claim_due_jobs(
+                db, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=uuid.UUID(int=1)
+            ),
+        ),
+        ("next-due", lambda: store.seconds_until_next_due(db, window=WINDOW)),
+        (
+            "lease renewal",
+            lambda: store.renew_leases(
+                db,
+                job_ids=running,
+                attempts=[1] * len(running),
+                lease=LEASE,
+                worker_id=uuid.UUID(int=2),
+            ),
+        ),
+        ("requeue", requeue_one),
+        ("reaper", reap),
+        (
+            "outcomes",
+            lambda: store.finish_jobs(
+                db,
+                job_ids=running[1:],
+                attempts=[1] * n,
+                statuses=["SUCCESS"] * n,
+                durations=[0.1] * n,
+                errors=[None] * n,
+            ),
+        ),
+    ]
+
+
+async def hot_statements(db: asyncpg.Connection, running: list[int]) -> None:
+    """Every hot statement once, as the worker runs it."""
+    for _name, call in hot_calls(db, running):
+        await call()
 
 
 @pytest.fixture
@@ -107,7 +144,7 @@ async def test_claim_keeps_its_index_path_on_stale_statistics(stale: asyncpg.Con
         async with stale.transaction():
             before = await rows_read(stale)
             began = time.monotonic()
-            jobs = await claim_due_jobs(
+            jobs = await store.claim_due_jobs(
                 stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=worker
             )
             took = time.monotonic() - began
@@ -129,7 +166,7 @@ async def test_next_due_stays_bounded_on_stale_statistics(stale: asyncpg.Connect
         async with stale.transaction():
             before = await rows_read(stale)
             began = time.monotonic()
-            row = await seconds_until_next_due(stale, window=WINDOW)
+            row = await store.seconds_until_next_due(stale, window=WINDOW)
             took = time.monotonic() - began
             read = await rows_read(stale) - before
         assert took < BOUND, f"next-due took {took:.2f}s"
@@ -142,18 +179,23 @@ async def test_outcomes_leases_and_requeues_stay_bounded_on_stale_statistics(
     stale: asyncpg.Connection,
 ) -> None:
     """Lease renewals, outcomes, requeues and the reaper find their rows by index too."""
-    claimed = await claim_due_jobs(
+    claimed = await store.claim_due_jobs(
         stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=uuid.UUID(int=2)
     )
     running = [job["id"] for job in claimed]
-    async with stale.transaction():
-        before = await rows_read(stale)
-        began = time.monotonic()
-        await hot_statements(stale, running)
-        took = time.monotonic() - began
-        read = await rows_read(stale) - before
-    assert took < BOUND, f"the hot statements took {took:.2f}s"
-    assert read < MAX_ROWS_READ, f"the hot statements read {read} rows of jobs"
+    for name, call in hot_calls(stale, running):
+        if name in ("claim", "next-due"):
+            continue  # the tests above
+        # Each in a transaction of its own, as the worker runs it: what one statement's
+        # per-call planning sets must not be what makes the next one cheap.
+        async with stale.transaction():
+            before = await rows_read(stale)
+            began = time.monotonic()
+            await call()
+            took = time.monotonic() - began
+            read = await rows_read(stale) - before
+        assert took < BOUND, f"{name} took {took:.2f}s"
+        assert read < MAX_ROWS_READ, f"{name} read {read} rows of jobs"
     statuses = await stale.fetch(
         "SELECT status, count(*) FROM jobs WHERE id = ANY ($1) GROUP BY 1 ORDER BY 1", running
     )

@@ -19,7 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
-from paceline.db.plans import fetch_planned, fetch_planned_committed, plan_per_call
+from paceline.db.plans import fetch_planned, plan_per_call
 from paceline.db.pool import Connection, fetch_committed
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 
@@ -27,15 +27,9 @@ Executor = asyncpg.Pool | Connection
 __all__ = ["MAX_IDS_PER_STATEMENT", "plan_per_call"]
 
 
-async def _fetch_written(db: Executor, query: str, *args: object) -> list[asyncpg.Record]:
-    if isinstance(db, asyncpg.Pool):
-        return await fetch_committed(db, query, *args)
-    return await db.fetch(query, *args)
-
-
 async def enqueue(db: Executor, *, object_id: int, window: float) -> asyncpg.Record:
     """Reserve the object's next free slot and insert the job there; the job's row."""
-    (record,) = await _fetch_written(db, QUERIES["enqueue"], object_id, window)
+    (record,) = await fetch_committed(db, QUERIES["enqueue"], object_id, window)
     return record
 
 
@@ -43,7 +37,7 @@ async def enqueue_batch(
     db: Executor, *, object_ids: Sequence[int], window: float
 ) -> list[asyncpg.Record]:
     """One job per id, in request order, each in its object's next free slot; their rows."""
-    return await _fetch_written(db, QUERIES["enqueue_batch"], list(object_ids), window)
+    return await fetch_committed(db, QUERIES["enqueue_batch"], list(object_ids), window)
 
 
 async def get_job(db: Executor, *, job_id: int) -> asyncpg.Record | None:
@@ -77,20 +71,13 @@ async def claim_due_jobs(
     db: Executor, *, limit: int, window: float, lease: float, worker_id: uuid.UUID
 ) -> list[asyncpg.Record]:
     """Start up to `limit` due jobs under a lease held by `worker_id`; their rows."""
-    args = (limit, window, lease, worker_id)
-    if isinstance(db, asyncpg.Pool):
-        return await fetch_planned_committed(db, QUERIES["claim_due_jobs"], *args)
-    return await fetch_planned(db, QUERIES["claim_due_jobs"], *args)
+    return await fetch_planned(db, QUERIES["claim_due_jobs"], limit, window, lease, worker_id)
 
 
 async def seconds_until_next_due(db: Executor, *, window: float) -> asyncpg.Record:
     """The database's `now` and when the next pending job may start (`next_start`, NULL if
     none is pending), both in epoch seconds."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn:
-            (row,) = await fetch_planned(conn, QUERIES["seconds_until_next_due"], window)
-    else:
-        (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], window)
+    (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], window)
     return row
 
 
@@ -138,7 +125,9 @@ async def renew_leases(
 ) -> set[int]:
     """Extend the leases `worker_id` still holds (at most MAX_IDS_PER_STATEMENT); the ids
     renewed (one missing was taken back)."""
-    rows = await db.fetch(QUERIES["renew_leases"], list(job_ids), list(attempts), lease, worker_id)
+    rows = await fetch_planned(
+        db, QUERIES["renew_leases"], list(job_ids), list(attempts), lease, worker_id
+    )
     return {row["id"] for row in rows}
 
 
@@ -153,11 +142,15 @@ async def finish_jobs(
 ) -> set[int]:
     """Record the outcomes of attempts that ended (at most MAX_IDS_PER_STATEMENT, parallel
     sequences) in one statement; the ids recorded (an attempt taken back meanwhile is not)."""
-    args = (list(job_ids), list(attempts), list(statuses), list(durations), list(errors))
-    if isinstance(db, asyncpg.Pool):
-        rows = await fetch_planned_committed(db, QUERIES["finish_jobs"], *args)
-    else:
-        rows = await fetch_planned(db, QUERIES["finish_jobs"], *args)
+    rows = await fetch_planned(
+        db,
+        QUERIES["finish_jobs"],
+        list(job_ids),
+        list(attempts),
+        list(statuses),
+        list(durations),
+        list(errors),
+    )
     return {row["id"] for row in rows}
 
 

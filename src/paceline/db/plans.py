@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from paceline.db.pool import Connection
+from paceline.db.pool import Connection, committed_connection
 
 # One round trip (a simple query may hold several statements).
 INDEX_PATHS_ONLY = (
@@ -37,10 +37,21 @@ async def plan_per_call(conn: Connection) -> None:
     await conn.execute(INDEX_PATHS_ONLY)
 
 
-async def fetch_planned(conn: Connection, query: str, *args: Any) -> list[asyncpg.Record]:
-    """`conn.fetch`, planned for the call (see above), in a transaction of its own unless one
-    is open. Three round trips: BEGIN with the settings (one simple query), the statement, and
-    COMMIT; the wake-up of an idle worker pays them twice (next-due, then the claim)."""
+async def fetch_planned(
+    db: asyncpg.Pool | Connection, query: str, *args: Any
+) -> list[asyncpg.Record]:
+    """`fetch`, planned for the call (see above): through the pool on a
+    `committed_connection` (what the statement did is not lost to an error handing the
+    connection back), or on the connection given, in its transaction if one is open."""
+    if isinstance(db, asyncpg.Pool):
+        async with committed_connection(db) as conn:
+            return await _fetch_planned(conn, query, *args)
+    return await _fetch_planned(db, query, *args)
+
+
+async def _fetch_planned(conn: Connection, query: str, *args: Any) -> list[asyncpg.Record]:
+    # Three round trips outside a transaction: BEGIN with the settings (one simple query), the
+    # statement, and COMMIT; the wake-up of an idle worker pays them twice (next-due, claim).
     if conn.is_in_transaction():
         await plan_per_call(conn)
         return list(await conn.fetch(query, *args))
@@ -56,20 +67,3 @@ async def fetch_planned(conn: Connection, query: str, *args: Any) -> list[asyncp
         raise
     await conn.execute("COMMIT")
     return list(records)
-
-
-async def fetch_planned_committed(
-    pool: asyncpg.Pool, query: str, *args: Any
-) -> list[asyncpg.Record]:
-    """`fetch_planned` on a pooled connection, robust to the server going away as
-    `paceline.db.pool.fetch_committed` is: the statement's InternalClientError is the outage
-    it means, and an error handing the connection back after the commit does not lose what the
-    statement did (claimed jobs, recorded outcomes)."""
-    conn = await pool.acquire()
-    try:
-        return await fetch_planned(conn, query, *args)
-    except asyncpg.InternalClientError as exc:
-        raise asyncpg.ConnectionDoesNotExistError(f"the server ended the session ({exc})") from exc
-    finally:
-        with contextlib.suppress(Exception):
-            await pool.release(conn)

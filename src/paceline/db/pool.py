@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -70,8 +71,10 @@ def is_unavailable(exc: BaseException) -> bool:
     )
 
 
-async def fetch_committed(db: asyncpg.Pool, query: str, *args: Any) -> list[asyncpg.Record]:
-    """`db.fetch` for a statement that changes something, robust to the server going away.
+@contextlib.asynccontextmanager
+async def committed_connection(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+    """A pooled connection for a statement that changes something, robust to the server going
+    away around it.
 
     When PostgreSQL ends a session (a shutdown's FATAL message) right around a statement,
     asyncpg can raise InternalClientError ("cannot switch to state ...; another operation (2)
@@ -81,11 +84,22 @@ async def fetch_committed(db: asyncpg.Pool, query: str, *args: Any) -> list[asyn
       ignored, like any error of that hand-back (the pool drops the connection itself), so the
       caller learns what was done (a created job, claimed jobs, a finish) instead of losing it.
     """
-    conn = await db.acquire()
+    conn = await pool.acquire()
     try:
-        return await conn.fetch(query, *args)
+        yield conn
     except asyncpg.InternalClientError as exc:
         raise asyncpg.ConnectionDoesNotExistError(f"the server ended the session ({exc})") from exc
     finally:
         with contextlib.suppress(Exception):
-            await db.release(conn)
+            await pool.release(conn)
+
+
+async def fetch_committed(
+    db: asyncpg.Pool | Connection, query: str, *args: Any
+) -> list[asyncpg.Record]:
+    """`db.fetch` for a statement that changes something; through the pool, on a
+    `committed_connection` (a connection given is the caller's, with its transaction)."""
+    if not isinstance(db, asyncpg.Pool):
+        return await db.fetch(query, *args)
+    async with committed_connection(db) as conn:
+        return await conn.fetch(query, *args)
