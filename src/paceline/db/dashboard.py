@@ -10,10 +10,8 @@ from datetime import datetime
 
 import asyncpg
 
-from paceline.db.pool import Connection
+from paceline.db.pool import Executor
 from paceline.db.queries import QUERIES
-
-Executor = asyncpg.Pool | Connection
 
 
 async def overview_counts(db: Executor, *, count_cap: int) -> asyncpg.Record:

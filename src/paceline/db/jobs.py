@@ -20,10 +20,9 @@ from datetime import datetime
 import asyncpg
 
 from paceline.db.plans import fetch_planned, plan_per_call
-from paceline.db.pool import Connection, fetch_committed
+from paceline.db.pool import Connection, Executor, fetch_committed
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 
-Executor = asyncpg.Pool | Connection
 __all__ = ["MAX_IDS_PER_STATEMENT", "plan_per_call"]
 
 

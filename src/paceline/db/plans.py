@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from paceline.db.pool import Connection, committed_connection
+from paceline.db.pool import Connection, Executor, committed_connection
 
 # One round trip (a simple query may hold several statements).
 INDEX_PATHS_ONLY = (
@@ -37,9 +37,7 @@ async def plan_per_call(conn: Connection) -> None:
     await conn.execute(INDEX_PATHS_ONLY)
 
 
-async def fetch_planned(
-    db: asyncpg.Pool | Connection, query: str, *args: Any
-) -> list[asyncpg.Record]:
+async def fetch_planned(db: Executor, query: str, *args: Any) -> list[asyncpg.Record]:
     """`fetch`, planned for the call (see above): through the pool on a
     `committed_connection` (what the statement did is not lost to an error handing the
     connection back), or on the connection given, in its transaction if one is open."""

@@ -12,6 +12,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 # A connection of our own or one borrowed from the pool; queries take either.
 Connection = asyncpg.Connection | PoolConnectionProxy
+# What a query function runs on: the pool (a connection of its own) or the caller's connection.
+Executor = asyncpg.Pool | Connection
 
 # How long a request waits for a connection or for PostgreSQL to answer a connect before
 # it is told the database is unavailable; short, so the API answers 503 instead of hanging.
@@ -94,9 +96,7 @@ async def committed_connection(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
             await pool.release(conn)
 
 
-async def fetch_committed(
-    db: asyncpg.Pool | Connection, query: str, *args: Any
-) -> list[asyncpg.Record]:
+async def fetch_committed(db: Executor, query: str, *args: Any) -> list[asyncpg.Record]:
     """`db.fetch` for a statement that changes something; through the pool, on a
     `committed_connection` (a connection given is the caller's, with its transaction)."""
     if not isinstance(db, asyncpg.Pool):

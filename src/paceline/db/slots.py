@@ -13,10 +13,8 @@ from datetime import datetime
 
 import asyncpg
 
-from paceline.db.pool import Connection
+from paceline.db.pool import Connection, Executor
 from paceline.db.queries import QUERIES
-
-Executor = asyncpg.Pool | Connection
 
 
 async def lock_object_slots(conn: Connection, *, object_id: int) -> None:

@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 
 from paceline.db import jobs as store
-from paceline.db.pool import Connection
+from paceline.db.pool import Executor
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -98,26 +98,24 @@ def isoformat(moment: datetime | None) -> str | None:
     return orjson.dumps(moment, option=orjson.OPT_UTC_Z)[1:-1].decode()
 
 
-async def enqueue(db: asyncpg.Pool | Connection, object_id: int, window: float) -> Job:
+async def enqueue(db: Executor, object_id: int, window: float) -> Job:
     """Create a job in its object's next free slot (I1, I6); one statement, one round trip."""
     return Job.from_record(await store.enqueue(db, object_id=object_id, window=window))
 
 
-async def enqueue_batch(
-    db: asyncpg.Pool | Connection, object_ids: list[int], window: float
-) -> list[Job]:
+async def enqueue_batch(db: Executor, object_ids: list[int], window: float) -> list[Job]:
     """Create one job per id, in request order, in one statement; repeats a window apart."""
     records = await store.enqueue_batch(db, object_ids=object_ids, window=window)
     return [Job.from_record(record) for record in records]
 
 
-async def get_job(db: asyncpg.Pool | Connection, job_id: int) -> Job | None:
+async def get_job(db: Executor, job_id: int) -> Job | None:
     """The job with this id, or None."""
     record = await store.get_job(db, job_id=job_id)
     return None if record is None else Job.from_record(record)
 
 
-async def get_jobs(db: asyncpg.Pool | Connection, job_ids: list[int]) -> dict[int, Job]:
+async def get_jobs(db: Executor, job_ids: list[int]) -> dict[int, Job]:
     """Those of the jobs that exist, by id."""
     records = await store.get_jobs(db, job_ids=job_ids)
     return {record["id"]: Job.from_record(record) for record in records}
