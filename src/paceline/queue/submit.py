@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 
@@ -20,6 +22,8 @@ from paceline.db import slots
 from paceline.db.pool import Connection
 from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.jobs import Job, enqueue, enqueue_batch, get_job, get_jobs
+
+T = TypeVar("T")
 
 # How long an Idempotency-Key returns the same job.
 IDEMPOTENCY_TTL = 24 * 3600.0
@@ -136,30 +140,44 @@ async def submit_batch(
 
 async def _claim_batch_key(conn: Connection, key: str, fingerprint: str) -> list[Job] | None:
     """Own `key` for a new batch (None), or the jobs of the batch that used it before."""
-    earlier = await _own_or_read_key(conn, key, fingerprint)
-    ids = None if earlier is None else earlier["job_ids"]
-    if ids is not None:
+
+    async def jobs_of(earlier: asyncpg.Record) -> list[Job] | None:
+        ids = earlier["job_ids"]
+        if ids is None:
+            return None
         found = await get_jobs(conn, ids)
-        if len(found) == len(ids):
-            return [found[job_id] for job_id in ids]
-    if earlier is not None:  # some of its jobs were pruned: this request takes the key over
-        await _take_over_key(conn, key, fingerprint)
-    return None
+        return [found[job_id] for job_id in ids] if len(found) == len(ids) else None
+
+    return await _replay_or_own(conn, key, fingerprint, jobs_of)
 
 
 async def _claim_key(conn: Connection, request: Submission) -> Admitted | None:
+    """Own the request's key for a new job (None), or the job of the request that used it."""
     key = request.idempotency_key
     assert key is not None
-    fingerprint = request.fingerprint()
+
+    async def job_of(earlier: asyncpg.Record) -> Admitted | None:
+        job = None if earlier["job_id"] is None else await get_job(conn, earlier["job_id"])
+        return None if job is None else Admitted(job, created=False, replayed=True)
+
+    return await _replay_or_own(conn, key, request.fingerprint(), job_of)
+
+
+async def _replay_or_own(
+    conn: Connection,
+    key: str,
+    fingerprint: str,
+    replay: Callable[[asyncpg.Record], Awaitable[T | None]],
+) -> T | None:
+    """What the live earlier request with `key` got (`replay` of its row), or None once this
+    request owns the key: a new key, an expired one, or one whose jobs were pruned."""
     earlier = await _own_or_read_key(conn, key, fingerprint)
-    job = None
-    if earlier is not None and earlier["job_id"] is not None:
-        job = await get_job(conn, earlier["job_id"])
-    if job is not None:
-        return Admitted(job, created=False, replayed=True)
-    if earlier is not None:  # its job was pruned: this request takes the key over
+    if earlier is None:
+        return None
+    replayed = await replay(earlier)
+    if replayed is None:  # its jobs were pruned: this request takes the key over
         await _take_over_key(conn, key, fingerprint)
-    return None
+    return replayed
 
 
 async def _own_or_read_key(conn: Connection, key: str, fingerprint: str) -> asyncpg.Record | None:
