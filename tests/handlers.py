@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 from paceline.queue.handlers import PermanentFailure, RetryLater
@@ -65,3 +66,42 @@ async def by_object(job: Job) -> None:
         raise PermanentFailure("upstream answered 400: unknown object")
     if job.object_id == 3 and job.attempts == 1:
         raise ConnectionError("upstream refused the first attempt")
+
+
+def _append_line(line: str) -> None:
+    # O_APPEND writes of one short line do not interleave between processes.
+    fd = os.open(os.environ["PACELINE_TEST_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _log_received(handler: str, job: Job) -> None:
+    """One JSON line to $PACELINE_TEST_RUN_LOG, when set: what the handler itself received."""
+    if "PACELINE_TEST_RUN_LOG" in os.environ:
+        seen = {"handler": handler, "id": job.id, "kind": job.kind, "payload": job.payload}
+        _append_line(json.dumps(seen) + "\n")
+
+
+async def echo(job: Job) -> dict[str, object]:
+    """Returns what it was given (its result); logs it (`_log_received`)."""
+    _log_received("echo", job)
+    await asyncio.sleep(float(os.environ.get("PACELINE_TEST_RUN_SECONDS", "0")))
+    return {"handler": "echo", "kind": job.kind, "payload": job.payload}
+
+
+async def shout(job: Job) -> str:
+    """Another kind's handler: the payload's `text`, upper-cased; logs it (`_log_received`)."""
+    _log_received("shout", job)
+    return str(job.payload["text"]).upper()
+
+
+async def unencodable(job: Job) -> object:
+    """Returns something that is not JSON: the job still succeeds, its result stays null."""
+    return object()
+
+
+async def oversized(job: Job) -> str:
+    """Returns more than a result may hold (64 KiB as JSON)."""
+    return "x" * 70_000

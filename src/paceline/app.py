@@ -15,7 +15,8 @@ from paceline.config import Settings
 from paceline.db.pool import create_pool
 from paceline.queue.events import JobEvents
 from paceline.queue.grouping import EnqueueGrouper
-from paceline.queue.handlers import Handler, resolve_handler
+from paceline.queue.handlers import Handler, resolve_handlers
+from paceline.queue.kinds import KnownKinds
 from paceline.queue.maintenance import Janitor
 from paceline.queue.reaper import Reaper
 from paceline.queue.service import Service
@@ -24,7 +25,7 @@ from paceline.queue.worker import Worker
 from paceline.resources import templates_dir
 from paceline.web import api, auth, dashboard, health, metrics, openapi, pages
 from paceline.web.auth import auth_middleware
-from paceline.web.keys import EVENTS, GROUPER, NOTIFIER, POOL, SETTINGS, WORKER
+from paceline.web.keys import EVENTS, GROUPER, KINDS, NOTIFIER, POOL, SETTINGS, WORKER
 from paceline.web.problems import MAX_BODY_BYTES, problem_middleware
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
     """
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (the CLI starts an embedded one)")
-    handler = resolve_handler(settings)  # fail at start-up, not at the first job
+    handlers = resolve_handlers(settings)  # fail at start-up, not at the first job
     # The problem middleware is outermost, so refusals by the auth middleware are problems too.
     app = web.Application(
         middlewares=[problem_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
@@ -68,7 +69,7 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
     if settings.concurrency > 0:
 
         async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
-            async with _run_worker(app, handler):
+            async with _run_worker(app, handlers):
                 yield
 
         app.cleanup_ctx.append(workers_ctx)
@@ -92,6 +93,7 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
     grouper = EnqueueGrouper(app[POOL], app[SETTINGS].rate_window)
     app[NOTIFIER] = notifier
     app[GROUPER] = grouper
+    app[KINDS] = KnownKinds(app[POOL], app[SETTINGS].handler_names())
     notifier.start()
     grouper.start()
     yield
@@ -101,12 +103,12 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[None]:
+async def _run_worker(app: web.Application, handlers: dict[str, Handler]) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.database_url is not None
     worker = Worker(
         app[POOL],
-        handler,
+        handlers,
         events=app[EVENTS],
         concurrency=settings.concurrency,
         rate_window=settings.rate_window,
@@ -140,9 +142,9 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
     services: list[Service] = [listener, worker, reaper, janitor]
     tasks = [service.start() for service in services]
     log.info(
-        "worker running %d job(s) at once with handler %s, window %gs",
+        "worker running %d job(s) at once with handlers %s, window %gs",
         settings.concurrency,
-        settings.handler,
+        ", ".join(f"{kind}={name}" for kind, name in settings.handler_names().items()),
         settings.rate_window,
     )
     try:
@@ -156,7 +158,8 @@ async def _run_worker(app: web.Application, handler: Handler) -> AsyncIterator[N
                 outcome, asyncio.CancelledError
             ):
                 log.error("%s ended with an error", task.get_name(), exc_info=outcome)
-        # What the handler holds (the webhook's HTTP session) goes once no job can use it.
-        aclose = getattr(handler, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        # What the handlers hold (the webhook's HTTP session) goes once no job can use it.
+        for handler in {id(handler): handler for handler in handlers.values()}.values():
+            aclose = getattr(handler, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -25,7 +25,7 @@ from typing import Any, Self
 import aiohttp
 from yarl import URL
 
-from paceline.contract import FINISHED
+from paceline.contract import DEFAULT_KIND, FINISHED
 from paceline.contract import OnBusyName as OnBusy
 
 __all__ = ["FINISHED", "Busy", "Job", "OnBusy", "PacelineClient", "PacelineError"]
@@ -49,6 +49,9 @@ class Job:
     attempts: int
     error: str | None
     raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
+    kind: str = DEFAULT_KIND  # which handler runs it; the window is per (kind, object_id)
+    payload: Any = None  # what it was given to work on (on_busy="append": a list of them)
+    result: Any = None  # what its handler returned, once it succeeded
 
     @property
     def done(self) -> bool:
@@ -76,6 +79,10 @@ class Job:
             attempts=document.get("attempts", 0),
             error=document.get("error"),
             raw=document,
+            # A server from before kinds existed ran every job as the default kind.
+            kind=document.get("kind", DEFAULT_KIND),
+            payload=document.get("payload"),
+            result=document.get("result"),
         )
 
 
@@ -148,12 +155,21 @@ class PacelineClient:
         self,
         object_id: int,
         *,
+        kind: str | None = None,
+        payload: Any = None,
         on_busy: OnBusy | None = None,
         max_backlog: int | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        """Create a job for `object_id`; the options are sent only when given."""
+        """Create a job of `kind` (default: `default`) for `object_id`, with `payload` (any
+        JSON value, up to 64 KiB encoded); the options are sent only when given. With
+        `on_busy="replace"` or `"append"` the answer may be the key's pending job, changed
+        (`job.raw["coalesced"]` is then true)."""
         body: dict[str, Any] = {"object_id": object_id}
+        if kind is not None:
+            body["kind"] = kind
+        if payload is not None:
+            body["payload"] = payload
         if on_busy is not None:
             body["on_busy"] = on_busy
         if max_backlog is not None:
@@ -162,12 +178,16 @@ class PacelineClient:
         return Job.from_json(await self._call("POST", "jobs", body=body, headers=headers))
 
     async def submit_batch(
-        self, object_ids: Sequence[int], *, idempotency_key: str | None = None
+        self,
+        jobs: Sequence[int | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
     ) -> list[Job]:
-        """Create one job per id (1 to 1000, repeats allowed) in one request and one statement,
-        all or none; the jobs in the order given, each in its object's next free slot. With
+        """Create 1 to 1000 jobs (repeats allowed) in one request and one statement, all or
+        none; each an object id, or `{"object_id": n, "kind": ..., "payload": ...}`. The jobs
+        come back in the order given, each in its (kind, object)'s next free slot. With
         `idempotency_key`, sending the same batch again returns the same jobs."""
-        body = [{"object_id": object_id} for object_id in object_ids]
+        body = [{"object_id": job} if isinstance(job, int) else dict(job) for job in jobs]
         headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
         answer = await self._call("POST", "jobs", body=body, headers=headers)
         return [Job.from_json(document) for document in answer["jobs"]]
@@ -181,11 +201,18 @@ class PacelineClient:
         return Job.from_json(await self._call("POST", "jobs", str(int(job_id)), "cancel"))
 
     async def list(
-        self, object_id: int | None = None, status: str | None = None, limit: int = 50
+        self,
+        object_id: int | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        *,
+        kind: str | None = None,
     ) -> AsyncIterator[Job]:
-        """Jobs newest first, optionally of one object and/or status, fetched `limit` (1-500)
-        at a time; iterating follows `next_cursor` through every page."""
+        """Jobs newest first, optionally of one kind, object and/or status, fetched `limit`
+        (1-500) at a time; iterating follows `next_cursor` through every page."""
         query = {"limit": str(limit)}
+        if kind is not None:
+            query["kind"] = kind
         if object_id is not None:
             query["object_id"] = str(object_id)
         if status is not None:

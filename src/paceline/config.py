@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from paceline.contract import ON_BUSY_VALUES, OnBusyName
+from paceline.contract import DEFAULT_KIND, KIND_PATTERN, ON_BUSY_VALUES, OnBusyName
 
 
 class ConfigError(ValueError):
@@ -34,7 +35,9 @@ class Settings:
     rate_window: float = 300.0
     # Jobs run at once in this process; 0 serves the API only.
     concurrency: int = 8
+    # What a job of kind `default` does; `handlers` adds more kinds ("kind=handler,...").
     handler: str = "sleep"
+    handlers: str | None = None
     sleep_seconds: float = 1.0
     # Connections this process keeps to PostgreSQL (the API and the workers share them).
     pool_size: int = 10
@@ -97,11 +100,43 @@ class Settings:
             raise ConfigError("PACELINE_RETENTION must be a positive number of seconds")
         if self.api_token is not None and len(self.api_token) < 16:
             raise ConfigError("PACELINE_API_TOKEN must be at least 16 characters")
+        self.handler_names()  # refuses a malformed PACELINE_HANDLERS
         self._check_webhook()
 
+    def handler_names(self) -> dict[str, str]:
+        """{kind: handler name}: `default` from PACELINE_HANDLER, the rest from
+        PACELINE_HANDLERS (`"reindex=myapp.tasks:reindex,notify=webhook"`)."""
+        names = {DEFAULT_KIND: self.handler}
+        for entry in (self.handlers or "").split(","):
+            if not entry.strip():
+                continue
+            kind, equals, handler = (part.strip() for part in entry.partition("="))
+            if not equals or not handler:
+                raise ConfigError(
+                    f"PACELINE_HANDLERS: {entry.strip()!r} is not kind=handler "
+                    '(e.g. "reindex=myapp.tasks:reindex,notify=webhook")'
+                )
+            if not re.fullmatch(KIND_PATTERN, kind):
+                raise ConfigError(
+                    f"PACELINE_HANDLERS: the kind {kind!r} is not 1-64 of a-z 0-9 _ . -"
+                )
+            if kind == DEFAULT_KIND:
+                raise ConfigError(
+                    "PACELINE_HANDLERS: the default kind's handler is PACELINE_HANDLER"
+                )
+            if kind in names:
+                raise ConfigError(f"PACELINE_HANDLERS names the kind {kind!r} twice")
+            names[kind] = handler
+        return names
+
     def _check_webhook(self) -> None:
-        if self.handler == "webhook" and not self.webhook_url:
-            raise ConfigError("PACELINE_HANDLER=webhook needs PACELINE_WEBHOOK_URL")
+        if not self.webhook_url:
+            if self.handler == "webhook":
+                raise ConfigError("PACELINE_HANDLER=webhook needs PACELINE_WEBHOOK_URL")
+            if "webhook" in self.handler_names().values():
+                raise ConfigError(
+                    "PACELINE_HANDLERS names webhook, which needs PACELINE_WEBHOOK_URL"
+                )
         if self.webhook_url is not None:
             # The URL is not echoed: its path or query may carry a credential.
             try:

@@ -13,8 +13,8 @@ from typing import Final, Literal, get_args
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
-# What a request wants when its object's window is busy.
-OnBusyName = Literal["queue", "coalesce", "reject"]
+# What a request wants when its (kind, object)'s window is busy.
+OnBusyName = Literal["queue", "coalesce", "reject", "replace", "append"]
 ON_BUSY_VALUES: Final[tuple[OnBusyName, ...]] = get_args(OnBusyName)
 
 
@@ -24,6 +24,8 @@ class OnBusy(enum.StrEnum):
     QUEUE = "queue"  # wait for the next free slot
     COALESCE = "coalesce"  # join the object's pending job, if it has one
     REJECT = "reject"  # refuse with 429 and Retry-After
+    REPLACE = "replace"  # give its pending job this payload (latest wins)
+    APPEND = "append"  # add this payload to its pending job's list of payloads
 
 
 # The enum and the literal type are one list, spelled twice only because a type checker needs
@@ -46,3 +48,12 @@ DEFAULT_PAGE: Final = 50
 MAX_PAGE: Final = 500
 # The Idempotency-Key header: 1 to this many visible ASCII characters.
 MAX_IDEMPOTENCY_KEY: Final = 255
+
+# A job's kind routes it to its handler; the rate window is per (kind, object_id).
+DEFAULT_KIND: Final = "default"
+KIND_PATTERN: Final = r"^[a-z0-9_.-]{1,64}$"
+# A payload (and a result), encoded as compact JSON, holds at most this many bytes.
+MAX_PAYLOAD_BYTES: Final = 64 * 1024
+# An appending job (on_busy=append) absorbs at most this many payloads (and MAX_PAYLOAD_BYTES
+# in all); the next request past either starts a new job in the next free slot.
+MAX_APPENDED: Final = 1000

@@ -8,18 +8,22 @@ paceline.contract, which the standalone client imports too.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta
 
 from paceline.contract import (
+    DEFAULT_KIND,
     INT64_MAX,
     INT64_MIN,
+    KIND_PATTERN,
+    MAX_APPENDED,
     MAX_BACKLOG_LIMIT,
     MAX_BATCH,
     MAX_IDEMPOTENCY_KEY,
     MAX_PAGE,
+    MAX_PAYLOAD_BYTES,
     OnBusyName,
 )
 from paceline.queue.jobs import Status
@@ -34,6 +38,48 @@ IdempotencyKey = Annotated[
     str, Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, pattern="^[!-~]+$")
 ]
 Cursor = Annotated[str, Meta(pattern="^[1-9][0-9]*$")]
+Kind = Annotated[
+    str,
+    Meta(
+        pattern=KIND_PATTERN,
+        description="Which handler runs the job (PACELINE_HANDLER for `default`, "
+        "PACELINE_HANDLERS for the others); the rate window is per (kind, object_id).",
+    ),
+]
+# A payload is decoded later (paceline.web.validation): any JSON value, kept as its text. Its
+# schema (PAYLOAD_VALUE below) says what PostgreSQL's jsonb can keep.
+Payload = Annotated[
+    msgspec.Raw | msgspec.UnsetType,
+    Meta(
+        description=f"Any JSON value, at most {MAX_PAYLOAD_BYTES} bytes as compact JSON "
+        "(413 past it), handed to the handler; stored as jsonb (a key written twice keeps "
+        "its last value; no string may hold U+0000, which jsonb cannot store; numbers fit a "
+        "64-bit float, integers any size). Null or absent: no payload.",
+        extra_json_schema={"$ref": "{PayloadValue}"},
+    ),
+]
+# Any JSON value whose strings (keys included) have no U+0000, the one thing jsonb refuses.
+_NO_NUL = {"type": "string", "pattern": "^[^\\u0000]*$"}
+PAYLOAD_VALUE: Final[dict[str, Any]] = {
+    "description": "A JSON value PostgreSQL's jsonb can keep: no U+0000 in any string.",
+    "anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        _NO_NUL,
+        {"type": "array", "items": {"$ref": "{PayloadValue}"}},
+        {
+            "type": "object",
+            "propertyNames": _NO_NUL,
+            "additionalProperties": {"$ref": "{PayloadValue}"},
+        },
+    ],
+}
+_ON_BUSY_DESCRIPTION = (
+    "When the (kind, object)'s window is busy: queue (wait for the next free slot), coalesce "
+    "(return its pending job, 200), reject (429 with Retry-After), replace (its last pending "
+    "job takes this payload, 200), append (its last pending job adds this payload to its list, "
+    f"200; past {MAX_APPENDED} payloads or {MAX_PAYLOAD_BYTES} bytes a new job is made). "
+    "Null or absent: PACELINE_ON_BUSY (default queue)."
+)
 
 
 class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -42,27 +88,28 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     duplicate keys and NaN/Infinity."""
 
     object_id: Int64
-    on_busy: Annotated[
-        OnBusyName | None,
-        Meta(
-            description="When the object's window is busy: queue (wait for the next free "
-            "slot), coalesce (return its pending job, 200), reject (429 with Retry-After). "
-            "Null or absent: PACELINE_ON_BUSY (default queue)."
-        ),
-    ] = None
+    on_busy: Annotated[OnBusyName | None, Meta(description=_ON_BUSY_DESCRIPTION)] = None
     max_backlog: Annotated[
         Annotated[int, Meta(ge=1, le=MAX_BACKLOG_LIMIT)] | None,
         Meta(
-            description="Refuse (429) when the object already has this many pending jobs; "
-            "null: no cap."
+            description="Refuse (429) when the (kind, object) already has this many pending "
+            "jobs; null: no cap."
         ),
     ] = None
+    kind: Annotated[Kind | None, Meta(description=f"Null or absent: `{DEFAULT_KIND}`.")] = None
+    payload: Payload = msgspec.UNSET
 
 
 class BatchItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One job of a batch: its object, nothing else (policies are per request)."""
+    """One job of a batch: its object, kind and payload. Every job of a batch queues: the other
+    on_busy policies decide on their key's state one request at a time."""
 
     object_id: Int64
+    kind: Annotated[Kind | None, Meta(description=f"Null or absent: `{DEFAULT_KIND}`.")] = None
+    payload: Payload = msgspec.UNSET
+    on_busy: Annotated[
+        Literal["queue"] | None, Meta(description="Only queue (or null) in a batch.")
+    ] = None
 
 
 JobBatch = Annotated[
@@ -81,6 +128,7 @@ class Job(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A job as the API shows it; every field is always there, null until it has a value."""
 
     id: JobId
+    kind: Kind
     object_id: Int64
     status: Status
     timestamp: Annotated[
@@ -105,13 +153,28 @@ class Job(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     finished_at: UtcTime | None
     attempts: Annotated[int, Meta(ge=0)]
     error: Annotated[str | None, Meta(description="Why the last attempt failed.")]
+    payload: Annotated[
+        Any,
+        Meta(
+            description="What the client sent (on_busy=append: the list of every payload "
+            "the job absorbed, in arrival order); null if none."
+        ),
+    ]
+    result: Annotated[
+        Any,
+        Meta(description="What the handler returned (JSON); null until it succeeded, or if none."),
+    ]
 
 
 class JoinedJob(Job, frozen=True):
-    """A job a request joined: coalesced onto its object's pending job, or replayed."""
+    """A job a request joined: its (kind, object)'s pending job (coalesced), or replayed."""
 
     coalesced: Annotated[
-        bool, Meta(description="True: on_busy=coalesce returned the object's pending job.")
+        bool,
+        Meta(
+            description="True: on_busy=coalesce returned the key's pending job, or replace / "
+            "append changed its payload."
+        ),
     ] = False
 
 
@@ -141,6 +204,7 @@ class QueuedJob(msgspec.Struct, frozen=True):
     """A pending job the overview points at (the first slot, the oldest wait)."""
 
     id: JobId
+    kind: Kind
     object_id: Int64
     created_at: UtcTime
     run_at: UtcTime
@@ -213,8 +277,9 @@ class Run(msgspec.Struct, frozen=True):
 
 
 class Timeline(msgspec.Struct, frozen=True):
-    """One object's runs and reserved slots."""
+    """One (kind, object)'s runs and reserved slots."""
 
+    kind: Kind
     object_id: Int64
     window: float
     now: UtcTime
@@ -274,7 +339,13 @@ def json_schemas(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the schemas of `NAMED`, the components every shape refers to), for OpenAPI."""
     types = [*NAMED.values(), *STRUCTS]
     schemas, components = msgspec.json.schema_components(types, ref_template=ref_template)
-    return dict(zip(NAMED, schemas, strict=False)), components
+    components["PayloadValue"] = PAYLOAD_VALUE
+    # The payload's schema refers to PayloadValue, a schema msgspec does not generate.
+    payload_ref = ref_template.format(name="PayloadValue")
+    encoded = msgspec.json.encode(components).replace(
+        b'"{PayloadValue}"', f'"{payload_ref}"'.encode()
+    )
+    return dict(zip(NAMED, schemas, strict=False)), msgspec.json.decode(encoded)
 
 
 def schema(kind: Any, ref_template: str) -> dict[str, Any]:

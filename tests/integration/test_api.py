@@ -18,7 +18,7 @@ Client = TestClient[Any, Any]
 
 JOB_FIELDS = {
     "id", "object_id", "status", "timestamp", "created_at", "duration",
-    "run_at", "started_at", "finished_at", "attempts", "error",
+    "run_at", "started_at", "finished_at", "attempts", "error", "kind", "payload", "result",
 }  # fmt: skip
 
 
@@ -95,7 +95,7 @@ async def test_second_job_of_an_object_waits_one_window(client: Client) -> None:
         ({"object_id": 2**63}, 422, "64-bit"),
         ({"object_id": -(2**63) - 1}, 422, "64-bit"),
         ({"object_id": 7, "priority": 1, "color": "red"}, 422, "'color', 'priority'"),
-        ([{"object_id": 7, "on_busy": "queue"}], 422, "Batch item 0"),
+        ([{"object_id": 7, "on_busy": "coalesce"}], 422, "Batch item 0"),
         ([{"object_id": 7}, 8], 422, "Batch item 1"),
         ([{"object_id": "7"}], 422, "must be an integer"),
         ([], 422, "1 to 1000 jobs"),

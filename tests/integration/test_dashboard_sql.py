@@ -168,18 +168,18 @@ async def test_replicas_read_only_the_workers_table(history: asyncpg.Connection)
 
 
 async def test_timeline_reads_are_probes_of_one_object(history: asyncpg.Connection) -> None:
-    windows = summary(await explain(history, "timeline_windows", BUSY_OBJECT))
+    windows = summary(await explain(history, "timeline_windows", "default", BUSY_OBJECT))
     assert indexes(windows) == {"pk_object_starts", "pk_object_slots"}, windows
     for name, args in (
-        ("timeline_waiting", (HISTORY_OBJECTS + 1, WAITING_SHOWN)),
-        ("timeline_waiting_count", (HISTORY_OBJECTS + 1, WAITING_CAP)),
+        ("timeline_waiting", ("default", HISTORY_OBJECTS + 1, WAITING_SHOWN)),
+        ("timeline_waiting_count", ("default", HISTORY_OBJECTS + 1, WAITING_CAP)),
     ):
         nodes = summary(await explain(history, name, *args))
         assert_no_full_scan(nodes)
-        assert indexes(nodes) == {"ix_jobs_pending_object"}, (name, nodes)
-    runs = summary(await explain(history, "timeline_runs", BUSY_OBJECT, RUNS_SHOWN + 1))
+        assert indexes(nodes) == {"ix_jobs_pending_kind_object_id_id"}, (name, nodes)
+    runs = summary(await explain(history, "timeline_runs", "default", BUSY_OBJECT, RUNS_SHOWN + 1))
     assert_no_full_scan(runs)
-    assert "ix_job_attempts_object_id_started_at" in indexes(runs), runs
+    assert "ix_job_attempts_kind_object_id_started_at" in indexes(runs), runs
 
 
 async def test_the_audit_reads_only_the_newest_starts(history: asyncpg.Connection) -> None:
@@ -188,6 +188,6 @@ async def test_the_audit_reads_only_the_newest_starts(history: asyncpg.Connectio
         await explain(history, "audit_window", now - timedelta(seconds=15), now, WINDOW)
     )
     assert_no_full_scan(nodes)
-    assert {"ix_job_attempts_started_at", "ix_job_attempts_object_id_started_at"} <= indexes(
+    assert {"ix_job_attempts_started_at", "ix_job_attempts_kind_object_id_started_at"} <= indexes(
         nodes
     ), nodes

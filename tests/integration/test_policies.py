@@ -240,7 +240,8 @@ def test_replan_dry_run_prints_before_and_after(database_url: str) -> None:
             for _ in range(3):
                 await conn.execute(
                     "WITH s AS (INSERT INTO object_slots AS o (object_id, next_slot) "
-                    "VALUES (1, now() + interval '5 seconds') ON CONFLICT (object_id) DO UPDATE "
+                    "VALUES (1, now() + interval '5 seconds') "
+                    "ON CONFLICT (kind, object_id) DO UPDATE "
                     "SET next_slot = GREATEST(o.next_slot, now()) + interval '5 seconds' "
                     "RETURNING next_slot - interval '5 seconds' AS run_at) "
                     "INSERT INTO jobs (object_id, run_at) SELECT 1, run_at FROM s"

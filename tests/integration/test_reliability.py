@@ -196,7 +196,7 @@ async def test_a_lost_lease_stops_the_handler_and_its_result_is_fenced(
         assert await reaper.reap_expired_leases() == 1
         # The old attempt can no longer write its outcome.
         stale = await pool.fetchval(
-            QUERIES["finish_jobs"], [job["id"]], [1], ["SUCCESS"], [1.0], [None]
+            QUERIES["finish_jobs"], [job["id"]], [1], ["SUCCESS"], [1.0], [None], [None]
         )
         assert stale is None
     finally:

@@ -20,6 +20,7 @@ import pytest
 from paceline.db import jobs as store
 from paceline.queue.requeue import requeue
 
+KINDS = ["default"]
 WINDOW = 300.0
 LEASE = 30.0
 OBJECTS = 20_000
@@ -65,10 +66,15 @@ def hot_calls(
         (
             "claim",
             lambda: store.claim_due_jobs(
-                db, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=uuid.UUID(int=1)
+                db,
+                limit=LIMIT,
+                window=WINDOW,
+                lease=LEASE,
+                worker_id=uuid.UUID(int=1),
+                kinds=KINDS,
             ),
         ),
-        ("next-due", lambda: store.seconds_until_next_due(db, window=WINDOW)),
+        ("next-due", lambda: store.seconds_until_next_due(db, window=WINDOW, kinds=KINDS)),
         (
             "lease renewal",
             lambda: store.renew_leases(
@@ -90,6 +96,7 @@ def hot_calls(
                 statuses=["SUCCESS"] * n,
                 durations=[0.1] * n,
                 errors=[None] * n,
+                results=[None] * n,
             ),
         ),
     ]
@@ -145,7 +152,7 @@ async def test_claim_keeps_its_index_path_on_stale_statistics(stale: asyncpg.Con
             before = await rows_read(stale)
             began = time.monotonic()
             jobs = await store.claim_due_jobs(
-                stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=worker
+                stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=worker, kinds=KINDS
             )
             took = time.monotonic() - began
             read = await rows_read(stale) - before
@@ -166,7 +173,7 @@ async def test_next_due_stays_bounded_on_stale_statistics(stale: asyncpg.Connect
         async with stale.transaction():
             before = await rows_read(stale)
             began = time.monotonic()
-            row = await store.seconds_until_next_due(stale, window=WINDOW)
+            row = await store.seconds_until_next_due(stale, window=WINDOW, kinds=KINDS)
             took = time.monotonic() - began
             read = await rows_read(stale) - before
         assert took < BOUND, f"next-due took {took:.2f}s"
@@ -180,7 +187,7 @@ async def test_outcomes_leases_and_requeues_stay_bounded_on_stale_statistics(
 ) -> None:
     """Lease renewals, outcomes, requeues and the reaper find their rows by index too."""
     claimed = await store.claim_due_jobs(
-        stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=uuid.UUID(int=2)
+        stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=uuid.UUID(int=2), kinds=KINDS
     )
     running = [job["id"] for job in claimed]
     for name, call in hot_calls(stale, running):

@@ -157,7 +157,9 @@ def outcome(body: bytes) -> int | list[int] | Problem:
         parsed = parse_jobs_body(body)
     except Problem as problem:
         return problem
-    return parsed if isinstance(parsed, list) else parsed.object_id
+    if isinstance(parsed, list):
+        return [new.object_id for new in parsed]
+    return parsed.new.object_id
 
 
 def assert_clear_refusal(problem: Problem) -> None:

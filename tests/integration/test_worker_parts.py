@@ -18,7 +18,7 @@ from yarl import URL
 from paceline.db.pool import fetch_committed
 from paceline.db.queries import QUERIES
 from paceline.queue.completions import CompletionWriter
-from paceline.queue.jobs import Job, Status, enqueue_batch
+from paceline.queue.jobs import Job, NewJob, Status, enqueue_batch
 from paceline.queue.leases import LeaseKeeper
 from paceline.queue.running import JobState, RunningJobs
 from paceline.queue.wakeup import CHANNEL, DueListener
@@ -38,10 +38,12 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def claim(
     pool: asyncpg.Pool, worker_id: uuid.UUID, objects: list[int], lease: float
 ) -> list[Job]:
-    await pool.execute(QUERIES["heartbeat"], worker_id, socket.gethostname(), os.getpid(), 4, 0)
-    await enqueue_batch(pool, objects, WINDOW)
+    await pool.execute(
+        QUERIES["heartbeat"], worker_id, socket.gethostname(), os.getpid(), 4, 0, ["default"]
+    )
+    await enqueue_batch(pool, [NewJob(object_id) for object_id in objects], WINDOW)
     records = await fetch_committed(
-        pool, QUERIES["claim_due_jobs"], len(objects), WINDOW, lease, worker_id
+        pool, QUERIES["claim_due_jobs"], len(objects), WINDOW, lease, worker_id, ["default"]
     )
     assert len(records) == len(objects)
     return [Job.from_record(record) for record in records]
@@ -114,7 +116,13 @@ async def test_the_lease_keeper_renews_and_abandons_a_job_taken_back(
     # Another replica's reaper took the second job back.
     await pool.execute("UPDATE jobs SET worker_id = NULL WHERE id = $1", taken.id)
     keeper = LeaseKeeper(
-        pool, running, worker_id=worker_id, concurrency=4, lease=0.9, row_lock=asyncio.Lock()
+        pool,
+        running,
+        worker_id=worker_id,
+        concurrency=4,
+        kinds=["default"],
+        lease=0.9,
+        row_lock=asyncio.Lock(),
     )
     with caplog.at_level(logging.WARNING, "paceline.queue.leases"):
         keeper.start()
@@ -147,7 +155,13 @@ async def test_the_lease_keeper_abandons_expired_leases_when_the_database_is_gon
     running.add(job, asyncio.ensure_future(block()), time.monotonic() - 1)  # already past
     dead = await unreachable(database_url)
     keeper = LeaseKeeper(
-        dead, running, worker_id=uuid.uuid4(), concurrency=4, lease=0.6, row_lock=asyncio.Lock()
+        dead,
+        running,
+        worker_id=uuid.uuid4(),
+        concurrency=4,
+        kinds=["default"],
+        lease=0.6,
+        row_lock=asyncio.Lock(),
     )
     keeper.start()
     try:

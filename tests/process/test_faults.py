@@ -706,14 +706,18 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
     db: asyncpg.Connection,
 ) -> None:
     window, lease = 0.0, 30.0  # W = 0: the re-claim needs no wait
-    job = await db.fetchrow(QUERIES["enqueue"], 42, window)
+    job = await db.fetchrow(QUERIES["enqueue"], "default", 42, window, None, None)
     assert job is not None
-    (claimed,) = await db.fetch(QUERIES["claim_due_jobs"], 1, window, lease, uuid.uuid4())
+    (claimed,) = await db.fetch(
+        QUERIES["claim_due_jobs"], 1, window, lease, uuid.uuid4(), ["default"]
+    )
     assert claimed["attempts"] == 1
     # Attempt 1's replica went silent; the reaper takes the job back, another worker claims it.
     async with db.transaction():
         await requeue(db, job["id"], 1, delay=0.0, window=window, error="lost", outcome="LOST")
-    (reclaimed,) = await db.fetch(QUERIES["claim_due_jobs"], 1, window, lease, uuid.uuid4())
+    (reclaimed,) = await db.fetch(
+        QUERIES["claim_due_jobs"], 1, window, lease, uuid.uuid4(), ["default"]
+    )
     assert (reclaimed["id"], reclaimed["attempts"]) == (job["id"], 2)
 
     async def snapshot() -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -725,7 +729,9 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
         return dict(row), [dict(r) for r in history]
 
     before = await snapshot()
-    stale = await db.fetchval(QUERIES["finish_jobs"], [job["id"]], [1], ["SUCCESS"], [9.0], [None])
+    stale = await db.fetchval(
+        QUERIES["finish_jobs"], [job["id"]], [1], ["SUCCESS"], [9.0], [None], [None]
+    )
     assert stale is None
     assert await snapshot() == before
     # Nor can the stale attempt renew its lease or requeue the job.
@@ -742,12 +748,16 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
 
     # The current attempt finishes; the stale one still cannot overwrite the result.
     assert (
-        await db.fetchval(QUERIES["finish_jobs"], [job["id"]], [2], ["SUCCESS"], [0.5], [None])
+        await db.fetchval(
+            QUERIES["finish_jobs"], [job["id"]], [2], ["SUCCESS"], [0.5], [None], [None]
+        )
         == job["id"]
     )
     done = await snapshot()
     assert (
-        await db.fetchval(QUERIES["finish_jobs"], [job["id"]], [1], ["FAILED"], [9.0], ["late"])
+        await db.fetchval(
+            QUERIES["finish_jobs"], [job["id"]], [1], ["FAILED"], [9.0], ["late"], [None]
+        )
         is None
     )
     assert await snapshot() == done

@@ -45,6 +45,7 @@ async def test_a_served_job_can_be_followed_through_json_logs(
     assert re.fullmatch(rf"job {job['id']} \(object 31\) succeeded in \d+\.\d{{3}}s", messages[2])
     assert [line["attempt"] for line in transitions] == [0, 1, 1]
     assert {line["object_id"] for line in transitions} == {31}
+    assert {line["kind"] for line in transitions} == {"default"}
 
 
 @pytest.mark.processes

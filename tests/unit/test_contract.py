@@ -44,7 +44,8 @@ def test_the_client_needs_only_aiohttp_and_the_contract() -> None:
 
         sys.meta_path.insert(0, Block())
         import paceline.client
-        assert paceline.client.OnBusy.__args__ == ("queue", "coalesce", "reject")
+        policies = ("queue", "coalesce", "reject", "replace", "append")
+        assert paceline.client.OnBusy.__args__ == policies
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
@@ -68,5 +69,7 @@ def test_every_setting_is_read_as_its_type() -> None:
         Settings.from_env({"PACELINE_MAX_ATTEMPTS": "x"})
     with pytest.raises(ConfigError, match=r"^PACELINE_JOB_TIMEOUT='x' is not a valid float$"):
         Settings.from_env({"PACELINE_JOB_TIMEOUT": "x"})
-    with pytest.raises(ConfigError, match=r"^PACELINE_ON_BUSY must be queue, coalesce or reject$"):
+    with pytest.raises(
+        ConfigError, match=r"^PACELINE_ON_BUSY must be queue, coalesce, reject, replace or append$"
+    ):
         Settings.from_env({"PACELINE_ON_BUSY": "wait"})

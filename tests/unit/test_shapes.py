@@ -22,18 +22,46 @@ from paceline.web import openapi, validation
 from paceline.web.problems import Problem
 from tests.integration.test_validation_properties import DOCUMENTS, NEAR_VALID, documents_as_bytes
 
-Outcome = validation.JobRequest | list[int] | tuple[int, str, object]
+Outcome = validation.JobBody | list[jobs.NewJob] | tuple[int, str, object]
 
 
-def _outcome(read: Callable[[bytes], validation.JobRequest | list[int]], body: bytes) -> Outcome:
+def _outcome(
+    read: Callable[[bytes], validation.JobBody | list[jobs.NewJob]], body: bytes
+) -> Outcome:
     try:
         return read(body)
     except Problem as problem:
         return (problem.status, problem.detail, problem.extensions)
 
 
+# Payloads whose text holds quotes, escapes and keys written twice (kept, last value wins).
+PAYLOADS = [
+    '{"a": "\\"x\\""}',
+    '{"a": 1, "a": 2}',
+    '["\\u0041", {"k": [null, true]}]',
+    '"\\u0000"',
+    "1e999",
+    '"\\ud800"',
+    "12345678901234567890123",
+]
 OPTION_VALUES = st.sampled_from(
-    ["null", '"queue"', '"coalesce"', '"reject"', '"Queue"', "1", "3.0", "1000001", "true", '""']
+    [
+        "null",
+        '"queue"',
+        '"coalesce"',
+        '"reject"',
+        '"replace"',
+        '"append"',
+        '"Queue"',
+        "1",
+        "3.0",
+        "1000001",
+        "true",
+        '""',
+        '"notify"',
+        '"Not-A-Kind"',
+        *PAYLOADS,
+    ]
 )
 POLICY_BODIES = st.builds(
     lambda object_id, members, spaces: (
@@ -44,13 +72,26 @@ POLICY_BODIES = st.builds(
     ).encode(),
     st.sampled_from(["7", "7.0", "-0", "9223372036854775807", "9223372036854775808", '"7"']),
     st.lists(
-        st.tuples(st.sampled_from(["on_busy", "max_backlog", "object_id", "x"]), OPTION_VALUES),
+        st.tuples(
+            st.sampled_from(["on_busy", "max_backlog", "object_id", "x", "kind", "payload"]),
+            OPTION_VALUES,
+        ),
         max_size=3,
     ),
     st.sampled_from(["", " ", "\n"]),
 )
 BATCHES = st.lists(
-    st.sampled_from(['{"object_id": 1}', '{"object_id": 2.0}', '{"object_id":1,"object_id":2}']),
+    st.sampled_from(
+        [
+            '{"object_id": 1}',
+            '{"object_id": 2.0}',
+            '{"object_id":1,"object_id":2}',
+            '{"object_id": 1, "kind": "notify", "payload": {"a": "\\"", "a": 2}}',
+            '{"object_id": 1, "on_busy": "queue", "payload": "\\u0000"}',
+            '{"object_id": 1, "on_busy": "append"}',
+            '{"object_id": 1, "payload": null}',
+        ]
+    ),
     max_size=4,
 ).map(lambda items: ("[" + ",".join(items) + "]").encode())
 
@@ -142,5 +183,6 @@ def test_an_unknown_field_is_named_with_the_fields_a_job_takes() -> None:
         validation.parse_jobs_body(b'{"object_id": 1, "priority": 2}')
     assert refused.value.status == 422
     assert refused.value.detail == (
-        "Unknown field(s) 'priority': a job takes object_id, on_busy and max_backlog."
+        "Unknown field(s) 'priority': "
+        "a job takes object_id, on_busy, max_backlog, kind and payload."
     )

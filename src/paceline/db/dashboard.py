@@ -57,27 +57,31 @@ async def replicas(db: Executor, *, dead_after: float) -> list[asyncpg.Record]:
     return await db.fetch(QUERIES["replicas"], dead_after)
 
 
-async def timeline_windows(db: Executor, *, object_id: int) -> asyncpg.Record:
+async def timeline_windows(db: Executor, *, kind: str, object_id: int) -> asyncpg.Record:
     """now, the object's last start and its next free slot (either may be None)."""
-    record = await db.fetchrow(QUERIES["timeline_windows"], object_id)
+    record = await db.fetchrow(QUERIES["timeline_windows"], kind, object_id)
     assert record is not None
     return record
 
 
-async def timeline_waiting(db: Executor, *, object_id: int, limit: int) -> list[asyncpg.Record]:
+async def timeline_waiting(
+    db: Executor, *, kind: str, object_id: int, limit: int
+) -> list[asyncpg.Record]:
     """The object's pending jobs in the order they start."""
-    return await db.fetch(QUERIES["timeline_waiting"], object_id, limit)
+    return await db.fetch(QUERIES["timeline_waiting"], kind, object_id, limit)
 
 
-async def timeline_waiting_count(db: Executor, *, object_id: int, cap: int) -> int:
+async def timeline_waiting_count(db: Executor, *, kind: str, object_id: int, cap: int) -> int:
     """How many jobs of the object are pending, counting up to `cap`."""
-    count: int = await db.fetchval(QUERIES["timeline_waiting_count"], object_id, cap)
+    count: int = await db.fetchval(QUERIES["timeline_waiting_count"], kind, object_id, cap)
     return count
 
 
-async def timeline_runs(db: Executor, *, object_id: int, limit: int) -> list[asyncpg.Record]:
+async def timeline_runs(
+    db: Executor, *, kind: str, object_id: int, limit: int
+) -> list[asyncpg.Record]:
     """The object's latest starts, newest first, with the replica that ran each."""
-    return await db.fetch(QUERIES["timeline_runs"], object_id, limit)
+    return await db.fetch(QUERIES["timeline_runs"], kind, object_id, limit)
 
 
 async def audit_horizon(db: Executor, *, margin: float) -> datetime:

@@ -24,7 +24,7 @@ SELECT
 -- name: overview_first_due
 -- The pending job whose slot comes first: the most overdue one, or the next to start.
 -- The first entry of ix_jobs_due.
-SELECT id, object_id, created_at, run_at
+SELECT id, kind, object_id, created_at, run_at
 FROM jobs
 WHERE status = 'PENDING'
 ORDER BY run_at, id
@@ -34,7 +34,7 @@ LIMIT 1;
 -- The pending job accepted first: the oldest wait. The first entry of the partial index
 -- ix_jobs_pending_id; ids grow with acceptance. (Through ix_jobs_status_id the planner
 -- sometimes preferred walking the primary key through the history instead.)
-SELECT id, object_id, created_at, run_at
+SELECT id, kind, object_id, created_at, run_at
 FROM jobs
 WHERE status = 'PENDING'
 ORDER BY id
@@ -80,7 +80,7 @@ ORDER BY 1, 2;
 -- name: overview_recent_failures
 -- $1 how many. The newest failed jobs with their error: the first FAILED entries of
 -- ix_jobs_status_id (status, id DESC), however many jobs succeeded.
-SELECT id, object_id, finished_at, attempts, error
+SELECT id, kind, object_id, finished_at, attempts, error
 FROM jobs
 WHERE status = 'FAILED'
 ORDER BY id DESC
@@ -95,37 +95,42 @@ FROM workers
 ORDER BY started_at, host, pid;
 
 -- name: timeline_windows
--- $1 object_id. The object's two halves of its window: when it last started a run, and the
--- next slot a new job of it would get. Primary-key probes.
+-- $1 kind, $2 object_id. The key's two halves of its window: when it last started a run, and
+-- the next slot a new job of it would get. Primary-key probes.
 SELECT now() AS now,
-       (SELECT last_started_at FROM object_starts WHERE object_id = $1) AS last_started_at,
-       (SELECT next_slot FROM object_slots WHERE object_id = $1) AS next_slot;
+       (SELECT last_started_at FROM object_starts WHERE kind = $1 AND object_id = $2)
+           AS last_started_at,
+       (SELECT next_slot FROM object_slots WHERE kind = $1 AND object_id = $2) AS next_slot;
 
 -- name: timeline_waiting
--- $1 object_id, $2 how many. The object's pending jobs in the order they will start (FIFO,
--- so id order), each holding its reserved slot: ix_jobs_pending_object (object_id, id).
+-- $1 kind, $2 object_id, $3 how many. The key's pending jobs in the order they will start
+-- (FIFO, so id order), each holding its reserved slot: ix_jobs_pending_kind_object_id_id.
 SELECT id, created_at, run_at, attempts, error
 FROM jobs
-WHERE object_id = $1 AND status = 'PENDING'
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
 ORDER BY id
-LIMIT $2;
+LIMIT $3;
 
 -- name: timeline_waiting_count
--- $1 object_id, $2 the most rows counted. ix_jobs_pending_object again, capped.
+-- $1 kind, $2 object_id, $3 the most rows counted. ix_jobs_pending_kind_object_id_id again,
+-- capped.
 SELECT count(*)
-FROM (SELECT 1 FROM jobs WHERE object_id = $1 AND status = 'PENDING' LIMIT $2) AS waiting;
+FROM (
+    SELECT 1 FROM jobs WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' LIMIT $3
+) AS waiting;
 
 -- name: timeline_runs
--- $1 object_id, $2 how many. The object's latest starts (every attempt, retries included),
--- newest first: ix_job_attempts_object_id_started_at read backwards. The replica is a
+-- $1 kind, $2 object_id, $3 how many. The key's latest starts (every attempt, retries
+-- included), newest first: ix_job_attempts_kind_object_id_started_at read backwards. The
+-- replica is a
 -- primary-key probe of `workers`; gone once that replica stopped.
 SELECT a.job_id, a.attempt, a.started_at, a.finished_at, a.outcome, a.error, a.worker_id,
        w.host, w.pid
 FROM job_attempts AS a
 LEFT JOIN workers AS w ON w.id = a.worker_id
-WHERE a.object_id = $1
+WHERE a.kind = $1 AND a.object_id = $2
 ORDER BY a.started_at DESC, a.job_id DESC, a.attempt DESC
-LIMIT $2;
+LIMIT $3;
 
 -- name: audit_horizon
 -- $1 seconds. The newest start the auditor may trust to be committed: now() minus a margin
@@ -134,17 +139,18 @@ SELECT now() - make_interval(secs => $1) AS horizon;
 
 -- name: audit_window
 -- $1 after, $2 up to (both start times), $3 W. Starts in ($1, $2] that came less than W after
--- the previous start of the same object: violations of I1, which must never exist.
+-- the previous start of the same (kind, object): violations of I1, which must never exist.
 -- The starts come from ix_job_attempts_started_at (a few seconds' worth per call); each
--- previous start is one backwards probe of ix_job_attempts_object_id_started_at.
-SELECT a.object_id, a.job_id, a.attempt, a.started_at,
+-- previous start is one backwards probe of ix_job_attempts_kind_object_id_started_at.
+SELECT a.kind, a.object_id, a.job_id, a.attempt, a.started_at,
        p.job_id AS previous_job_id, p.attempt AS previous_attempt,
        p.started_at AS previous_started_at
 FROM job_attempts AS a
 CROSS JOIN LATERAL (
     SELECT p.job_id, p.attempt, p.started_at
     FROM job_attempts AS p
-    WHERE p.object_id = a.object_id
+    WHERE p.kind = a.kind
+      AND p.object_id = a.object_id
       AND p.started_at <= a.started_at
       -- Two starts at the same instant are one pair, reported once.
       AND (p.started_at, p.job_id, p.attempt) < (a.started_at, a.job_id, a.attempt)

@@ -26,17 +26,36 @@ from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 __all__ = ["MAX_IDS_PER_STATEMENT", "plan_per_call"]
 
 
-async def enqueue(db: Executor, *, object_id: int, window: float) -> asyncpg.Record:
-    """Reserve the object's next free slot and insert the job there; the job's row."""
-    (record,) = await fetch_committed(db, QUERIES["enqueue"], object_id, window)
+async def enqueue(
+    db: Executor,
+    *,
+    kind: str,
+    object_id: int,
+    window: float,
+    payload: str | None = None,
+    absorbed: int | None = None,
+) -> asyncpg.Record:
+    """Reserve the (kind, object)'s next free slot and insert the job there; the job's row.
+    `payload` is JSON text; `absorbed` is 1 for a job on_busy=append starts."""
+    (record,) = await fetch_committed(
+        db, QUERIES["enqueue"], kind, object_id, window, payload, absorbed
+    )
     return record
 
 
 async def enqueue_batch(
-    db: Executor, *, object_ids: Sequence[int], window: float
+    db: Executor,
+    *,
+    kinds: Sequence[str],
+    object_ids: Sequence[int],
+    payloads: Sequence[str | None],
+    window: float,
 ) -> list[asyncpg.Record]:
-    """One job per id, in request order, each in its object's next free slot; their rows."""
-    return await fetch_committed(db, QUERIES["enqueue_batch"], list(object_ids), window)
+    """One job per (kind, object_id, payload), in request order (parallel sequences), each in
+    its key's next free slot; their rows."""
+    return await fetch_committed(
+        db, QUERIES["enqueue_batch"], list(kinds), list(object_ids), list(payloads), window
+    )
 
 
 async def get_job(db: Executor, *, job_id: int) -> asyncpg.Record | None:
@@ -50,41 +69,67 @@ async def get_jobs(db: Executor, *, job_ids: Sequence[int]) -> list[asyncpg.Reco
 
 
 async def list_jobs(
-    db: Executor, *, object_id: int | None, status: str | None, before: int, limit: int
+    db: Executor,
+    *,
+    kind: str | None = None,
+    object_id: int | None,
+    status: str | None,
+    before: int,
+    limit: int,
 ) -> list[asyncpg.Record]:
-    """Jobs newest first with ids below `before`, optionally of one object and/or status."""
+    """Jobs newest first with ids below `before`, optionally of one kind, object and/or status."""
     # One named query per filter combination, so each gets a plan that uses its index.
-    filters: tuple[int | str, ...]
-    if object_id is not None and status is not None:
-        query, filters = QUERIES["list_jobs_by_object_and_status"], (object_id, status)
-    elif object_id is not None:
-        query, filters = QUERIES["list_jobs_by_object"], (object_id,)
-    elif status is not None:
-        query, filters = QUERIES["list_jobs_by_status"], (status,)
-    else:
-        query, filters = QUERIES["list_jobs"], ()
+    given = {"kind": kind, "object": object_id, "status": status}
+    used = [name for name, value in given.items() if value is not None]
+    query = QUERIES[_LIST_QUERIES[tuple(used)]]
+    filters = [given[name] for name in used]
     return await db.fetch(query, *filters, before, limit)
 
 
+_LIST_QUERIES = {
+    (): "list_jobs",
+    ("object",): "list_jobs_by_object",
+    ("status",): "list_jobs_by_status",
+    ("object", "status"): "list_jobs_by_object_and_status",
+    ("kind",): "list_jobs_by_kind",
+    ("kind", "object"): "list_jobs_by_kind_and_object",
+    ("kind", "status"): "list_jobs_by_kind_and_status",
+    ("kind", "object", "status"): "list_jobs_by_kind_object_and_status",
+}
+
+
 async def claim_due_jobs(
-    db: Executor, *, limit: int, window: float, lease: float, worker_id: uuid.UUID
+    db: Executor,
+    *,
+    limit: int,
+    window: float,
+    lease: float,
+    worker_id: uuid.UUID,
+    kinds: Sequence[str],
 ) -> list[asyncpg.Record]:
-    """Start up to `limit` due jobs under a lease held by `worker_id`; their rows."""
-    return await fetch_planned(db, QUERIES["claim_due_jobs"], limit, window, lease, worker_id)
+    """Start up to `limit` due jobs of `kinds` under a lease held by `worker_id`; their rows."""
+    return await fetch_planned(
+        db, QUERIES["claim_due_jobs"], limit, window, lease, worker_id, list(kinds)
+    )
 
 
-async def seconds_until_next_due(db: Executor, *, window: float) -> asyncpg.Record:
-    """The database's `now` and when the next pending job may start (`next_start`, NULL if
-    none is pending), both in epoch seconds."""
-    (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], window)
+async def seconds_until_next_due(
+    db: Executor, *, window: float, kinds: Sequence[str]
+) -> asyncpg.Record:
+    """The database's `now` and when the next pending job of `kinds` may start (`next_start`,
+    NULL if none is pending), both in epoch seconds."""
+    (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], window, list(kinds))
     return row
 
 
-async def lock_running_job(conn: Connection, *, job_id: int, attempt: int) -> int | None:
-    """Lock the job if `attempt` still holds it (PROCESSING); its object, or None. First step
-    of a requeue, in the caller's transaction, planned per call (`plan_per_call` first)."""
-    object_id: int | None = await conn.fetchval(QUERIES["lock_running_job"], job_id, attempt)
-    return object_id
+async def lock_running_job(
+    conn: Connection, *, job_id: int, attempt: int
+) -> tuple[str, int] | None:
+    """Lock the job if `attempt` still holds it (PROCESSING); its (kind, object_id), or None.
+    First step of a requeue, in the caller's transaction, planned per call (`plan_per_call`
+    first)."""
+    row = await conn.fetchrow(QUERIES["lock_running_job"], job_id, attempt)
+    return None if row is None else (row["kind"], row["object_id"])
 
 
 async def requeue_job(
@@ -107,11 +152,11 @@ async def requeue_job(
 
 
 async def shift_later_slots(
-    conn: Connection, *, object_id: int, job_id: int, after: datetime, window: float
+    conn: Connection, *, kind: str, object_id: int, job_id: int, after: datetime, window: float
 ) -> None:
-    """Move the object's jobs behind `job_id` back so each is a window after the one before,
-    the first a window after `after`; the object's next free slot follows."""
-    await conn.execute(QUERIES["shift_later_slots"], object_id, job_id, after, window)
+    """Move the key's jobs behind `job_id` back so each is a window after the one before, the
+    first a window after `after`; the key's next free slot follows."""
+    await conn.execute(QUERIES["shift_later_slots"], kind, object_id, job_id, after, window)
 
 
 async def renew_leases(
@@ -138,9 +183,11 @@ async def finish_jobs(
     statuses: Sequence[str],
     durations: Sequence[float],
     errors: Sequence[str | None],
+    results: Sequence[str | None],
 ) -> set[int]:
     """Record the outcomes of attempts that ended (at most MAX_IDS_PER_STATEMENT, parallel
-    sequences) in one statement; the ids recorded (an attempt taken back meanwhile is not)."""
+    sequences; results as JSON text) in one statement; the ids recorded (an attempt taken back
+    meanwhile is not)."""
     rows = await fetch_planned(
         db,
         QUERIES["finish_jobs"],
@@ -149,12 +196,13 @@ async def finish_jobs(
         list(statuses),
         list(durations),
         list(errors),
+        list(results),
     )
     return {row["id"] for row in rows}
 
 
 async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
-    """Running jobs whose lease ran out (id, attempts, object_id), locked, SKIP LOCKED. In the
+    """Running jobs whose lease ran out (id, attempts, kind, object_id), locked, SKIP LOCKED. In the
     caller's transaction, planned per call (`plan_per_call` first)."""
     return await conn.fetch(QUERIES["expired_leases"], limit)
 
@@ -165,10 +213,22 @@ async def fail_lost_job(conn: Connection, *, job_id: int, attempt: int, error: s
 
 
 async def heartbeat(
-    db: Executor, *, worker_id: uuid.UUID, host: str, pid: int, concurrency: int, running: int
+    db: Executor,
+    *,
+    worker_id: uuid.UUID,
+    host: str,
+    pid: int,
+    concurrency: int,
+    running: int,
+    kinds: Sequence[str],
 ) -> None:
-    """Register this replica or beat its heart."""
-    await db.execute(QUERIES["heartbeat"], worker_id, host, pid, concurrency, running)
+    """Register this replica (with the kinds it has handlers for) or beat its heart."""
+    await db.execute(QUERIES["heartbeat"], worker_id, host, pid, concurrency, running, list(kinds))
+
+
+async def live_kinds(db: Executor, *, within: float) -> list[str]:
+    """The kinds some replica that beat in the last `within` seconds has handlers for."""
+    return [row["kind"] for row in await db.fetch(QUERIES["live_kinds"], within)]
 
 
 async def unregister_worker(db: Executor, *, worker_id: uuid.UUID) -> None:

@@ -5,21 +5,23 @@
 -- database's clock, so replicas with skewed clocks still agree on every window.
 
 -- name: enqueue
--- $1 object_id, $2 W. Reserve the object's next slot and insert the job, in one statement.
+-- $1 kind, $2 object_id, $3 W, $4 payload (JSON text, or NULL), $5 absorbed (1 for the job an
+-- on_busy=append request starts, else NULL). Reserve the (kind, object)'s next slot and
+-- insert the job, in one statement.
 WITH slot AS (
-    -- The upsert's row lock serializes concurrent submitters of this object, and only of
-    -- this object. The job's slot is GREATEST(next_slot, now()) (a fresh object: now());
-    -- the row keeps slot + W for the next job. Reading the slot back from the locked row
-    -- is what makes two concurrent requests unable to take the same slot.
-    INSERT INTO object_slots AS s (object_id, next_slot)
-    VALUES ($1, now() + make_interval(secs => $2))
-    ON CONFLICT (object_id) DO UPDATE
-        SET next_slot = GREATEST(s.next_slot, now()) + make_interval(secs => $2)
-    RETURNING s.next_slot - make_interval(secs => $2) AS run_at
+    -- The upsert's row lock serializes concurrent submitters of this key, and only of this
+    -- key. The job's slot is GREATEST(next_slot, now()) (a fresh key: now()); the row keeps
+    -- slot + W for the next job. Reading the slot back from the locked row is what makes two
+    -- concurrent requests unable to take the same slot.
+    INSERT INTO object_slots AS s (kind, object_id, next_slot)
+    VALUES ($1, $2, now() + make_interval(secs => $3))
+    ON CONFLICT (kind, object_id) DO UPDATE
+        SET next_slot = GREATEST(s.next_slot, now()) + make_interval(secs => $3)
+    RETURNING s.next_slot - make_interval(secs => $3) AS run_at
 ),
 job AS (
-    INSERT INTO jobs (object_id, run_at)
-    SELECT $1, slot.run_at FROM slot
+    INSERT INTO jobs (kind, object_id, run_at, payload, absorbed)
+    SELECT $1, $2, slot.run_at, $4::jsonb, $5 FROM slot
     RETURNING {job_columns}
 )
 -- No NOTIFY here: NOTIFY takes a cluster-wide lock at commit, which throttles this statement
@@ -28,48 +30,54 @@ job AS (
 SELECT * FROM job;
 
 -- name: enqueue_batch
--- $1 object ids (in request order; repeats allowed), $2 W. Many jobs in one statement, each in
--- its object's next free slot: the k-th occurrence of an object in the batch takes the k-th
--- slot after the object's next free one, so repeats are a window apart as if sent one by one.
+-- $1 kinds, $2 object ids, $3 payloads (JSON, or NULL): parallel arrays in request order,
+-- repeats allowed; $4 W. Many jobs in one statement, each in its (kind, object)'s next free
+-- slot: the k-th occurrence of a key in the batch takes the k-th slot after the key's next
+-- free one, so repeats are a window apart as if sent one by one.
 WITH items AS (
-    SELECT object_id, ord,
-           row_number() OVER (PARTITION BY object_id ORDER BY ord) AS k
-    FROM unnest($1::bigint[]) WITH ORDINALITY AS t(object_id, ord)
+    SELECT kind, object_id, payload, ord,
+           row_number() OVER (PARTITION BY kind, object_id ORDER BY ord) AS k
+    FROM unnest($1::text[], $2::bigint[], $3::jsonb[]) WITH ORDINALITY
+        AS t(kind, object_id, payload, ord)
 ),
 counts AS (
-    SELECT object_id, count(*) AS n FROM items GROUP BY object_id
+    SELECT kind, object_id, count(*) AS n FROM items GROUP BY kind, object_id
 ),
 slots AS (
-    -- Objects in id order: two batches sharing objects lock their rows in the same order,
-    -- so they wait for each other instead of deadlocking. EXCLUDED.next_slot - now() is the
-    -- object's n windows.
-    INSERT INTO object_slots AS s (object_id, next_slot)
-    SELECT object_id, now() + n * make_interval(secs => $2) FROM counts ORDER BY object_id
-    ON CONFLICT (object_id) DO UPDATE
+    -- Keys in order: two batches sharing keys lock their rows in the same order, so they
+    -- wait for each other instead of deadlocking. EXCLUDED.next_slot - now() is the key's n
+    -- windows.
+    INSERT INTO object_slots AS s (kind, object_id, next_slot)
+    SELECT kind, object_id, now() + n * make_interval(secs => $4)
+    FROM counts ORDER BY kind, object_id
+    ON CONFLICT (kind, object_id) DO UPDATE
         SET next_slot = GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now())
-    RETURNING s.object_id, s.next_slot
+    RETURNING s.kind, s.object_id, s.next_slot
 ),
 created AS (
-    INSERT INTO jobs (object_id, run_at)
-    SELECT i.object_id, sl.next_slot - (c.n - i.k + 1) * make_interval(secs => $2)
+    INSERT INTO jobs (kind, object_id, payload, run_at)
+    SELECT i.kind, i.object_id, i.payload,
+           sl.next_slot - (c.n - i.k + 1) * make_interval(secs => $4)
     FROM items AS i
-    JOIN counts AS c ON c.object_id = i.object_id
-    JOIN slots AS sl ON sl.object_id = i.object_id
+    JOIN counts AS c ON c.kind = i.kind AND c.object_id = i.object_id
+    JOIN slots AS sl ON sl.kind = i.kind AND sl.object_id = i.object_id
     ORDER BY i.ord
     RETURNING {job_columns}
 )
 SELECT * FROM created ORDER BY id;
 
 -- name: claim_due_jobs
--- $1 how many (the worker's free capacity), $2 W, $3 lease seconds, $4 worker id.
--- Start due jobs under a lease held by this worker; returns them.
+-- $1 how many (the worker's free capacity), $2 W, $3 lease seconds, $4 worker id, $5 the kinds
+-- this worker has handlers for. Start due jobs under a lease held by this worker; returns
+-- them. The window and FIFO rules are per (kind, object): a "key" below.
 WITH due AS (
     SELECT j.id
     FROM jobs AS j
     WHERE j.status = 'PENDING'
       -- I2: never before the reserved slot.
       AND j.run_at <= now()
-      -- I4: only the oldest pending job of an object may start. This also means a
+      AND j.kind = ANY ($5::text[])
+      -- I4: only the oldest pending job of a key may start. This also means a
       -- claim never takes two jobs of one object, and while another worker holds the
       -- head locked (SKIP LOCKED skips it), the jobs behind it wait too.
       --
@@ -80,7 +88,8 @@ WITH due AS (
       -- scalar subquery is never made a join: it stays one index probe per job looked at.
       AND (
           SELECT 1 FROM jobs AS older
-          WHERE older.object_id = j.object_id
+          WHERE older.kind = j.kind
+            AND older.object_id = j.object_id
             AND older.status = 'PENDING'
             AND older.id < j.id
           LIMIT 1
@@ -90,7 +99,8 @@ WITH due AS (
       -- slot is then less than W after that start.
       AND (
           SELECT 1 FROM object_starts AS s
-          WHERE s.object_id = j.object_id
+          WHERE s.kind = j.kind
+            AND s.object_id = j.object_id
             AND s.last_started_at > now() - make_interval(secs => $2)
           LIMIT 1
       ) IS NULL
@@ -109,27 +119,27 @@ started AS (
     RETURNING {job_columns}
 ),
 window_start AS (
-    -- Record the start for the I1 check above. At most one job per object is in
-    -- `started`, so the upsert never touches one row twice.
-    INSERT INTO object_starts AS s (object_id, last_started_at)
-    SELECT object_id, started_at FROM started
-    ON CONFLICT (object_id) DO UPDATE SET last_started_at = EXCLUDED.last_started_at
+    -- Record the start for the I1 check above. At most one job per key is in `started`, so
+    -- the upsert never touches one row twice.
+    INSERT INTO object_starts AS s (kind, object_id, last_started_at)
+    SELECT kind, object_id, started_at FROM started
+    ON CONFLICT (kind, object_id) DO UPDATE SET last_started_at = EXCLUDED.last_started_at
 ),
 history AS (
     -- The attempt's own record; the job row will only show the latest attempt.
-    INSERT INTO job_attempts (job_id, attempt, object_id, worker_id, started_at)
-    SELECT id, attempts, object_id, $4, started_at FROM started
+    INSERT INTO job_attempts (job_id, attempt, kind, object_id, worker_id, started_at)
+    SELECT id, attempts, kind, object_id, $4, started_at FROM started
 )
 SELECT * FROM started;
 
 -- name: seconds_until_next_due
--- $1 W. (database clock now, when the next pending job may start), both in epoch seconds;
+-- $1 W, $2 the worker's kinds. (database clock now, when the next pending job may start), both in epoch seconds;
 -- the second is NULL if nothing is pending. Looks only at the first 100 pending jobs by slot,
 -- so its cost does not grow with the backlog.
 WITH first_pending AS (
-    SELECT object_id, id, run_at
+    SELECT kind, object_id, id, run_at
     FROM jobs
-    WHERE status = 'PENDING'
+    WHERE status = 'PENDING' AND kind = ANY ($2::text[])
     ORDER BY run_at, id
     LIMIT 100
 ),
@@ -142,12 +152,14 @@ heads AS (
            GREATEST(
                f.run_at,
                (SELECT s.last_started_at FROM object_starts AS s
-                WHERE s.object_id = f.object_id) + make_interval(secs => $1)
+                WHERE s.kind = f.kind AND s.object_id = f.object_id)
+               + make_interval(secs => $1)
            ) AS earliest
     FROM first_pending AS f
     WHERE (
         SELECT 1 FROM jobs AS older
-        WHERE older.object_id = f.object_id AND older.status = 'PENDING' AND older.id < f.id
+        WHERE older.kind = f.kind AND older.object_id = f.object_id
+          AND older.status = 'PENDING' AND older.id < f.id
         LIMIT 1
     ) IS NULL
 )
@@ -163,8 +175,9 @@ SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
 
 -- name: lock_running_job
 -- $1 id, $2 attempt. First step of putting a running job back to PENDING (retry, release):
--- lock it if this attempt still holds it. Jobs are always locked before object_slots rows.
-SELECT object_id FROM jobs
+-- lock it if this attempt still holds it; its key. Jobs are always locked before object_slots
+-- rows.
+SELECT kind, object_id FROM jobs
 WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
 FOR UPDATE;
 
@@ -182,7 +195,7 @@ WITH requeued AS (
         run_at = GREATEST(
             now() + make_interval(secs => $3),
             (SELECT s.last_started_at + make_interval(secs => $4)
-             FROM object_starts AS s WHERE s.object_id = j.object_id)
+             FROM object_starts AS s WHERE s.kind = j.kind AND s.object_id = j.object_id)
         ),
         started_at = NULL, lease_expires_at = NULL, error = $5
     WHERE j.id = $1 AND j.attempts = $2 AND j.status = 'PROCESSING'
@@ -201,17 +214,18 @@ CROSS JOIN LATERAL (
 ) AS wake;
 
 -- name: shift_later_slots
--- $1 object_id, $2 id of the requeued job, $3 its new slot, $4 W. The object's jobs behind it
--- keep their order and move back so each is still a window after the one before (their run_at
--- stays an honest prediction, I6); the object's next free slot moves after the last of them.
+-- $1 kind, $2 object_id, $3 id of the requeued job, $4 its new slot, $5 W. The key's jobs
+-- behind it keep their order and move back so each is still a window after the one before
+-- (their run_at stays an honest prediction, I6); the key's next free slot moves after the last
+-- of them.
 WITH later AS (
     SELECT id, row_number() OVER (ORDER BY id) AS position
     FROM jobs
-    WHERE object_id = $1 AND status = 'PENDING' AND id > $2
+    WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' AND id > $3
 ),
 moved AS (
     UPDATE jobs AS j
-    SET run_at = GREATEST(j.run_at, $3::timestamptz + later.position * make_interval(secs => $4))
+    SET run_at = GREATEST(j.run_at, $4::timestamptz + later.position * make_interval(secs => $5))
     FROM later
     WHERE j.id = later.id
     RETURNING j.run_at
@@ -219,10 +233,10 @@ moved AS (
 UPDATE object_slots
 SET next_slot = GREATEST(
     next_slot,
-    $3::timestamptz + make_interval(secs => $4),
-    (SELECT max(run_at) FROM moved) + make_interval(secs => $4)
+    $4::timestamptz + make_interval(secs => $5),
+    (SELECT max(run_at) FROM moved) + make_interval(secs => $5)
 )
-WHERE object_id = $1;
+WHERE kind = $1 AND object_id = $2;
 
 -- name: renew_leases
 -- $1 job ids, $2 their attempts, $3 lease seconds, $4 worker id. Extends the leases this
@@ -240,7 +254,7 @@ RETURNING j.id;
 -- name: expired_leases
 -- $1 how many. Running jobs whose replica stopped renewing; locked for the reaper's
 -- transaction, skipping ones another reaper is handling.
-SELECT id, attempts, object_id
+SELECT id, attempts, kind, object_id
 FROM jobs
 WHERE status = 'PROCESSING' AND lease_expires_at < now()
 ORDER BY lease_expires_at
@@ -261,11 +275,17 @@ FROM failed
 WHERE a.job_id = failed.id AND a.attempt = failed.attempts;
 
 -- name: heartbeat
--- $1 worker id, $2 host, $3 pid, $4 concurrency, $5 running now. Register or beat.
-INSERT INTO workers (id, host, pid, concurrency, running)
-VALUES ($1, $2, $3, $4, $5)
+-- $1 worker id, $2 host, $3 pid, $4 concurrency, $5 running now, $6 its kinds. Register or beat.
+INSERT INTO workers (id, host, pid, concurrency, running, kinds)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (id) DO UPDATE
 SET running = EXCLUDED.running, last_heartbeat = now();
+
+-- name: live_kinds
+-- $1 seconds. The kinds some replica that beat within that long has handlers for.
+SELECT DISTINCT unnest(kinds) AS kind FROM workers
+WHERE last_heartbeat > now() - make_interval(secs => $1)
+ORDER BY kind;
 
 -- name: unregister_worker
 -- $1 worker id. A replica leaving gracefully.
@@ -342,6 +362,38 @@ WHERE object_id = $1 AND status = $2 AND id < $3
 ORDER BY id DESC
 LIMIT $4;
 
+-- name: list_jobs_by_kind
+-- $1 kind, $2 before id, $3 limit. Uses ix_jobs_kind_id.
+SELECT {job_columns}
+FROM jobs
+WHERE kind = $1 AND id < $2
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: list_jobs_by_kind_and_object
+-- $1 kind, $2 object_id, $3 before id, $4 limit. Walks the object's jobs newest first.
+SELECT {job_columns}
+FROM jobs
+WHERE kind = $1 AND object_id = $2 AND id < $3
+ORDER BY id DESC
+LIMIT $4;
+
+-- name: list_jobs_by_kind_and_status
+-- $1 kind, $2 status, $3 before id, $4 limit. Walks the kind's jobs newest first.
+SELECT {job_columns}
+FROM jobs
+WHERE kind = $1 AND status = $2 AND id < $3
+ORDER BY id DESC
+LIMIT $4;
+
+-- name: list_jobs_by_kind_object_and_status
+-- $1 kind, $2 object_id, $3 status, $4 before id, $5 limit. Walks the object's jobs.
+SELECT {job_columns}
+FROM jobs
+WHERE kind = $1 AND object_id = $2 AND status = $3 AND id < $4
+ORDER BY id DESC
+LIMIT $5;
+
 -- name: ping
 -- A round trip that proves the session is alive (the LISTEN connection's keepalive).
 SELECT 1;
@@ -351,7 +403,8 @@ SELECT 1;
 SELECT pg_notify($1, $2);
 
 -- name: finish_jobs
--- $1 ids, $2 attempts, $3 statuses (SUCCESS or FAILED), $4 durations, $5 errors: every attempt
+-- $1 ids, $2 attempts, $3 statuses (SUCCESS or FAILED), $4 durations, $5 errors, $6 results
+-- (JSON, or NULL): every attempt
 -- that ended since the last write, in one statement and one commit: under load the commit (a
 -- WAL flush) is the cost, not the rows. Fenced by the attempt: a worker whose attempt was taken
 -- back meanwhile (its lease expired, the job was requeued or re-claimed) changes nothing for
@@ -371,6 +424,7 @@ WITH finished AS (
         finished_at = statement_timestamp(),
         duration = ($4::float8[])[array_position($1::bigint[], j.id)],
         error = ($5::text[])[array_position($1::bigint[], j.id)],
+        result = ($6::jsonb[])[array_position($1::bigint[], j.id)],
         lease_expires_at = NULL
     WHERE j.id = ANY ($1::bigint[])
       AND j.attempts = ($2::int[])[array_position($1::bigint[], j.id)]

@@ -18,7 +18,8 @@ _NAME_LINE = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 # The columns of a job row, in the order `paceline.queue.jobs.Job` has them: every query that
 # returns jobs says `{job_columns}`, so the list is written once.
 JOB_COLUMNS = (
-    "id, object_id, status, created_at, run_at, started_at, finished_at, duration, attempts, error"
+    "id, object_id, status, created_at, run_at, started_at, finished_at, duration, attempts, "
+    "error, kind, payload, result"
 )
 _FRAGMENTS = {"{job_columns}": JOB_COLUMNS}
 

@@ -18,12 +18,14 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
     Uuid,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(
     naming_convention={
@@ -41,6 +43,8 @@ jobs = Table(
     "jobs",
     metadata,
     Column("id", BigInteger, Identity(always=True), primary_key=True),
+    # Routes the job to its kind's handler; the rate window is per (kind, object_id).
+    Column("kind", Text, nullable=False, server_default=text("'default'")),
     Column("object_id", BigInteger, nullable=False),
     Column("status", Text, nullable=False, server_default=text("'PENDING'")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -56,6 +60,14 @@ jobs = Table(
     # and which replica that is. An expired lease means the replica is gone: taken back.
     Column("lease_expires_at", DateTime(timezone=True)),
     Column("worker_id", Uuid),
+    # What the client gave the job to work on, and what its handler returned (JSON, each at
+    # most MAX_PAYLOAD_BYTES encoded).
+    Column("payload", JSONB),
+    Column("result", JSONB),
+    # A job created by on_busy=append: how many payloads its payload array holds (NULL for
+    # every other job, whose payload is whatever the client sent).
+    Column("absorbed", Integer),
+    CheckConstraint("kind ~ '^[a-z0-9_.-]{1,64}$'", name="kind"),
     CheckConstraint(
         "status IN ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'CANCELLED')",
         name="status",
@@ -77,15 +89,18 @@ jobs = Table(
     # The oldest pending job (the dashboard's oldest wait): the first entry. Without it the
     # planner may walk the primary key through the whole history, filtering on status.
     Index("ix_jobs_pending_id", "id", postgresql_where=text("status = 'PENDING'")),
-    # FIFO per object: "is there an older pending job of this object?" is one probe here.
+    # FIFO per (kind, object): "is there an older pending job of this key?" is one probe here,
+    # and so is a key's pending tail (on_busy=replace and append).
     Index(
-        "ix_jobs_pending_object",
+        "ix_jobs_pending_kind_object_id_id",
+        "kind",
         "object_id",
         "id",
         postgresql_where=text("status = 'PENDING'"),
     ),
-    # Listing: newest first, by object or by status.
+    # Listing: newest first, by object, by kind or by status.
     Index("ix_jobs_object_id_id", "object_id", text("id DESC")),
+    Index("ix_jobs_kind_id", "kind", text("id DESC")),
     Index("ix_jobs_status_id", "status", text("id DESC")),
     # The reaper looks for running jobs whose lease ran out.
     Index(
@@ -115,6 +130,7 @@ job_attempts = Table(
         autoincrement=False,
     ),
     Column("attempt", Integer, primary_key=True, autoincrement=False),
+    Column("kind", Text, nullable=False, server_default=text("'default'")),
     Column("object_id", BigInteger, nullable=False),
     Column("worker_id", Uuid),
     Column("started_at", DateTime(timezone=True), nullable=False),
@@ -122,7 +138,7 @@ job_attempts = Table(
     # NULL while running; then SUCCESS, FAILED, RETRY, LOST (lease expired) or RELEASED.
     Column("outcome", Text),
     Column("error", Text),
-    Index("ix_job_attempts_object_id_started_at", "object_id", "started_at"),
+    Index("ix_job_attempts_kind_object_id_started_at", "kind", "object_id", "started_at"),
     # The window auditor reads the starts of the last few seconds, of every object.
     Index("ix_job_attempts_started_at", "started_at"),
 )
@@ -136,27 +152,34 @@ workers = Table(
     Column("pid", Integer, nullable=False),
     Column("concurrency", Integer, nullable=False),
     Column("running", Integer, nullable=False, server_default=text("0")),
+    # The kinds this replica has handlers for: a job of a kind no live replica knows is
+    # refused at submit, rather than left waiting for code that is not there.
+    Column("kinds", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_heartbeat", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-# The enqueue side of an object's window: the next slot a new job of it may take.
+# The enqueue side of a (kind, object)'s window: the next slot a new job of it may take.
 # Only enqueue writes here, so a burst of submits locks this row and not `object_starts`.
 object_slots = Table(
     "object_slots",
     metadata,
-    Column("object_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", Text, nullable=False, server_default=text("'default'")),
+    Column("object_id", BigInteger, nullable=False, autoincrement=False),
     Column("next_slot", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("kind", "object_id"),
 )
 
-# The claim side of an object's window: when the object last actually started a run.
+# The claim side of a (kind, object)'s window: when the object last actually started a run.
 # The claim reads it to keep starts W apart even when workers fall behind (I1), and
 # it outlives the jobs themselves, so pruning history cannot shorten a window.
 object_starts = Table(
     "object_starts",
     metadata,
-    Column("object_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", Text, nullable=False, server_default=text("'default'")),
+    Column("object_id", BigInteger, nullable=False, autoincrement=False),
     Column("last_started_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("kind", "object_id"),
 )
 
 

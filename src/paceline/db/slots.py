@@ -1,9 +1,10 @@
 """Planning an object's slots beyond the plain enqueue: the queries of `slots.sql`.
 
-Backlog policies, idempotency keys, compaction after a cancel, re-planning for a new window.
+Backlog policies and coalescing, idempotency keys, compaction after a cancel, re-planning for
+a new window. A key is a (kind, object_id): windows, FIFO and coalescing are per key.
 Typed, keyword-argument functions, one per named query. Every multi-step change calls
 `lock_object_slots` first, inside the caller's transaction, so it serializes with enqueues of
-that object.
+that key.
 """
 
 from __future__ import annotations
@@ -17,18 +18,40 @@ from paceline.db.pool import Connection, Executor
 from paceline.db.queries import QUERIES
 
 
-async def lock_object_slots(conn: Connection, *, object_id: int) -> None:
-    """Take the object's slot-row lock (creating the row as "free now" if it has none)."""
-    await conn.execute(QUERIES["lock_object_slots"], object_id)
+async def lock_object_slots(conn: Connection, *, kind: str, object_id: int) -> None:
+    """Take the key's slot-row lock (creating the row as "free now" if it has none)."""
+    await conn.execute(QUERIES["lock_object_slots"], kind, object_id)
 
 
 async def object_backlog(
-    conn: Connection, *, object_id: int, window: float, count_up_to: int
+    conn: Connection, *, kind: str, object_id: int, window: float, count_up_to: int
 ) -> asyncpg.Record:
     """now, next_free, pending (counted up to `count_up_to`), head_id and head_run_at."""
-    record = await conn.fetchrow(QUERIES["object_backlog"], object_id, window, count_up_to)
+    record = await conn.fetchrow(QUERIES["object_backlog"], kind, object_id, window, count_up_to)
     assert record is not None
     return record
+
+
+async def lock_pending_tail(
+    conn: Connection, *, kind: str, object_id: int
+) -> asyncpg.Record | None:
+    """The key's last pending job (id, absorbed, payload_bytes), locked; None if it has none
+    (or its tail started while this waited for its lock)."""
+    return await conn.fetchrow(QUERIES["lock_pending_tail"], kind, object_id)
+
+
+async def replace_payload(
+    conn: Connection, *, job_id: int, payload: str | None
+) -> asyncpg.Record | None:
+    """Give the pending job `payload`; its row, or None if it is no longer pending."""
+    return await conn.fetchrow(QUERIES["replace_payload"], job_id, payload)
+
+
+async def append_payload(
+    conn: Connection, *, job_id: int, payload: str | None
+) -> asyncpg.Record | None:
+    """Append `payload` to the pending appending job's array; its row, or None."""
+    return await conn.fetchrow(QUERIES["append_payload"], job_id, payload)
 
 
 async def claim_idempotency_key(conn: Connection, *, key: str, fingerprint: str) -> bool:
@@ -63,10 +86,10 @@ async def prune_idempotency_keys(db: Executor, *, ttl: float, batch: int) -> Non
     await db.execute(QUERIES["prune_idempotency_keys"], ttl, batch)
 
 
-async def object_of_job(db: Executor, *, job_id: int) -> int | None:
-    """The job's object (jobs never change object, so no lock is needed)."""
-    object_id: int | None = await db.fetchval(QUERIES["object_of_job"], job_id)
-    return object_id
+async def key_of_job(db: Executor, *, job_id: int) -> tuple[str, int] | None:
+    """The job's (kind, object_id) (they never change, so no lock is needed), or None."""
+    row = await db.fetchrow(QUERIES["key_of_job"], job_id)
+    return None if row is None else (row["kind"], row["object_id"])
 
 
 async def cancel_pending_job(conn: Connection, *, job_id: int) -> asyncpg.Record | None:
@@ -75,15 +98,15 @@ async def cancel_pending_job(conn: Connection, *, job_id: int) -> asyncpg.Record
 
 
 async def pending_jobs_of_object(
-    conn: Connection, *, object_id: int, after_job_id: int = 0
+    conn: Connection, *, kind: str, object_id: int, after_job_id: int = 0
 ) -> list[asyncpg.Record]:
-    """The object's pending jobs after `after_job_id` (id, created_at, run_at), locked."""
-    return await conn.fetch(QUERIES["pending_jobs_of_object"], object_id, after_job_id)
+    """The key's pending jobs after `after_job_id` (id, created_at, run_at), locked."""
+    return await conn.fetch(QUERIES["pending_jobs_of_object"], kind, object_id, after_job_id)
 
 
-async def last_start_of_object(conn: Connection, *, object_id: int) -> datetime | None:
-    """When the object last started a run, if it is remembered."""
-    started: datetime | None = await conn.fetchval(QUERIES["last_start_of_object"], object_id)
+async def last_start_of_object(conn: Connection, *, kind: str, object_id: int) -> datetime | None:
+    """When the key last started a run, if it is remembered."""
+    started: datetime | None = await conn.fetchval(QUERIES["last_start_of_object"], kind, object_id)
     return started
 
 
@@ -94,20 +117,27 @@ async def move_slots(
     await conn.execute(QUERIES["move_slots"], list(job_ids), list(run_at))
 
 
-async def set_next_slot(conn: Connection, *, object_id: int, next_slot: datetime) -> None:
-    """Set the object's next free slot."""
-    await conn.execute(QUERIES["set_next_slot"], object_id, next_slot)
+async def set_next_slot(
+    conn: Connection, *, kind: str, object_id: int, next_slot: datetime
+) -> None:
+    """Set the key's next free slot."""
+    await conn.execute(QUERIES["set_next_slot"], kind, object_id, next_slot)
 
 
-async def objects_with_pending_jobs(conn: Connection) -> list[int]:
-    """Every object that has a pending job, in id order."""
-    return [row["object_id"] for row in await conn.fetch(QUERIES["objects_with_pending_jobs"])]
+async def objects_with_pending_jobs(conn: Connection) -> list[tuple[str, int]]:
+    """Every key (kind, object_id) that has a pending job, in order."""
+    rows = await conn.fetch(QUERIES["objects_with_pending_jobs"])
+    return [(row["kind"], row["object_id"]) for row in rows]
 
 
-async def objects_with_pending(db: Executor, *, object_ids: Sequence[int]) -> set[int]:
-    """Those of `object_ids` that have a pending job."""
-    rows = await db.fetch(QUERIES["objects_with_pending"], list(object_ids))
-    return {row["object_id"] for row in rows}
+async def objects_with_pending(
+    db: Executor, *, keys: Sequence[tuple[str, int]]
+) -> set[tuple[str, int]]:
+    """Those of `keys` (kind, object_id) that have a pending job."""
+    rows = await db.fetch(
+        QUERIES["objects_with_pending"], [k for k, _ in keys], [o for _, o in keys]
+    )
+    return {(row["kind"], row["object_id"]) for row in rows}
 
 
 async def respace_idle_objects(conn: Connection, *, old_window: float, new_window: float) -> None:

@@ -1,35 +1,64 @@
--- Planning an object's slots beyond the plain enqueue: backlog policies, idempotency keys,
+-- Planning a key's slots beyond the plain enqueue: backlog policies, idempotency keys,
 -- compaction after a cancel, re-planning for a new window. Loaded by paceline.db.queries.
--- Every multi-step change locks the object's object_slots row first, then job rows, so the
--- steps serialize with enqueues of that object and never deadlock with each other.
+-- A key is a (kind, object_id): windows, FIFO and coalescing are per key. Every multi-step
+-- change locks the key's object_slots row first, then job rows, so the steps serialize with
+-- enqueues of that key and never deadlock with each other.
 
 -- name: lock_object_slots
--- $1 object_id. Take the object's slot row lock, creating the row as "free now" if the object
--- is new or its row was pruned (rolled back with the transaction if a request is refused), so
--- enqueues of the object wait, and the slot moves that follow always find the row. The
+-- $1 kind, $2 object_id. Take the key's slot row lock, creating the row as "free now" if the
+-- key is new or its row was pruned (rolled back with the transaction if a request is refused),
+-- so enqueues of the key wait, and the slot moves that follow always find the row. The
 -- statements after it in the transaction see every job a previous holder committed.
-INSERT INTO object_slots AS s (object_id, next_slot)
-VALUES ($1, now())
-ON CONFLICT (object_id) DO UPDATE SET next_slot = s.next_slot
+INSERT INTO object_slots AS s (kind, object_id, next_slot)
+VALUES ($1, $2, now())
+ON CONFLICT (kind, object_id) DO UPDATE SET next_slot = s.next_slot
 RETURNING s.next_slot;
 
 -- name: object_backlog
--- $1 object_id, $2 W, $3 count at most this many pending jobs. What the policies decide on:
--- the next free slot (as enqueue would give it), the pending head, and the backlog size.
+-- $1 kind, $2 object_id, $3 W, $4 count at most this many pending jobs. What the policies
+-- decide on: the next free slot (as enqueue would give it), the pending head, and the backlog
+-- size.
 SELECT now() AS now,
        GREATEST(
-           (SELECT next_slot FROM object_slots WHERE object_id = $1),
-           (SELECT last_started_at + make_interval(secs => $2)
-            FROM object_starts WHERE object_id = $1),
+           (SELECT next_slot FROM object_slots WHERE kind = $1 AND object_id = $2),
+           (SELECT last_started_at + make_interval(secs => $3)
+            FROM object_starts WHERE kind = $1 AND object_id = $2),
            now()
        ) AS next_free,
        (SELECT count(*) FROM (
-            SELECT 1 FROM jobs WHERE object_id = $1 AND status = 'PENDING' LIMIT $3
+            SELECT 1 FROM jobs
+            WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' LIMIT $4
         ) AS capped) AS pending,
-       (SELECT id FROM jobs WHERE object_id = $1 AND status = 'PENDING'
+       (SELECT id FROM jobs WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
         ORDER BY id LIMIT 1) AS head_id,
-       (SELECT run_at FROM jobs WHERE object_id = $1 AND status = 'PENDING'
+       (SELECT run_at FROM jobs WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
         ORDER BY id LIMIT 1) AS head_run_at;
+
+-- name: lock_pending_tail
+-- $1 kind, $2 object_id. The key's last pending job (the one replace and append change), locked
+-- so no claim starts it while it changes (claims skip locked rows), with the size of its payload
+-- as PostgreSQL writes it. Nothing if the key has no pending job, or if the tail was being
+-- claimed and has started by the time its lock is free (the request then makes a new job: a
+-- started job is never changed). Call with the key's slot row locked.
+SELECT id, absorbed, octet_length(payload::text) AS payload_bytes
+FROM jobs
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
+ORDER BY id DESC
+LIMIT 1
+FOR UPDATE;
+
+-- name: replace_payload
+-- $1 job id, $2 its new payload (JSON, or NULL). on_busy=replace: the latest payload wins.
+UPDATE jobs SET payload = $2::jsonb, absorbed = NULL
+WHERE id = $1 AND status = 'PENDING'
+RETURNING {job_columns};
+
+-- name: append_payload
+-- $1 job id, $2 one more payload (JSON, or NULL). on_busy=append: the job's payload array gets
+-- it as its last element (jsonb_build_array wraps it, so an array payload stays one element).
+UPDATE jobs SET payload = payload || jsonb_build_array($2::jsonb), absorbed = absorbed + 1
+WHERE id = $1 AND status = 'PENDING' AND absorbed IS NOT NULL
+RETURNING {job_columns};
 
 -- name: claim_idempotency_key
 -- $1 key, $2 fingerprint. Returns the key if this request now owns it; nothing if another
@@ -69,9 +98,9 @@ WITH doomed AS (
 )
 DELETE FROM idempotency_keys USING doomed WHERE idempotency_keys.key = doomed.key;
 
--- name: object_of_job
--- $1 id. Jobs never change object, so this needs no lock.
-SELECT object_id FROM jobs WHERE id = $1;
+-- name: key_of_job
+-- $1 id. Jobs never change kind or object, so this needs no lock.
+SELECT kind, object_id FROM jobs WHERE id = $1;
 
 -- name: cancel_pending_job
 -- $1 id. Cancel the job if it has not started; its slot is given to the jobs behind it.
@@ -81,16 +110,17 @@ WHERE id = $1 AND status = 'PENDING'
 RETURNING {job_columns};
 
 -- name: pending_jobs_of_object
--- $1 object_id, $2 after this job id. Locked: claims skip them for the moment they move.
+-- $1 kind, $2 object_id, $3 after this job id. Locked: claims skip them for the moment they
+-- move.
 SELECT id, created_at, run_at
 FROM jobs
-WHERE object_id = $1 AND status = 'PENDING' AND id > $2
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' AND id > $3
 ORDER BY id
 FOR UPDATE;
 
 -- name: last_start_of_object
--- $1 object_id.
-SELECT last_started_at FROM object_starts WHERE object_id = $1;
+-- $1 kind, $2 object_id.
+SELECT last_started_at FROM object_starts WHERE kind = $1 AND object_id = $2;
 
 -- name: move_slots
 -- $1 job ids, $2 their new slots.
@@ -100,12 +130,12 @@ FROM unnest($1::bigint[], $2::timestamptz[]) AS moved(id, run_at)
 WHERE j.id = ANY ($1::bigint[]) AND j.id = moved.id;
 
 -- name: set_next_slot
--- $1 object_id, $2 the object's next free slot.
-UPDATE object_slots SET next_slot = $2 WHERE object_id = $1;
+-- $1 kind, $2 object_id, $3 the key's next free slot.
+UPDATE object_slots SET next_slot = $3 WHERE kind = $1 AND object_id = $2;
 
 -- name: objects_with_pending_jobs
--- Every object that has pending jobs (ix_jobs_pending_object gives them in order).
-SELECT DISTINCT object_id FROM jobs WHERE status = 'PENDING' ORDER BY object_id;
+-- Every key that has pending jobs (ix_jobs_pending_kind_object_id_id gives them in order).
+SELECT DISTINCT kind, object_id FROM jobs WHERE status = 'PENDING' ORDER BY kind, object_id;
 
 -- name: respace_idle_objects
 -- $1 old W, $2 new W. Objects with no pending job: their next free slot is a window (the
@@ -113,7 +143,8 @@ SELECT DISTINCT object_id FROM jobs WHERE status = 'PENDING' ORDER BY object_id;
 UPDATE object_slots AS s
 SET next_slot = s.next_slot - make_interval(secs => $1) + make_interval(secs => $2)
 WHERE NOT EXISTS (
-    SELECT 1 FROM jobs AS j WHERE j.object_id = s.object_id AND j.status = 'PENDING'
+    SELECT 1 FROM jobs AS j
+    WHERE j.kind = s.kind AND j.object_id = s.object_id AND j.status = 'PENDING'
 );
 
 -- name: read_state
@@ -130,5 +161,12 @@ ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
 SELECT pg_advisory_xact_lock(7421093119);
 
 -- name: objects_with_pending
--- $1 object ids. Those of them with a pending job (one probe of ix_jobs_pending_object each).
-SELECT DISTINCT object_id FROM jobs WHERE object_id = ANY($1::bigint[]) AND status = 'PENDING';
+-- $1 kinds, $2 object ids (parallel: keys). Those keys with a pending job (one probe of
+-- ix_jobs_pending_kind_object_id_id each).
+SELECT DISTINCT k.kind, k.object_id
+FROM unnest($1::text[], $2::bigint[]) AS k(kind, object_id)
+WHERE (
+    SELECT 1 FROM jobs AS j
+    WHERE j.kind = k.kind AND j.object_id = k.object_id AND j.status = 'PENDING'
+    LIMIT 1
+) IS NOT NULL;

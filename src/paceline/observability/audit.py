@@ -27,8 +27,9 @@ COMMIT_MARGIN = 5.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Violation:
-    """Two starts of one object less than a window apart."""
+    """Two starts of one (kind, object) less than a window apart."""
 
+    kind: str
     object_id: int
     job_id: int
     attempt: int
@@ -90,8 +91,9 @@ class WindowAuditor(Service):
         violations = [Violation(**dict(row)) for row in rows]
         for violation in violations:
             log.error(
-                "window violated: object %d started job %d (attempt %d) %.6fs after job %d "
+                "window violated: %s object %d started job %d (attempt %d) %.6fs after job %d "
                 "(attempt %d); the window is %gs",
+                violation.kind,
                 violation.object_id,
                 violation.job_id,
                 violation.attempt,
@@ -101,6 +103,7 @@ class WindowAuditor(Service):
                 self._window,
                 extra={
                     "job_id": violation.job_id,
+                    "kind": violation.kind,
                     "object_id": violation.object_id,
                     "attempt": violation.attempt,
                 },

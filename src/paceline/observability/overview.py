@@ -36,6 +36,7 @@ class QueuedJob:
     """A pending job the overview points at (the oldest wait, the first slot)."""
 
     id: int
+    kind: str
     object_id: int
     created_at: datetime
     run_at: datetime
@@ -44,6 +45,7 @@ class QueuedJob:
         """For the page."""
         return {
             "id": self.id,
+            "kind": self.kind,
             "object_id": self.object_id,
             "created_at": isoformat(self.created_at),
             "run_at": isoformat(self.run_at),
@@ -165,6 +167,7 @@ async def read_overview(pool: asyncpg.Pool) -> Overview:
         recent_failures=[
             {
                 "id": row["id"],
+                "kind": row["kind"],
                 "object_id": row["object_id"],
                 "finished_at": isoformat(row["finished_at"]),
                 "attempts": row["attempts"],

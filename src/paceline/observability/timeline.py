@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from paceline.contract import DEFAULT_KIND
 from paceline.db import dashboard
 from paceline.queue.jobs import isoformat
 
@@ -54,6 +55,7 @@ class Wait:
 class Timeline:
     """What the object page shows."""
 
+    kind: str
     object_id: int
     window: float
     now: datetime
@@ -66,6 +68,7 @@ class Timeline:
     def to_json(self) -> dict[str, Any]:
         """For the page."""
         return {
+            "kind": self.kind,
             "object_id": self.object_id,
             "window": self.window,
             "now": isoformat(self.now),
@@ -78,26 +81,33 @@ class Timeline:
         }
 
 
-async def read_timeline(pool: asyncpg.Pool, object_id: int, window: float) -> Timeline:
+async def read_timeline(
+    pool: asyncpg.Pool, object_id: int, window: float, kind: str = DEFAULT_KIND
+) -> Timeline:
     """The object's timeline now; every read is an index probe of this object's rows."""
     async with (
         pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        windows = await dashboard.timeline_windows(conn, object_id=object_id)
+        windows = await dashboard.timeline_windows(conn, kind=kind, object_id=object_id)
         pending = [
             dict(row)
             for row in await dashboard.timeline_waiting(
-                conn, object_id=object_id, limit=WAITING_SHOWN
+                conn, kind=kind, object_id=object_id, limit=WAITING_SHOWN
             )
         ]
-        total = await dashboard.timeline_waiting_count(conn, object_id=object_id, cap=WAITING_CAP)
+        total = await dashboard.timeline_waiting_count(
+            conn, kind=kind, object_id=object_id, cap=WAITING_CAP
+        )
         # One more than shown: the oldest run shown still gets its gap to the one before.
-        runs = await dashboard.timeline_runs(conn, object_id=object_id, limit=RUNS_SHOWN + 1)
+        runs = await dashboard.timeline_runs(
+            conn, kind=kind, object_id=object_id, limit=RUNS_SHOWN + 1
+        )
     now, last_start = windows["now"], windows["last_started_at"]
     waits = explain_waits(pending, now=now, last_start=last_start, window=window)
     next_slot = windows["next_slot"]
     return Timeline(
+        kind=kind,
         object_id=object_id,
         window=window,
         now=now,

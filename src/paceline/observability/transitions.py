@@ -12,13 +12,13 @@ import logging
 from collections.abc import Sequence
 
 from paceline.queue.events import JobEvents
-from paceline.queue.jobs import Job, isoformat
+from paceline.queue.jobs import Job, isoformat, log_extra
 
 log = logging.getLogger("paceline.queue.jobs")
 
 
 class EnqueueLog(JobEvents):
-    """Logs every job the API accepts, with job_id, object_id and attempt as fields."""
+    """Logs every job the API accepts, with job_id, kind, object_id and attempt as fields."""
 
     def enqueued(self, job: Job) -> None:
         log.info(
@@ -26,7 +26,7 @@ class EnqueueLog(JobEvents):
             job.id,
             job.object_id,
             isoformat(job.run_at),
-            extra={"job_id": job.id, "object_id": job.object_id, "attempt": job.attempts},
+            extra=log_extra(job),
         )
 
     def enqueued_batch(self, jobs: Sequence[Job]) -> None:
@@ -53,5 +53,5 @@ class EnqueueLog(JobEvents):
                     job.id,
                     job.object_id,
                     isoformat(job.run_at),
-                    extra={"job_id": job.id, "object_id": job.object_id, "attempt": job.attempts},
+                    extra=log_extra(job),
                 )

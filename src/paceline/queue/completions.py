@@ -25,6 +25,7 @@ class _Outcome:
     status: Status
     duration: float
     error: str | None
+    result: str | None  # JSON text
     give_up_at: float  # monotonic; past it the job's lease has surely expired
 
 
@@ -41,10 +42,18 @@ class CompletionWriter(BatchWriter[_Outcome, bool]):
         # in different orders could deadlock each other.
         self._row_lock = row_lock
 
-    async def finish(self, job: Job, status: Status, duration: float, error: str | None) -> bool:
-        """Record the outcome; False if the attempt was taken back (nothing written)."""
+    async def finish(
+        self,
+        job: Job,
+        status: Status,
+        duration: float,
+        error: str | None,
+        result: str | None = None,
+    ) -> bool:
+        """Record the outcome (and the result, JSON text); False if the attempt was taken back
+        (nothing written)."""
         give_up_at = time.monotonic() + self._lease
-        return await self.submit(_Outcome(job, status, duration, error, give_up_at))
+        return await self.submit(_Outcome(job, status, duration, error, result, give_up_at))
 
     async def _write(self, items: list[_Outcome]) -> list[bool]:
         async def write() -> list[bool]:
@@ -56,6 +65,7 @@ class CompletionWriter(BatchWriter[_Outcome, bool]):
                     statuses=[o.status.value for o in items],
                     durations=[o.duration for o in items],
                     errors=[o.error for o in items],
+                    results=[o.result for o in items],
                 )
             return [outcome.job.id in recorded for outcome in items]
 

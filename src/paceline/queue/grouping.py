@@ -3,8 +3,8 @@
 A request's job is written at once when a writer is free; while writers are busy, the jobs
 arriving meanwhile wait and go out together as one `enqueue_batch` (up to 1000; see
 batching.BatchWriter). That trades no latency at low load for far fewer round trips and WAL
-flushes under load. Per-object slots stay exact: a batch takes each object's row lock like
-single enqueues do, and repeats of an object inside a batch get consecutive slots in arrival
+flushes under load. Per-key slots stay exact: a batch takes each key's row lock like
+single enqueues do, and repeats of a key inside a batch get consecutive slots in arrival
 order.
 """
 
@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncpg
 
 from paceline.queue.batching import BatchWriter
-from paceline.queue.jobs import Job, enqueue_batch
+from paceline.queue.jobs import Job, NewJob, enqueue_batch
 
 MAX_GROUP = 1000
 
 
-class EnqueueGrouper(BatchWriter[int, Job]):
+class EnqueueGrouper(BatchWriter[NewJob, Job]):
     """`enqueue()` one job; `writers` statements may be in flight at once."""
 
     name = "paceline-grouper"
@@ -28,9 +28,9 @@ class EnqueueGrouper(BatchWriter[int, Job]):
         self._pool = pool
         self._window = window
 
-    async def enqueue(self, object_id: int) -> Job:
-        """Create the job in its object's next free slot; raises what the statement raised."""
-        return await self.submit(object_id)
+    async def enqueue(self, new: NewJob) -> Job:
+        """Create the job in its key's next free slot; raises what the statement raised."""
+        return await self.submit(new)
 
-    async def _write(self, items: list[int]) -> list[Job]:
+    async def _write(self, items: list[NewJob]) -> list[Job]:
         return await enqueue_batch(self._pool, items, self._window)

@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import orjson
 
+from paceline.contract import DEFAULT_KIND
 from paceline.db import jobs as store
 from paceline.db.pool import Executor
 
@@ -30,8 +32,17 @@ class Status(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to create: its key (kind, object_id) and its payload as compact JSON text."""
+
+    object_id: int
+    kind: str = DEFAULT_KIND
+    payload_json: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Job:
-    """One row of `jobs`."""
+    """One row of `jobs`. A handler receives this; `payload` is what the client sent."""
 
     id: int
     object_id: int
@@ -43,6 +54,21 @@ class Job:
     duration: float | None
     attempts: int
     error: str | None
+    kind: str = DEFAULT_KIND
+    # JSON text as PostgreSQL returns it: the API embeds it as it is, without decoding it.
+    payload_json: str | None = None
+    result_json: str | None = None
+
+    @property
+    def payload(self) -> Any:
+        """The payload as Python values (None if the job has none)."""
+        # msgspec, not orjson: an integer past 64 bits stays exact (orjson makes it a float).
+        return None if self.payload_json is None else msgspec.json.decode(self.payload_json)
+
+    @property
+    def result(self) -> Any:
+        """What the handler returned, as Python values (None until it succeeded)."""
+        return None if self.result_json is None else msgspec.json.decode(self.result_json)
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Job:
@@ -58,6 +84,9 @@ class Job:
             duration=record["duration"],
             attempts=record["attempts"],
             error=record["error"],
+            kind=record["kind"],
+            payload_json=record["payload"],
+            result_json=record["result"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +97,7 @@ class Job:
         """
         return {
             "id": self.id,
+            "kind": self.kind,
             "object_id": self.object_id,
             "status": self.status.value,
             "timestamp": unix_seconds(self.created_at),
@@ -78,7 +108,20 @@ class Job:
             "finished_at": isoformat(self.finished_at),
             "attempts": self.attempts,
             "error": self.error,
+            "payload": _embedded(self.payload_json),
+            "result": _embedded(self.result_json),
         }
+
+
+def _embedded(text: str | None) -> orjson.Fragment | None:
+    # The database's JSON text goes into the answer as it is: no decoding and re-encoding of
+    # payloads of up to 64 KiB per job listed.
+    return None if text is None else orjson.Fragment(text)
+
+
+def log_extra(job: Job) -> dict[str, Any]:
+    """The fields every log line about a job carries."""
+    return {"job_id": job.id, "kind": job.kind, "object_id": job.object_id, "attempt": job.attempts}
 
 
 def unix_seconds(moment: datetime) -> int:
@@ -98,14 +141,28 @@ def isoformat(moment: datetime | None) -> str | None:
     return orjson.dumps(moment, option=orjson.OPT_UTC_Z)[1:-1].decode()
 
 
-async def enqueue(db: Executor, object_id: int, window: float) -> Job:
-    """Create a job in its object's next free slot (I1, I6); one statement, one round trip."""
-    return Job.from_record(await store.enqueue(db, object_id=object_id, window=window))
+async def enqueue(db: Executor, new: NewJob, window: float, *, absorbed: int | None = None) -> Job:
+    """Create a job in its key's next free slot (I1, I6); one statement, one round trip."""
+    record = await store.enqueue(
+        db,
+        kind=new.kind,
+        object_id=new.object_id,
+        window=window,
+        payload=new.payload_json,
+        absorbed=absorbed,
+    )
+    return Job.from_record(record)
 
 
-async def enqueue_batch(db: Executor, object_ids: list[int], window: float) -> list[Job]:
-    """Create one job per id, in request order, in one statement; repeats a window apart."""
-    records = await store.enqueue_batch(db, object_ids=object_ids, window=window)
+async def enqueue_batch(db: Executor, new: list[NewJob], window: float) -> list[Job]:
+    """Create the jobs, in request order, in one statement; repeats of a key a window apart."""
+    records = await store.enqueue_batch(
+        db,
+        kinds=[job.kind for job in new],
+        object_ids=[job.object_id for job in new],
+        payloads=[job.payload_json for job in new],
+        window=window,
+    )
     return [Job.from_record(record) for record in records]
 
 
@@ -124,14 +181,16 @@ async def get_jobs(db: Executor, job_ids: list[int]) -> dict[int, Job]:
 async def list_jobs(
     db: asyncpg.Pool,
     *,
+    kind: str | None = None,
     object_id: int | None = None,
     status: Status | None = None,
     before: int = INT64_MAX,
     limit: int = 50,
 ) -> list[Job]:
-    """Jobs newest first, optionally of one object and/or status, with ids below `before`."""
+    """Jobs newest first, optionally of one kind, object and/or status, ids below `before`."""
     records = await store.list_jobs(
         db,
+        kind=kind,
         object_id=object_id,
         status=None if status is None else status.value,
         before=before,

@@ -15,22 +15,17 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Sequence
 
 import asyncpg
 
 from paceline.db import jobs as store
 from paceline.db.jobs import MAX_IDS_PER_STATEMENT
-from paceline.queue.jobs import Job
+from paceline.queue.jobs import log_extra
 from paceline.queue.running import JobState, RunningJob, RunningJobs
 from paceline.queue.service import Backoff, Service
 
 log = logging.getLogger(__name__)
-
-
-def log_extra(job: Job) -> dict[str, Any]:
-    """The fields every log line about a job carries."""
-    return {"job_id": job.id, "object_id": job.object_id, "attempt": job.attempts}
 
 
 class LeaseKeeper(Service):
@@ -46,6 +41,7 @@ class LeaseKeeper(Service):
         *,
         worker_id: uuid.UUID,
         concurrency: int,
+        kinds: Sequence[str],
         lease: float,
         row_lock: asyncio.Lock,
     ) -> None:
@@ -56,6 +52,7 @@ class LeaseKeeper(Service):
         self._running = running
         self._worker_id = worker_id
         self._concurrency = concurrency
+        self._kinds = list(kinds)
         self._lease = lease
         self._interval = interval
         # Shared with the completion writer: two statements of one worker locking the same
@@ -72,6 +69,7 @@ class LeaseKeeper(Service):
             pid=os.getpid(),
             concurrency=self._concurrency,
             running=len(self._running),
+            kinds=self._kinds,
         )
         return self._interval
 

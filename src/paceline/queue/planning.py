@@ -35,16 +35,19 @@ async def cancel_and_compact(conn: Connection, job_id: int, window: float) -> Jo
     Returns the cancelled job, or None if it was not pending (or does not exist). Call inside
     a transaction.
     """
-    object_id = await slots.object_of_job(conn, job_id=job_id)
-    if object_id is None:
+    key = await slots.key_of_job(conn, job_id=job_id)
+    if key is None:
         return None
-    await slots.lock_object_slots(conn, object_id=object_id)
+    kind, object_id = key
+    await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
     record = await slots.cancel_pending_job(conn, job_id=job_id)
     if record is None:
         return None
     cancelled = Job.from_record(record)
-    later = await slots.pending_jobs_of_object(conn, object_id=object_id, after_job_id=job_id)
-    last_start = await slots.last_start_of_object(conn, object_id=object_id)
+    later = await slots.pending_jobs_of_object(
+        conn, kind=kind, object_id=object_id, after_job_id=job_id
+    )
+    last_start = await slots.last_start_of_object(conn, kind=kind, object_id=object_id)
     step = timedelta(seconds=window)
     floor = last_start + step if last_start is not None else None
     slot = cancelled.run_at
@@ -60,7 +63,7 @@ async def cancel_and_compact(conn: Connection, job_id: int, window: float) -> Jo
         await slots.move_slots(
             conn, job_ids=[job for job, _ in changes], run_at=[at for _, at in changes]
         )
-    await slots.set_next_slot(conn, object_id=object_id, next_slot=slot)
+    await slots.set_next_slot(conn, kind=kind, object_id=object_id, next_slot=slot)
     return cancelled
 
 
@@ -74,11 +77,11 @@ async def replan(
     await slots.lock_replan(conn)
     step = timedelta(seconds=new_window)
     changes: list[SlotChange] = []
-    for object_id in await slots.objects_with_pending_jobs(conn):
+    for kind, object_id in await slots.objects_with_pending_jobs(conn):
         if apply:
-            await slots.lock_object_slots(conn, object_id=object_id)
-        pending = await slots.pending_jobs_of_object(conn, object_id=object_id)
-        last_start = await slots.last_start_of_object(conn, object_id=object_id)
+            await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
+        pending = await slots.pending_jobs_of_object(conn, kind=kind, object_id=object_id)
+        last_start = await slots.last_start_of_object(conn, kind=kind, object_id=object_id)
         previous = last_start
         ids: list[int] = []
         new_slots: list[datetime] = []
@@ -93,7 +96,9 @@ async def replan(
             previous = candidate
         if apply and ids:
             await slots.move_slots(conn, job_ids=ids, run_at=new_slots)
-            await slots.set_next_slot(conn, object_id=object_id, next_slot=new_slots[-1] + step)
+            await slots.set_next_slot(
+                conn, kind=kind, object_id=object_id, next_slot=new_slots[-1] + step
+            )
     if apply:
         await slots.respace_idle_objects(conn, old_window=old_window, new_window=new_window)
     return changes
@@ -105,16 +110,23 @@ async def shift_later_slots(pool: asyncpg.Pool, late: list[Job], window: float) 
     prediction. The claim enforces I1 either way; this only keeps the promises true."""
     # One read for the whole claim: only objects with jobs waiting behind need a move (a drain
     # of overdue jobs over distinct objects needs none).
-    waiting = await slots.objects_with_pending(pool, object_ids=[job.object_id for job in late])
+    waiting = await slots.objects_with_pending(
+        pool, keys=[(job.kind, job.object_id) for job in late]
+    )
     for job in late:
-        if job.object_id not in waiting:
+        if (job.kind, job.object_id) not in waiting:
             continue
         assert job.started_at is not None
         async with pool.acquire() as conn, conn.transaction():
             await store.plan_per_call(conn)  # see paceline.db.plans
-            await slots.lock_object_slots(conn, object_id=job.object_id)
+            await slots.lock_object_slots(conn, kind=job.kind, object_id=job.object_id)
             await store.shift_later_slots(
-                conn, object_id=job.object_id, job_id=job.id, after=job.started_at, window=window
+                conn,
+                kind=job.kind,
+                object_id=job.object_id,
+                job_id=job.id,
+                after=job.started_at,
+                window=window,
             )
 
 

@@ -55,7 +55,12 @@ class Reaper(Service):
                         "job %d lost its last attempt %d; FAILED",
                         job_id,
                         attempt,
-                        extra={"job_id": job_id, "object_id": row["object_id"], "attempt": attempt},
+                        extra={
+                            "job_id": job_id,
+                            "kind": row["kind"],
+                            "object_id": row["object_id"],
+                            "attempt": attempt,
+                        },
                     )
                     continue
                 run_at = await requeue(
@@ -72,6 +77,11 @@ class Reaper(Service):
                     job_id,
                     attempt,
                     run_at,
-                    extra={"job_id": job_id, "object_id": row["object_id"], "attempt": attempt},
+                    extra={
+                        "job_id": job_id,
+                        "kind": row["kind"],
+                        "object_id": row["object_id"],
+                        "attempt": attempt,
+                    },
                 )
             return len(expired)

@@ -32,10 +32,11 @@ async def requeue(
     on small tables would scan `jobs` whole.
     """
     await store.plan_per_call(conn)
-    object_id = await store.lock_running_job(conn, job_id=job_id, attempt=attempt)
-    if object_id is None:
+    key = await store.lock_running_job(conn, job_id=job_id, attempt=attempt)
+    if key is None:
         return None
-    await slots.lock_object_slots(conn, object_id=object_id)
+    kind, object_id = key
+    await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
     run_at = await store.requeue_job(
         conn,
         job_id=job_id,
@@ -47,6 +48,6 @@ async def requeue(
     )
     if run_at is not None:
         await store.shift_later_slots(
-            conn, object_id=object_id, job_id=job_id, after=run_at, window=window
+            conn, kind=kind, object_id=object_id, job_id=job_id, after=run_at, window=window
         )
     return run_at

@@ -1,9 +1,10 @@
 """Admitting a job under a backlog policy and an optional idempotency key.
 
 `queue` (the default) with no cap and no key is the one-statement enqueue. Everything else
-runs in a transaction that first takes the object's slot row lock (so concurrent requests for
-one object, on any replica, decide one after the other on what the previous ones committed),
-then decides, then enqueues or refuses; a refusal rolls back and leaves nothing behind.
+runs in a transaction that first takes the key's slot row lock (a key is a (kind, object_id);
+concurrent requests for one key, on any replica, decide one after the other on what the
+previous ones committed), then decides, then enqueues, changes the key's pending job
+(`coalesce`, `replace`, `append`) or refuses; a refusal rolls back and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import TypeVar
 import asyncpg
 
 from paceline import contract
+from paceline.contract import DEFAULT_KIND, MAX_APPENDED, MAX_PAYLOAD_BYTES
 from paceline.db import slots
 from paceline.db.pool import Connection
 from paceline.queue.grouping import EnqueueGrouper
-from paceline.queue.jobs import Job, enqueue, enqueue_batch, get_job, get_jobs
+from paceline.queue.jobs import Job, NewJob, enqueue, enqueue_batch, get_job, get_jobs
 
 T = TypeVar("T")
 
@@ -29,7 +31,7 @@ T = TypeVar("T")
 IDEMPOTENCY_TTL = 24 * 3600.0
 
 
-# What a request wants when its object's window is busy (queue, coalesce, reject).
+# What a request wants when its key's window is busy (queue, coalesce, reject, replace, append).
 OnBusy = contract.OnBusy
 
 
@@ -41,10 +43,22 @@ class Submission:
     on_busy: OnBusy = OnBusy.QUEUE
     max_backlog: int | None = None
     idempotency_key: str | None = None
+    kind: str = DEFAULT_KIND
+    # Compact JSON text (the validation wrote it), or None for no payload.
+    payload_json: str | None = None
+
+    @property
+    def new_job(self) -> NewJob:
+        """The job this request creates when it creates one."""
+        return NewJob(self.object_id, self.kind, self.payload_json)
 
     def fingerprint(self) -> str:
         """What the request means, to tell a retry of it from another request with its key."""
         text = f"{self.object_id}|{self.on_busy.value}|{self.max_backlog}"
+        # Requests with neither keep the fingerprint of the releases before kinds existed, so
+        # a retry across an upgrade still finds its job.
+        if self.kind != DEFAULT_KIND or self.payload_json is not None:
+            text += f"|{_meaning(self.new_job)}"
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -86,8 +100,8 @@ async def submit(
     plain = request.on_busy is OnBusy.QUEUE and request.max_backlog is None
     if plain and request.idempotency_key is None:
         if grouper is not None:
-            return Admitted(await grouper.enqueue(request.object_id), created=True)
-        return Admitted(await enqueue(pool, request.object_id, window), created=True)
+            return Admitted(await grouper.enqueue(request.new_job), created=True)
+        return Admitted(await enqueue(pool, request.new_job, window), created=True)
     async with pool.acquire() as conn, conn.transaction():
         if request.idempotency_key is not None:
             replay = await _claim_key(conn, request)
@@ -109,29 +123,38 @@ class AdmittedBatch:
     replayed: bool = False
 
 
-def batch_fingerprint(object_ids: list[int]) -> str:
-    """What a batch means: its object ids in order (a prefix keeps it apart from one job)."""
-    text = "batch|" + ",".join(map(str, object_ids))
+def _meaning(new: NewJob) -> str:
+    """A job's key and payload as fingerprint text: the object id alone for a payload-less
+    default job (as before kinds existed), else kind, object and the payload's digest."""
+    if new.kind == DEFAULT_KIND and new.payload_json is None:
+        return str(new.object_id)
+    payload = b"-" if new.payload_json is None else new.payload_json.encode()
+    return f"{new.kind}:{new.object_id}:{hashlib.sha256(payload).hexdigest()}"
+
+
+def batch_fingerprint(new: list[NewJob]) -> str:
+    """What a batch means: its jobs in order (a prefix keeps it apart from one job)."""
+    text = "batch|" + ",".join(map(_meaning, new))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 async def submit_batch(
     pool: asyncpg.Pool,
-    object_ids: list[int],
+    new: list[NewJob],
     window: float,
     *,
     idempotency_key: str | None = None,
 ) -> AdmittedBatch:
-    """Create one job per id in one statement; with a key, a retry of the same batch gets the
-    same jobs back, and concurrent retries create it once. Raises KeyReused."""
+    """Create the jobs in one statement; with a key, a retry of the same batch gets the same
+    jobs back, and concurrent retries create it once. Raises KeyReused."""
     if idempotency_key is None:
-        return AdmittedBatch(await enqueue_batch(pool, object_ids, window))
-    fingerprint = batch_fingerprint(object_ids)
+        return AdmittedBatch(await enqueue_batch(pool, new, window))
+    fingerprint = batch_fingerprint(new)
     async with pool.acquire() as conn, conn.transaction():
         earlier = await _claim_batch_key(conn, idempotency_key, fingerprint)
         if earlier is not None:
             return AdmittedBatch(earlier, replayed=True)
-        jobs = await enqueue_batch(conn, object_ids, window)
+        jobs = await enqueue_batch(conn, new, window)
         await slots.bind_idempotency_key_to_batch(
             conn, key=idempotency_key, job_ids=[job.id for job in jobs]
         )
@@ -203,10 +226,16 @@ async def _take_over_key(conn: Connection, key: str, fingerprint: str) -> None:
 
 
 async def _admit(conn: Connection, request: Submission, window: float) -> Admitted:
-    object_id = request.object_id
-    await slots.lock_object_slots(conn, object_id=object_id)
+    kind, object_id = request.kind, request.object_id
+    await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
+    if request.on_busy in (OnBusy.REPLACE, OnBusy.APPEND):
+        changed = await _change_pending_tail(conn, request)
+        if changed is not None:
+            return Admitted(changed, created=False, coalesced=True)
     cap = (request.max_backlog or 0) + 1
-    state = await slots.object_backlog(conn, object_id=object_id, window=window, count_up_to=cap)
+    state = await slots.object_backlog(
+        conn, kind=kind, object_id=object_id, window=window, count_up_to=cap
+    )
     if request.on_busy is OnBusy.COALESCE and state["head_id"] is not None:
         job = await get_job(conn, state["head_id"])
         assert job is not None
@@ -227,5 +256,33 @@ async def _admit(conn: Connection, request: Submission, window: float) -> Admitt
             retry_after=max(1, math.ceil(head_wait)),
             next_free=state["next_free"],
         )
-    # The object's row is ours already: the enqueue statement's upsert does not wait.
-    return Admitted(await enqueue(conn, object_id, window), created=True)
+    # The key's row is ours already: the enqueue statement's upsert does not wait.
+    if request.on_busy is OnBusy.APPEND:
+        # An appending job's payload is the list of every payload it absorbed.
+        first = NewJob(object_id, kind, f"[{request.payload_json or 'null'}]")
+        return Admitted(await enqueue(conn, first, window, absorbed=1), created=True)
+    return Admitted(await enqueue(conn, request.new_job, window), created=True)
+
+
+async def _change_pending_tail(conn: Connection, request: Submission) -> Job | None:
+    """replace / append: give the key's last pending job this request's payload (replace) or
+    add it to the job's list (append); the job, or None when a new job must be made instead.
+
+    The tail, not the head: with several jobs pending (some queued), the latest payload belongs
+    in the last slot, so payloads still run in the order they arrived. The tail is locked
+    first: a claim skips it meanwhile, and a claim that got it first has started it, and a
+    started job is never changed. An appending job takes at most MAX_APPENDED payloads and
+    MAX_PAYLOAD_BYTES; the request past either gets a new job in the next free slot."""
+    tail = await slots.lock_pending_tail(conn, kind=request.kind, object_id=request.object_id)
+    if tail is None:
+        return None
+    if request.on_busy is OnBusy.REPLACE:
+        record = await slots.replace_payload(conn, job_id=tail["id"], payload=request.payload_json)
+    else:
+        if tail["absorbed"] is None or tail["absorbed"] >= MAX_APPENDED:
+            return None
+        added = len((request.payload_json or "null").encode()) + 2  # ", " between elements
+        if tail["payload_bytes"] + added > MAX_PAYLOAD_BYTES:
+            return None
+        record = await slots.append_payload(conn, job_id=tail["id"], payload=request.payload_json)
+    return None if record is None else Job.from_record(record)

@@ -7,7 +7,8 @@ tell that paceline sent exactly these bytes, recently; `verify_signature` checks
 
 What the receiver answers decides what happens to the job:
 
-- 2xx: SUCCESS.
+- 2xx: SUCCESS. A JSON answer (up to 64 KiB) becomes the job's `result`; any other answer
+  (not JSON, empty, too big) leaves `result` null, and the attempt still succeeds.
 - 429 or 503 with Retry-After: RetryLater, so the job and its object's later slots move back.
 - 3xx (redirects are not followed) and other 4xx: PermanentFailure, FAILED without retries.
 - 5xx, 429/503 without Retry-After, no answer within PACELINE_WEBHOOK_TIMEOUT, a network error:
@@ -31,6 +32,7 @@ from yarl import URL
 
 from paceline import __version__
 from paceline.config import Settings
+from paceline.contract import MAX_PAYLOAD_BYTES
 from paceline.queue.errors import PermanentFailure, RetryLater
 from paceline.queue.jobs import Job
 
@@ -128,17 +130,18 @@ class WebhookHandler:
         # hold a credential, as in chat webhooks.
         self._target = str(self._url.origin())
 
-    async def __call__(self, job: Job) -> None:
-        """Deliver `job`; returns on 2xx, raises what the worker should do otherwise."""
+    async def __call__(self, job: Job) -> object:
+        """Deliver `job`; on 2xx returns the receiver's JSON answer (None if it gave none),
+        otherwise raises what the worker should do."""
         body = orjson.dumps(job.to_json())
         try:
             async with self._client().post(
                 self._url, data=body, headers=self._headers(job, body), allow_redirects=False
             ) as response:
                 if 200 <= response.status < 300:
-                    return
+                    return _json_answer(await _read_head(response, MAX_PAYLOAD_BYTES + 1))
                 head = await _read_head(response, _EXCERPT_BYTES)
-                self._refused(response, head)
+                raise self._refused(response, head)
         except TimeoutError:
             # Before ClientError: aiohttp's timeouts are both.
             raise WebhookError(
@@ -150,19 +153,20 @@ class WebhookHandler:
                 f"POST to {self._target} failed: {said or type(exc).__name__}"
             ) from None
 
-    def _refused(self, response: aiohttp.ClientResponse, head: bytes) -> None:
+    def _refused(self, response: aiohttp.ClientResponse, head: bytes) -> Exception:
+        """What to raise for a refusing answer."""
         status = response.status
         said = f"{self._target} answered {status}{_excerpt(head)}"
         if status in (429, 503):
             delay = retry_after_seconds(response.headers.get("Retry-After"))
             if delay is not None:
-                raise RetryLater(delay, f"{said} (Retry-After: {delay:g}s)")
-            raise WebhookError(said)
+                return RetryLater(delay, f"{said} (Retry-After: {delay:g}s)")
+            return WebhookError(said)
         if 300 <= status < 400:
-            raise PermanentFailure(f"{said} (redirects to {_origin(response)} are not followed)")
+            return PermanentFailure(f"{said} (redirects to {_origin(response)} are not followed)")
         if 400 <= status < 500:
-            raise PermanentFailure(said)
-        raise WebhookError(said)
+            return PermanentFailure(said)
+        return WebhookError(said)
 
     def _headers(self, job: Job, body: bytes) -> dict[str, str]:
         headers = {
@@ -211,6 +215,16 @@ async def _read_head(response: aiohttp.ClientResponse, limit: int) -> bytes:
             break
         head += chunk
     return head
+
+
+def _json_answer(body: bytes) -> object:
+    """What a receiver answered, if it is JSON that fits a result; else None."""
+    if not body or len(body) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _origin(response: aiohttp.ClientResponse) -> str:

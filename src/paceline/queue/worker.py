@@ -19,7 +19,9 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -29,10 +31,11 @@ from paceline.db.pool import is_unavailable
 from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler
-from paceline.queue.jobs import Job, Status
-from paceline.queue.leases import LeaseKeeper, log_extra
+from paceline.queue.jobs import Job, Status, log_extra
+from paceline.queue.leases import LeaseKeeper
 from paceline.queue.planning import shift_later_slots
 from paceline.queue.requeue import requeue
+from paceline.queue.results import encode_result
 from paceline.queue.retry import Action, RetryPolicy
 from paceline.queue.running import JobState, RunningJobs
 from paceline.queue.service import Backoff, Service, retry_until
@@ -105,7 +108,7 @@ class Worker(Service):
     def __init__(
         self,
         pool: asyncpg.Pool,
-        handler: Handler,
+        handlers: Mapping[str, Handler],
         *,
         events: JobEvents | None = None,
         concurrency: int,
@@ -121,7 +124,9 @@ class Worker(Service):
         super().__init__(logger=log, retry=Backoff(0.05, 5.0))
         self.id = uuid.uuid4()
         self._pool = pool
-        self._handler = handler
+        # One handler per kind; the worker claims only jobs of these kinds.
+        self._handlers = dict(handlers)
+        self._kinds = sorted(self._handlers)
         self._events = events if events is not None else JobEvents()
         self._window = rate_window
         self._lease = lease
@@ -138,6 +143,7 @@ class Worker(Service):
             self._running,
             worker_id=self.id,
             concurrency=concurrency,
+            kinds=self._kinds,
             lease=lease,
             row_lock=row_lock,
         )
@@ -202,7 +208,12 @@ class Worker(Service):
     async def _claim(self, limit: int) -> list[Job]:
         began = time.monotonic()
         records = await store.claim_due_jobs(
-            self._pool, limit=limit, window=self._window, lease=self._lease, worker_id=self.id
+            self._pool,
+            limit=limit,
+            window=self._window,
+            lease=self._lease,
+            worker_id=self.id,
+            kinds=self._kinds,
         )
         self._events.claimed(len(records), time.monotonic() - began)
         return [Job.from_record(record) for record in records]
@@ -211,7 +222,7 @@ class Worker(Service):
         # The database clock decides; read it with the answer and credit half the round
         # trip, so the alarm is not late by the time the answer took to arrive.
         sent = time.monotonic()
-        row = await store.seconds_until_next_due(self._pool, window=self._window)
+        row = await store.seconds_until_next_due(self._pool, window=self._window, kinds=self._kinds)
         half_trip = (time.monotonic() - sent) / 2
         if row["next_start"] is None:
             return self._idle_poll
@@ -263,7 +274,7 @@ class Worker(Service):
         self._events.started(job)
         started = time.monotonic()
         try:
-            outcome = await self._call_handler(job)
+            outcome, returned = await self._call_handler(job)
         except asyncio.CancelledError:
             entry = self._running.get(job.id)
             if entry is not None and entry.state is JobState.LOST:
@@ -280,39 +291,45 @@ class Worker(Service):
         duration = time.monotonic() - started
         if self._running.recording(job.id):
             self.alarm.fire()
-        await self._record(job, outcome, duration)
+        await self._record(job, outcome, returned, duration)
 
-    async def _call_handler(self, job: Job) -> BaseException | None:
-        """Run the handler; the exception it ended with (a timeout as TimeoutError), or None."""
+    async def _call_handler(self, job: Job) -> tuple[BaseException | None, Any]:
+        """Run the kind's handler: (the exception it ended with, a timeout as TimeoutError, or
+        None; what it returned)."""
+        handler = self._handlers[job.kind]  # claimed only for the kinds it has
         try:
             async with asyncio.timeout(self._job_timeout) as deadline:
-                await self._handler(job)
+                return None, await handler(job)
         except TimeoutError as exc:
             if deadline.expired():
                 return TimeoutError(
                     f"the handler ran longer than PACELINE_JOB_TIMEOUT={self._job_timeout:g}s"
-                )
-            return exc
+                ), None
+            return exc, None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return exc
-        return None
+            return exc, None
 
-    async def _record(self, job: Job, outcome: BaseException | None, duration: float) -> None:
+    async def _record(
+        self, job: Job, outcome: BaseException | None, returned: Any, duration: float
+    ) -> None:
         if outcome is None:
-            await self._finish(job, Status.SUCCESS, duration, None)
+            result = encode_result(returned, job=job)
+            await self._finish(job, Status.SUCCESS, duration, None, result)
             return
         error = f"{type(outcome).__name__}: {outcome}"
         decision = self._retry_policy.decide(job.attempts, outcome)
         if decision.action is Action.FAIL:
             # The last error, as the handler said it; `attempts` tells how many there were.
-            await self._finish(job, Status.FAILED, duration, error)
+            await self._finish(job, Status.FAILED, duration, error, None)
             return
         await self._retry(job, decision.delay, error, duration)
 
-    async def _finish(self, job: Job, status: Status, duration: float, error: str | None) -> None:
-        updated = await self._completions.finish(job, status, duration, error)
+    async def _finish(
+        self, job: Job, status: Status, duration: float, error: str | None, result: str | None
+    ) -> None:
+        updated = await self._completions.finish(job, status, duration, error, result)
         extra = log_extra(job)
         if not updated:
             log.warning(

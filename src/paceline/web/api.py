@@ -8,10 +8,11 @@ import orjson
 from aiohttp import web
 
 from paceline.queue import jobs
-from paceline.queue.jobs import isoformat
+from paceline.queue.jobs import NewJob, isoformat
+from paceline.queue.kinds import UnknownKind
 from paceline.queue.planning import cancel_and_compact
 from paceline.queue.submit import Busy, KeyReused, OnBusy, Submission, submit, submit_batch
-from paceline.web.keys import EVENTS, GROUPER, NOTIFIER, POOL, SETTINGS
+from paceline.web.keys import EVENTS, GROUPER, KINDS, NOTIFIER, POOL, SETTINGS
 from paceline.web.problems import Problem, invalid, not_found
 from paceline.web.validation import (
     check_json_content_type,
@@ -41,9 +42,13 @@ async def create_job(request: web.Request) -> web.Response:
     body = parse_jobs_body(await read_body(request))
     settings = request.app[SETTINGS]
     if isinstance(body, list):
+        await _check_kinds(request, {new.kind for new in body})
         return await _create_batch(request, body)
+    await _check_kinds(request, {body.new.kind})
     submission = Submission(
-        object_id=body.object_id,
+        object_id=body.new.object_id,
+        kind=body.new.kind,
+        payload_json=body.new.payload_json,
         on_busy=OnBusy(body.on_busy or settings.on_busy),
         max_backlog=body.max_backlog,
         idempotency_key=parse_idempotency_key(request.headers.get("Idempotency-Key")),
@@ -78,13 +83,27 @@ async def create_job(request: web.Request) -> web.Response:
     return json_response(document, status=200, headers=headers)
 
 
-async def _create_batch(request: web.Request, object_ids: list[int]) -> web.Response:
-    """A JSON array of jobs: one statement, each job in its object's next free slot. An
+async def _check_kinds(request: web.Request, kinds: set[str]) -> None:
+    """Refuse a job of a kind no replica has a handler for: it would wait forever."""
+    for kind in sorted(kinds):
+        try:
+            await request.app[KINDS].check(kind)
+        except UnknownKind as unknown:
+            known = ", ".join(unknown.known)
+            raise invalid(
+                f"No replica has a handler for the kind {kind!r}; the known kinds are {known}. "
+                "Nothing was written.",
+                name="kind",
+            ) from None
+
+
+async def _create_batch(request: web.Request, new: list[NewJob]) -> web.Response:
+    """A JSON array of jobs: one statement, each job in its key's next free slot. An
     Idempotency-Key covers the whole batch: a retry with the same body gets the same jobs."""
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     try:
         admitted = await submit_batch(
-            request.app[POOL], object_ids, request.app[SETTINGS].rate_window, idempotency_key=key
+            request.app[POOL], new, request.app[SETTINGS].rate_window, idempotency_key=key
         )
     except KeyReused as reused:
         raise invalid(str(reused), name="Idempotency-Key") from None
@@ -131,18 +150,24 @@ async def read_job(request: web.Request) -> web.Response:
 
 @routes.get("/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs newest first, filtered by object_id and/or status; `next_cursor` pages on."""
-    object_id, status, limit, before = parse_list_query(request.query)
+    """Jobs newest first, filtered by kind, object_id and/or status; `next_cursor` pages on."""
+    query = parse_list_query(request.query)
+    limit = query.limit
     # One extra row tells whether another page exists without a count.
     found = await jobs.list_jobs(
-        request.app[POOL], object_id=object_id, status=status, before=before, limit=limit + 1
+        request.app[POOL],
+        kind=query.kind,
+        object_id=query.object_id,
+        status=query.status,
+        before=query.before,
+        limit=limit + 1,
     )
     page, more = found[:limit], len(found) > limit
     next_cursor = str(page[-1].id) if more else None
     headers = {}
     if next_cursor is not None:
-        query = {key: value for key, value in request.query.items() if key != "cursor"}
-        url = request.app.router["jobs"].url_for().with_query({**query, "cursor": next_cursor})
+        kept = {key: value for key, value in request.query.items() if key != "cursor"}
+        url = request.app.router["jobs"].url_for().with_query({**kept, "cursor": next_cursor})
         headers["Link"] = f'<{url}>; rel="next"'
     return json_response(
         {"jobs": [job.to_json() for job in page], "next_cursor": next_cursor}, headers=headers

@@ -12,6 +12,7 @@ from paceline.observability.overview import OverviewCache
 from paceline.observability.prometheus import JobMetrics
 from paceline.queue.events import JobEvents
 from paceline.queue.grouping import EnqueueGrouper
+from paceline.queue.kinds import KnownKinds
 from paceline.queue.wakeup import DueNotifier
 from paceline.queue.worker import Worker
 
@@ -21,6 +22,7 @@ WORKER = web.AppKey("worker", Worker)
 EVENTS = web.AppKey("events", JobEvents)
 NOTIFIER = web.AppKey("notifier", DueNotifier)
 GROUPER = web.AppKey("grouper", EnqueueGrouper)
+KINDS = web.AppKey("kinds", KnownKinds)
 # The dashboard and /metrics (paceline.observability).
 METRICS = web.AppKey("metrics", JobMetrics)
 OVERVIEW = web.AppKey("overview", OverviewCache)

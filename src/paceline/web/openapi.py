@@ -1,6 +1,7 @@
 """The API as an OpenAPI 3.1 document, served at `GET /openapi.json`; the tests hold the app to it.
 
-The document is a plain dict built once at import and encoded once. The schemas of the job
+The document is a plain dict built once at import; what is served adds the kinds the
+deployment runs at the moment (few variants, each encoded once). The schemas of the job
 requests and responses are generated from the shapes the API decodes with (paceline.shapes),
 and every bound comes from paceline.contract, which the validation uses too, so the document
 and the service cannot drift apart.
@@ -8,6 +9,8 @@ and the service cannot drift apart.
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
 import orjson
@@ -15,6 +18,7 @@ from aiohttp import web
 
 from paceline import __version__, shapes
 from paceline.contract import DEFAULT_PAGE, MAX_PAGE
+from paceline.web.keys import KINDS
 from paceline.web.problems import MAX_BODY_BYTES, PROBLEM_JSON
 
 routes = web.RouteTableDef()
@@ -356,10 +360,26 @@ DOCUMENT: dict[str, Any] = {
     },
 }
 
-_ENCODED = orjson.dumps(DOCUMENT)
+_KNOWN_KINDS = (
+    " One of the kinds this deployment runs now (a handler in this replica's settings or a "
+    "live replica's); any other is refused with 422."
+)
+
+
+@functools.lru_cache(maxsize=16)
+def encoded(kinds: tuple[str, ...]) -> bytes:
+    """The document with the kinds a request may name now, encoded (a few variants cached)."""
+    document = copy.deepcopy(DOCUMENT)
+    for shape in ("JobRequest", "BatchItem"):
+        kind = document["components"]["schemas"][shape]["properties"]["kind"]
+        named, _null = kind["anyOf"]
+        named["enum"] = list(kinds)
+        named["description"] += _KNOWN_KINDS
+    return orjson.dumps(document)
 
 
 @routes.get("/openapi.json", name="openapi")
 async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI document of this API."""
-    return web.Response(body=_ENCODED, content_type=JSON)
+    """The OpenAPI document of this API, with the kinds it takes now."""
+    kinds = await request.app[KINDS].known()
+    return web.Response(body=encoded(tuple(kinds)), content_type=JSON)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -13,12 +14,21 @@ import msgspec
 from aiohttp import web
 
 from paceline import contract
-from paceline.contract import INT64_MAX, INT64_MIN, OnBusyName
-from paceline.queue.jobs import Status
+from paceline.contract import (
+    DEFAULT_KIND,
+    INT64_MAX,
+    INT64_MIN,
+    KIND_PATTERN,
+    MAX_PAYLOAD_BYTES,
+    OnBusyName,
+)
+from paceline.queue.jobs import NewJob, Status
+from paceline.queue.results import ESCAPED_NUL
 from paceline.shapes import BatchItem, JobBatch, JobRequest
 from paceline.web.problems import Problem, invalid, not_found
 
 __all__ = [
+    "JobBody",
     "JobRequest",
     "check_json_content_type",
     "json_integer",
@@ -45,9 +55,28 @@ _DECODER: Final = msgspec.json.Decoder(JobRequest | JobBatch)
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 # A JSON number whose most significant digit is further out than this is no int64.
 _MAX_INTEGER_DIGITS = 20
-LIST_PARAMS = frozenset({"object_id", "status", "limit", "cursor"})
+LIST_PARAMS = frozenset({"kind", "object_id", "status", "limit", "cursor"})
+_KIND = re.compile(KIND_PATTERN)
 
 _EXAMPLE = 'send {"object_id": <integer>}'
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobBody:
+    """A single job's POST /jobs body, checked: the job and the policy it asks for."""
+
+    new: NewJob
+    on_busy: OnBusyName | None = None
+    max_backlog: int | None = None
+
+
+class _PayloadOf(msgspec.Struct):
+    """Only the payload of a job (other fields ignored): its exact JSON text."""
+
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_PAYLOADS: Final = msgspec.json.Decoder(_PayloadOf | list[_PayloadOf])
 
 
 def check_json_content_type(content_type: str) -> None:
@@ -75,61 +104,122 @@ async def read_body(request: web.Request) -> bytes:
         ) from None
 
 
-def parse_jobs_body(body: bytes) -> JobRequest | list[int]:
-    """A `POST /jobs` body: one job request, or a batch (a JSON array of `{"object_id": n}`)."""
+def parse_jobs_body(body: bytes) -> JobBody | list[NewJob]:
+    """A `POST /jobs` body: one job request, or a batch (a JSON array of jobs)."""
     try:
         decoded = _DECODER.decode(body)
     except msgspec.DecodeError:  # ValidationError included
         pass
     else:
         # The decoder keeps the last of duplicate keys, which are refused here. Once it has
-        # decoded, the only strings in the body are its keys and an on_busy value (a name
-        # with no quote in it), so one quote pair more than those is a key written twice.
+        # decoded, the only strings in the body are its keys, the names of on_busy and kind
+        # (no quote in them) and the payloads' own, so one quote pair more than those is a key
+        # written twice.
         if isinstance(decoded, JobRequest):
             if body.count(b'"') == _quotes(decoded):
-                return decoded
-        elif body.count(b'"') == 2 * len(decoded):
-            return [item.object_id for item in decoded]
+                return JobBody(
+                    NewJob(
+                        decoded.object_id,
+                        decoded.kind or DEFAULT_KIND,
+                        payload_json(decoded.payload),
+                    ),
+                    decoded.on_busy,
+                    decoded.max_backlog,
+                )
+        elif body.count(b'"') == sum(map(_quotes, decoded)):
+            return [
+                NewJob(item.object_id, item.kind or DEFAULT_KIND, payload_json(item.payload))
+                for item in decoded
+            ]
     return _explained(body)
 
 
-def _quotes(request: JobRequest) -> int:
+def _quotes(request: JobRequest | BatchItem) -> int:
     # An explicit null (e.g. "on_busy": null) is not counted: the rules read that body.
     quotes = 2
     if request.on_busy is not None:
         quotes += 4
-    if request.max_backlog is not None:
+    if isinstance(request, JobRequest) and request.max_backlog is not None:
         quotes += 2
+    if request.kind is not None:
+        quotes += 4
+    if request.payload is not msgspec.UNSET:
+        quotes += 2 + bytes(request.payload).count(b'"')
     return quotes
 
 
-def _explained(body: bytes) -> JobRequest | list[int]:
+def payload_json(raw: msgspec.Raw | msgspec.UnsetType) -> str | None:
+    """A payload as the compact JSON text to store, or None (absent or null). Refuses what
+    PostgreSQL's jsonb cannot hold (413 past MAX_PAYLOAD_BYTES)."""
+    if raw is msgspec.UNSET:
+        return None
+    text = bytes(raw)
+    if text == b"null":
+        return None
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise invalid(f"payload is not JSON a job can keep: {exc}.", name="payload") from None
+    except RecursionError:
+        raise invalid("payload is nested too deeply.", name="payload") from None
+    encoded = msgspec.json.encode(value)
+    if len(encoded) > MAX_PAYLOAD_BYTES:
+        raise Problem(
+            413,
+            "Payload too large",
+            f"The payload is {len(encoded)} bytes as compact JSON; a payload may be at most "
+            f"{MAX_PAYLOAD_BYTES} bytes (64 KiB). Nothing was written.",
+            limit=MAX_PAYLOAD_BYTES,
+        )
+    if ESCAPED_NUL.search(encoded):
+        raise invalid(
+            "payload strings cannot hold \\u0000 (PostgreSQL's jsonb has no NUL character).",
+            name="payload",
+        )
+    return encoded.decode()
+
+
+def _explained(body: bytes) -> JobBody | list[NewJob]:
     """The hand-written reading of a body: the exact sentence for whatever is wrong with it,
     and integral numbers such as 768.0 or 7.68e2 read (exactly) as the integers they are."""
     document = _parse_json(body)
     if isinstance(document, list):
-        return _batch(document)
-    return _job_request(document)
+        return _batch(document, body)
+    return _job_request(document, body)
 
 
-def _batch(items: list[Any]) -> list[int]:
+def _batch(items: list[Any], body: bytes) -> list[NewJob]:
     if not 1 <= len(items) <= contract.MAX_BATCH:
         raise invalid(f"A batch holds 1 to {contract.MAX_BATCH} jobs (got {len(items)}).")
-    object_ids = []
+    checked = []
     for position, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) != _BATCH_FIELDS:
+        if not isinstance(item, dict) or "object_id" not in item or set(item) - _BATCH_FIELDS:
             raise invalid(
-                f'Batch item {position} must be {{"object_id": <integer>}} and nothing else; '
-                "policies are per request, not per batch.",
+                f'Batch item {position} must be {{"object_id": <integer>}}, with "kind" and '
+                '"payload" if wanted, and nothing else; policies other than queue are per '
+                "request, not per batch.",
                 name=f"[{position}]",
             )
-        object_ids.append(object_id_value(item["object_id"]))
-    return object_ids
+        _refuse_repeated_keys(item)
+        if item.get("on_busy") not in (None, "queue"):
+            raise invalid(
+                f"Batch item {position}: every job of a batch queues (on_busy queue or null); "
+                "send a job with another on_busy as a request of its own.",
+                name=f"[{position}].on_busy",
+            )
+        checked.append((object_id_value(item["object_id"]), kind_value(item.get("kind"))))
+    payloads = _raw_payloads(body)
+    assert isinstance(payloads, list)
+    return [
+        NewJob(object_id, kind, payload_json(raw.payload))
+        for (object_id, kind), raw in zip(checked, payloads, strict=True)
+    ]
 
 
-def _job_request(document: Any) -> JobRequest:
+def _job_request(document: Any, body: bytes) -> JobBody:
     if not isinstance(document, dict):
         raise invalid(f"The body must be a JSON object (or an array of them); {_EXAMPLE}.")
+    _refuse_repeated_keys(document)
     unknown = sorted(set(document) - JOB_FIELDS)
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
@@ -140,6 +230,7 @@ def _job_request(document: Any) -> JobRequest:
     if "object_id" not in document:
         raise invalid(f"object_id is missing; {_EXAMPLE}.", name="object_id")
     object_id = object_id_value(document["object_id"])
+    kind = kind_value(document.get("kind"))
     on_busy = document.get("on_busy")
     if on_busy is not None and on_busy not in contract.ON_BUSY_VALUES:
         choices = ", ".join(contract.ON_BUSY_VALUES)
@@ -152,7 +243,36 @@ def _job_request(document: Any) -> JobRequest:
                 f"max_backlog must be an integer from 1 to {contract.MAX_BACKLOG_LIMIT}.",
                 name="max_backlog",
             )
-    return JobRequest(object_id, cast(OnBusyName | None, on_busy), max_backlog)
+    payload = _raw_payloads(body)
+    assert isinstance(payload, _PayloadOf)
+    return JobBody(
+        NewJob(object_id, kind, payload_json(payload.payload)),
+        cast(OnBusyName | None, on_busy),
+        max_backlog,
+    )
+
+
+def kind_value(value: Any, *, status: int = 422) -> str:
+    """A job's kind (absent or null: the default one); `status` 400 for a query parameter."""
+    if value is None:
+        return DEFAULT_KIND
+    if not isinstance(value, str) or not _KIND.fullmatch(value):
+        raise invalid(
+            "kind must be a name of 1 to 64 characters from a-z, 0-9, _, . and -.",
+            name="kind",
+            status=status,
+        )
+    return value
+
+
+def _raw_payloads(body: bytes) -> _PayloadOf | list[_PayloadOf]:
+    """The payloads' exact text, read again from a body whose other fields passed the rules."""
+    try:
+        return _PAYLOADS.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        # The rules accepted the document, so what the strict decoder refuses is in a payload
+        # (a lone surrogate, a number beyond a float, nesting too deep).
+        raise invalid(f"payload is not JSON a job can keep: {exc}.", name="payload") from None
 
 
 def parse_idempotency_key(value: str | None) -> str | None:
@@ -213,8 +333,19 @@ def parse_job_id(raw: str) -> int:
     return int(raw)
 
 
-def parse_list_query(query: Mapping[str, str]) -> tuple[int | None, Status | None, int, int]:
-    """`GET /jobs` parameters: (object_id, status, limit, before id)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListQuery:
+    """`GET /jobs` parameters."""
+
+    kind: str | None
+    object_id: int | None
+    status: Status | None
+    limit: int
+    before: int
+
+
+def parse_list_query(query: Mapping[str, str]) -> ListQuery:
+    """`GET /jobs` parameters: kind, object_id, status, limit, cursor (the id to list below)."""
     unknown = sorted(set(query) - LIST_PARAMS)
     if unknown:
         raise invalid(
@@ -240,7 +371,8 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[int | None, Status | Non
     before = INT64_MAX
     if "cursor" in query:
         before = _int_param(query, "cursor", 1, INT64_MAX)
-    return object_id, status, limit, before
+    kind = kind_value(query["kind"], status=400) if "kind" in query else None
+    return ListQuery(kind, object_id, status, limit, before)
 
 
 def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int:
@@ -286,13 +418,29 @@ def _parse_json(body: bytes) -> Any:
         raise invalid("The body's JSON is nested too deeply.", status=400) from None
 
 
+class _Repeated(dict[str, Any]):
+    """A JSON object with a key written twice (the last value kept, as jsonb keeps it)."""
+
+    repeated: str
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Refused for the request's own objects only (`_refuse_repeated_keys`): inside a payload a
+    # repeated key keeps its last value, as the fast path and jsonb both do.
     document: dict[str, Any] = {}
     for key, value in pairs:
         if key in document:
-            raise invalid(f"The field {key!r} appears twice.", name=key, status=400)
+            repeated = _Repeated(document)
+            repeated.repeated = key
+            document = repeated
         document[key] = value
     return document
+
+
+def _refuse_repeated_keys(document: dict[str, Any]) -> None:
+    if isinstance(document, _Repeated):
+        key = document.repeated
+        raise invalid(f"The field {key!r} appears twice.", name=key, status=400)
 
 
 def _no_constants(name: str) -> Any:
