@@ -7,10 +7,12 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import Script, ScriptDirectory
@@ -20,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from paceline.db import migrate
 from paceline.db.migrate import MIGRATION_LOCK_KEY, alembic_config
+from paceline.db.queries import QUERIES
 from paceline.db.schema import metadata
 from tests.support import ROOT, eventually
 
@@ -249,3 +252,65 @@ async def test_migrate_command_brings_the_database_to_head(empty_database_url: s
         )
         assert code == 0, output
         assert await versions(dsn) == {head(dsn)}
+
+
+async def test_a_database_with_jobs_in_every_status_upgrades_to_kinds_in_place(
+    empty_database_url: str,
+) -> None:
+    """0008 (kinds, payloads, results) on a database in use: every job, window row and attempt
+    becomes kind `default`, keeps its state and slot, and the claim still finds the due job;
+    rolled back, the jobs are as they were, and a downgrade that would strand other kinds is
+    refused."""
+    dsn = empty_database_url
+    await asyncio.to_thread(migrate.upgrade, dsn, "0007")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO jobs (object_id, status, run_at, started_at, finished_at, attempts,
+                              error, lease_expires_at)
+            VALUES (1, 'PENDING', now() - interval '1 second', NULL, NULL, 0, NULL, NULL),
+                   (2, 'PROCESSING', now(), now(), NULL, 1, NULL, now() + interval '1 minute'),
+                   (3, 'SUCCESS', now(), now(), now(), 1, NULL, NULL),
+                   (4, 'FAILED', now(), now(), now(), 3, 'boom', NULL),
+                   (5, 'CANCELLED', now() + interval '1 hour', NULL, now(), 0, NULL, NULL);
+            INSERT INTO job_attempts (job_id, attempt, object_id, started_at)
+            SELECT id, attempts, object_id, started_at FROM jobs WHERE started_at IS NOT NULL;
+            INSERT INTO object_slots (object_id, next_slot) VALUES (1, now() + interval '5 min');
+            INSERT INTO object_starts (object_id, last_started_at) VALUES (2, now());
+            """
+        )
+        before = await conn.fetch("SELECT id, object_id, status, run_at, attempts FROM jobs")
+
+        await asyncio.to_thread(migrate.upgrade, dsn, "0008")
+        after = await conn.fetch(
+            "SELECT id, object_id, status, run_at, attempts, kind, payload, result FROM jobs"
+        )
+        assert sorted(tuple(row)[:5] for row in after) == sorted(tuple(row) for row in before)
+        assert {(row["kind"], row["payload"], row["result"]) for row in after} == {
+            ("default", None, None)
+        }
+        assert [tuple(r) for r in await conn.fetch("SELECT kind, object_id FROM object_slots")] == [
+            ("default", 1)
+        ]
+        assert [
+            tuple(r) for r in await conn.fetch("SELECT kind, object_id FROM object_starts")
+        ] == [("default", 2)]
+        assert {row["kind"] for row in await conn.fetch("SELECT kind FROM job_attempts")} == {
+            "default"
+        }
+        claimed = await conn.fetch(
+            QUERIES["claim_due_jobs"], 10, 300.0, 30.0, uuid.uuid4(), ["default"]
+        )
+        assert [(row["object_id"], row["kind"]) for row in claimed] == [(1, "default")]
+
+        await asyncio.to_thread(migrate.downgrade, dsn, "0007")
+        assert await conn.fetchval("SELECT count(*) FROM jobs") == len(before)
+
+        await asyncio.to_thread(migrate.upgrade, dsn, "0008")
+        await conn.execute("INSERT INTO jobs (kind, object_id, run_at) VALUES ('notify', 1, now())")
+    finally:
+        await conn.close()
+    with pytest.raises(Exception, match="kinds other than default"):
+        await asyncio.to_thread(migrate.downgrade, dsn, "0007")
+    assert await versions(dsn) == {"0008"}
