@@ -162,7 +162,7 @@ async def test_body_over_the_limit_gets_413(client: Client, db: asyncpg.Connecti
     )
     assert response.status == 413
     assert response.content_type == "application/problem+json"
-    assert "2048 KiB" in (await response.json(content_type=None))["detail"]
+    assert "8192 KiB" in (await response.json(content_type=None))["detail"]
     assert await nothing_written(db)
 
 

@@ -133,6 +133,39 @@ async def test_a_job_is_posted_signed_and_succeeds_on_2xx(
     assert not verify_signature("another-secret-entirely", delivery.body, signature)
 
 
+@pytest.mark.parametrize(
+    ("reply", "result"),
+    [
+        (
+            Reply(headers={"Content-Type": "application/json"}, body='{"ticket": 812}'),
+            {"ticket": 812},
+        ),
+        (Reply(body="thanks!"), None),
+        (Reply(status=204), None),
+        (Reply(body=json.dumps("x" * 70_000)), None),
+    ],
+    ids=["json", "text", "empty", "too-big"],
+)
+async def test_the_receivers_json_answer_is_the_result_and_the_payload_is_sent(
+    receiver: Receiver, make_client: MakeClient, reply: Reply, result: Any
+) -> None:
+    receiver.replies.append(reply)
+    client = await start(make_client, receiver, handler="noop", handlers="notify=webhook")
+    response = await client.post(
+        "/jobs", json={"object_id": 3, "kind": "notify", "payload": {"to": "ops", "n": [1, 2]}}
+    )
+    created = await response.json()
+
+    async def done() -> dict[str, Any] | None:
+        job: dict[str, Any] = await (await client.get(f"/jobs/{created['id']}")).json()
+        return job if job["status"] == "SUCCESS" else None
+
+    job = await eventually(done, timeout=10)
+    assert job["result"] == result
+    [delivery] = receiver.deliveries
+    assert (delivery.job["kind"], delivery.job["payload"]) == ("notify", {"to": "ops", "n": [1, 2]})
+
+
 def test_a_stale_or_malformed_signature_is_refused() -> None:
     body = b'{"id":1}'
     sent = 1_800_000_000

@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 # The largest request body the app reads (aiohttp answers 413 past it): room for a batch of
-# 1000 jobs with int64 ids written long-hand, so that a batch over its item limit is told
-# so (422) rather than cut off by size.
-MAX_BODY_BYTES = 2 * 1024 * 1024
+# 1000 jobs with payloads of several KiB each (a payload alone may be 64 KiB), so that a batch
+# over its item limit is told so (422) rather than cut off by size.
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class Problem(Exception):
