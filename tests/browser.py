@@ -61,13 +61,18 @@ def serve(
     *,
     window: float = 1,
     concurrency: int = 2,
+    handlers: str = "",
 ) -> Iterator[ServeProcess]:
-    """A `paceline serve` child (a 1 s window by default); it must stop cleanly (exit 0)."""
+    """A `paceline serve` child (a 1 s window by default); it must stop cleanly (exit 0).
+
+    `handlers`: more kinds, as PACELINE_HANDLERS says them (`handler` runs `default`).
+    """
     server = ServeProcess(
         {
             "DATABASE_URL": database_url,
             "PACELINE_RATE_WINDOW": f"{window:g}",
             "PACELINE_HANDLER": handler,
+            "PACELINE_HANDLERS": handlers,
             "PACELINE_SLEEP_SECONDS": "0.5",
             "PACELINE_CONCURRENCY": str(concurrency),
             "PACELINE_IDLE_POLL": "1",

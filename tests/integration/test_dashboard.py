@@ -251,6 +251,18 @@ async def test_the_timeline_page_links_its_data_by_route(client: Client) -> None
     response = await client.get("/objects/-42")
     assert response.status == 200
     page = await response.text()
-    assert "<h1>Object -42</h1>" in page
-    assert '"/objects/-42/timeline"' in page
-    assert (await get_json(client, "/objects/-42/timeline"))["waiting"] == []
+    assert "<h1>Object -42, kind default</h1>" in page
+    assert '"/objects/-42/timeline?kind=default"' in page
+    assert (await get_json(client, "/objects/-42/timeline?kind=default"))["waiting"] == []
+
+
+async def test_the_timeline_page_is_about_the_kind_in_its_address(client: Client) -> None:
+    response = await client.get("/objects/-42", params={"kind": "notify.v2"})
+    assert response.status == 200
+    page = await response.text()
+    assert "<h1>Object -42, kind notify.v2</h1>" in page
+    assert '"/objects/-42/timeline?kind=notify.v2"' in page
+    # The form to switch kinds sends the user back to this object's page.
+    assert 'action="/objects/-42"' in page
+    problem = await get_json(client, "/objects/-42?kind=%3Cb%3E", status=400)
+    assert "kind must be a name" in problem["detail"]

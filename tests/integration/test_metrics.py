@@ -35,8 +35,8 @@ async def scrape(client: Client) -> dict[str, float]:
     return samples
 
 
-def counters(samples: dict[str, float]) -> dict[str, float]:
-    return {name: samples[f"paceline_jobs_{name}_total"] for name in COUNTERS}
+def counters(samples: dict[str, float], kind: str = "default") -> dict[str, float]:
+    return {name: samples[f'paceline_jobs_{name}_total{{kind="{kind}"}}'] for name in COUNTERS}
 
 
 def auditor_of(client: Client, since: datetime) -> WindowAuditor:
@@ -82,10 +82,10 @@ async def test_counters_and_histograms_move_as_jobs_run(
         "retried": 1,
     }
     # Every start is timed against its slot; every job that ended, for its processing.
-    assert after["paceline_job_lateness_seconds_count"] == 5
-    assert after['paceline_job_lateness_seconds_bucket{le="+Inf"}'] == 5
-    assert after["paceline_job_processing_seconds_count"] == 4
-    assert after["paceline_job_processing_seconds_sum"] >= 0
+    assert after['paceline_job_lateness_seconds_count{kind="default"}'] == 5
+    assert after['paceline_job_lateness_seconds_bucket{kind="default",le="+Inf"}'] == 5
+    assert after['paceline_job_processing_seconds_count{kind="default"}'] == 4
+    assert after['paceline_job_processing_seconds_sum{kind="default"}'] >= 0
     # Every claim statement is timed, those that found nothing too (issue 20).
     assert after["paceline_claim_seconds_count"] >= 4
     assert after["paceline_claim_seconds_sum"] > 0
@@ -94,6 +94,45 @@ async def test_counters_and_histograms_move_as_jobs_run(
     assert after['paceline_queue_depth{status="PROCESSING"}'] == 0
     assert after["paceline_database_up"] == 1
     assert after["paceline_window_violations_total"] == 0
+
+
+async def test_job_metrics_are_counted_per_kind(make_client: MakeClient, database_url: str) -> None:
+    """A dashboard can tell one kind's failures and lateness from another's."""
+    client = await make_client(
+        concurrency=4,
+        handler="tests.handlers:echo",
+        handlers="notify=tests.handlers:shout",
+        rate_window=0.05,
+        max_attempts=1,
+    )
+    before = await scrape(client)
+    # This replica's kinds are there from the first scrape, at 0.
+    assert counters(before, "default") == counters(before, "notify") == dict.fromkeys(COUNTERS, 0)
+
+    jobs: list[Any] = [
+        {"object_id": 1},
+        {"object_id": 1, "kind": "notify", "payload": {"text": "hi"}},
+        {"object_id": 2, "kind": "notify"},  # no text: shout fails
+    ]
+    assert (await client.post("/jobs", json=jobs[0])).status == 201
+    # A batch is counted per kind too.
+    assert (await client.post("/jobs", json=jobs[1:])).status == 201
+    await wait_until_finished(database_url, 3)
+
+    async def all_counted() -> dict[str, float] | None:
+        after = await scrape(client)
+        return after if counters(after, "notify")["failed"] == 1 else None
+
+    after = await eventually(all_counted, timeout=10)
+    assert counters(after, "default") == {
+        "enqueued": 1, "started": 1, "succeeded": 1, "failed": 0, "retried": 0,
+    }  # fmt: skip
+    assert counters(after, "notify") == {
+        "enqueued": 2, "started": 2, "succeeded": 1, "failed": 1, "retried": 0,
+    }  # fmt: skip
+    assert after['paceline_job_lateness_seconds_count{kind="notify"}'] == 2
+    assert after['paceline_job_processing_seconds_count{kind="default"}'] == 1
+    assert after['paceline_job_processing_seconds_count{kind="notify"}'] == 2
 
 
 async def test_gauges_describe_the_whole_queue(client: Client, db: asyncpg.Connection) -> None:
@@ -122,7 +161,7 @@ async def test_metrics_answer_without_the_database(make_client: MakeClient) -> N
     samples = await scrape(client)
     assert samples["paceline_database_up"] == 0
     assert math.isnan(samples["paceline_jobs_due"])
-    assert samples["paceline_jobs_enqueued_total"] == 0
+    assert samples['paceline_jobs_enqueued_total{kind="default"}'] == 0
 
 
 async def test_the_auditor_counts_starts_less_than_a_window_apart(

@@ -24,10 +24,12 @@ SETTLE_MS = 6_000
 BIG_OBJECT_ID = 2**53 + 1
 INT64_MAX = 2**63 - 1
 
-ACCEPTED = re.compile(r"^Accepted: job (\d+) · object (-?\d+) · PENDING · accepted .+ · runs at ")
+ACCEPTED = re.compile(
+    r"^Accepted: job (\d+) · kind default · object (-?\d+) · PENDING · accepted .+ · runs at "
+)
 
 # Columns of the "Jobs" table.
-ID, OBJECT, STATUS, RUNS_AT, STARTED, DURATION, ERROR = range(7)
+ID, KIND, OBJECT, STATUS, RUNS_AT, STARTED, DURATION, ERROR = range(8)
 
 
 def submit(page: Page, object_id: str) -> None:
@@ -119,10 +121,12 @@ def test_submit_watch_look_up_and_refuse(chromium: Path, database_url: str, tmp_
         # Looking a job up shows it; an unknown id says there is no such job.
         expect(cell(page, big, STATUS)).to_have_text("SUCCESS", timeout=SETTLE_MS)
         expect(look_up(page, str(first))).to_have_text(
-            re.compile(rf"^job {first} · object 7 · SUCCESS · accepted .+ · runs at ")
+            re.compile(
+                rf"^job {first} · kind default · object 7 · SUCCESS · accepted .+ · runs at "
+            )
         )
         expect(look_up(page, str(big))).to_have_text(
-            re.compile(rf"^job {big} · object {BIG_OBJECT_ID} · SUCCESS")
+            re.compile(rf"^job {big} · kind default · object {BIG_OBJECT_ID} · SUCCESS")
         )
         expect(look_up(page, "999999")).to_have_text("There is no job 999999.")
 
@@ -144,7 +148,9 @@ def test_handler_error_is_shown_as_text(chromium: Path, database_url: str, tmp_p
         markup = f"<script>alert('job {job}')</script>"
         expect(cell(page, job, ERROR)).to_have_text(f"RuntimeError: {markup} upstream said no")
         expect(look_up(page, str(job))).to_have_text(
-            re.compile(rf"^job {job} · object 7 · FAILED · .* · error: RuntimeError: ")
+            re.compile(
+                rf"^job {job} · kind default · object 7 · FAILED · .* · error: RuntimeError: "
+            )
         )
         expect(page.locator("#lookup-result")).to_contain_text(markup)
         # Shown, not run: no element was made from the text, and no alert ever opened.

@@ -61,14 +61,17 @@ def test_a_job_submitted_through_the_api_appears_within_two_seconds(
         new_row = page.locator(f'#recent tbody tr[data-job-id="{job["id"]}"]')
         expect(new_row).to_have_count(1, timeout=2_000)
         expect(page.locator("#count-PENDING")).to_have_text("1", timeout=2_000)
-        expect(new_row.locator("td").nth(2)).to_have_text("PENDING")
+        expect(new_row.locator("td").nth(1)).to_have_text("default")
+        expect(new_row.locator("td").nth(3)).to_have_text("PENDING")
         # The viewer's time zone in the cell, the UTC value on hover.
-        runs_at = new_row.locator("td").nth(3)
+        runs_at = new_row.locator("td").nth(4)
         assert runs_at.get_attribute("title") == job["run_at"]
         expected = shown_time(datetime.fromisoformat(job["run_at"]), zone)
         assert (runs_at.text_content() or "").replace("\u202f", " ") == expected
         # The oldest wait is this job, and its object links to the object's timeline.
-        expect(page.locator("#oldest-note")).to_contain_text(f"job {job['id']} · object 77")
+        expect(page.locator("#oldest-note")).to_contain_text(
+            f"job {job['id']} · kind default · object 77"
+        )
         assert new_row.get_by_role("link", name="77").get_attribute("href") == "/objects/77"
         assert loads == []
         assert dialogs == []
@@ -88,10 +91,12 @@ def test_the_timeline_shows_the_reserved_slot_and_why_it_waits(
         # The first runs at once; the second holds the slot a window later.
         wait_for_first_update(page)
         first_row = page.locator(f'#recent tbody tr[data-job-id="{first["id"]}"]')
-        expect(first_row.locator("td").nth(2)).to_have_text("SUCCESS", timeout=5_000)
+        expect(first_row.locator("td").nth(3)).to_have_text("SUCCESS", timeout=5_000)
 
         first_row.get_by_role("link", name="7").click()
-        expect(page.get_by_role("heading", name="Object 7", exact=True)).to_be_visible()
+        expect(
+            page.get_by_role("heading", name="Object 7, kind default", exact=True)
+        ).to_be_visible()
         waiting = page.locator(f'#waiting tbody tr[data-job-id="{second["id"]}"]')
         expect(waiting).to_have_count(1)
         slot = waiting.locator("td").nth(2)
@@ -183,7 +188,7 @@ def check_the_job_filter(page: Page) -> None:
     """The job list filters by status, and the filter is in the address."""
     page.get_by_label("Status").select_option("FAILED")
     expect(page).to_have_url(re.compile(r"\?status=FAILED$"))
-    statuses = page.locator("#recent tbody td:nth-child(3)")
+    statuses = page.locator("#recent tbody td:nth-child(4)")
     expect(statuses).to_have_count(17)
     assert set(statuses.all_text_contents()) == {"FAILED"}
     page.get_by_role("button", name="Show all").click()
@@ -193,9 +198,9 @@ def check_the_job_filter(page: Page) -> None:
 def check_a_busy_timeline(page: Page) -> None:
     """A failed job's object: its runs (a window apart) and its queue, each wait explained."""
     failure = page.locator("#failures tbody tr").filter(has_text=DEMO_ERRORS[2]).first
-    object_id = failure.locator("td").nth(1).text_content()
+    object_id = failure.locator("td").nth(2).text_content()
     failure.get_by_role("link").click()
-    expect(page.get_by_role("heading", name=f"Object {object_id}")).to_be_visible()
+    expect(page.get_by_role("heading", name=f"Object {object_id}, kind default")).to_be_visible()
     runs = page.locator("#runs tbody tr")
     expect(runs.filter(has_text=DEMO_ERRORS[2])).to_have_count(1)
     expect(runs.filter(has_text="less than the window")).to_have_count(0)
@@ -210,7 +215,7 @@ def check_phone_width(phone: Page) -> None:
     """Nothing runs off the side at phone width; wide tables scroll within themselves."""
     wait_for_first_update(phone)
     expect(phone.get_by_label("Status")).to_have_value("PENDING")
-    expect(phone.locator("#recent tbody td:nth-child(3)").first).to_have_text("PENDING")
+    expect(phone.locator("#recent tbody td:nth-child(4)").first).to_have_text("PENDING")
     width = phone.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"the page is {width}px wide on a 375px screen"
     for control in (phone.get_by_role("button", name="Submit"), phone.locator("#queue")):

@@ -1,13 +1,15 @@
 """Prometheus metrics: what this process did to jobs, and how the whole queue looks.
 
 Counters and histograms count this process's transitions (an observer of `JobEvents`), so sum
-them across replicas. The gauges describe the whole database (every replica reports the same
-values), so take their maximum, not their sum.
+them across replicas. Those about a job carry its `kind`: a configured name (submit refuses a
+kind no replica runs), so the label takes a few values. The gauges describe the whole database
+(every replica reports the same values), so take their maximum, not their sum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter as Tally
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from paceline.contract import DEFAULT_KIND
 from paceline.observability.audit import Violation
 from paceline.observability.overview import Overview
 from paceline.queue.events import JobEvents
@@ -33,6 +36,8 @@ LATENESS_BUCKETS = (
 CLAIM_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 )  # fmt: skip
+# The label of every metric about a job.
+KIND = ("kind",)
 PROCESSING_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 )  # fmt: skip
@@ -41,47 +46,60 @@ PROCESSING_BUCKETS = (
 class JobMetrics(JobEvents):
     """The metrics of one application, in a registry of its own (tests run several apps)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kinds: Iterable[str] = (DEFAULT_KIND,)) -> None:
+        """`kinds`: this replica's kinds, shown at 0 from the start (a rate needs a first 0)."""
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
         self.enqueued_total = Counter(
-            "paceline_jobs_enqueued", "Jobs accepted by this process's API.", registry=r
+            "paceline_jobs_enqueued",
+            "Jobs accepted by this process's API.",
+            labelnames=KIND,
+            registry=r,
         )
         self.started_total = Counter(
             "paceline_jobs_started",
             "Attempts started by this process's workers (a retry is another start).",
+            labelnames=KIND,
             registry=r,
         )
         self.succeeded_total = Counter(
-            "paceline_jobs_succeeded", "Jobs this process ran to SUCCESS.", registry=r
+            "paceline_jobs_succeeded",
+            "Jobs this process ran to SUCCESS.",
+            labelnames=KIND,
+            registry=r,
         )
         self.failed_total = Counter(
             "paceline_jobs_failed",
             "Jobs that ended FAILED here (no retry left, or the handler refused retries).",
+            labelnames=KIND,
             registry=r,
         )
         self.retried_total = Counter(
             "paceline_jobs_retried",
             "Failed attempts here whose job went back to the queue for another try.",
+            labelnames=KIND,
             registry=r,
         )
         self.released_total = Counter(
             "paceline_jobs_released",
             "Running jobs this process gave back unfinished at shutdown.",
+            labelnames=KIND,
             registry=r,
         )
         self.lateness = Histogram(
             "paceline_job_lateness_seconds",
             "How long after its reserved slot (run_at) an attempt started.",
             buckets=LATENESS_BUCKETS,
+            labelnames=KIND,
             registry=r,
         )
         self.processing = Histogram(
             "paceline_job_processing_seconds",
             "How long the handler worked on a job that finished here.",
             buckets=PROCESSING_BUCKETS,
+            labelnames=KIND,
             registry=r,
         )
         self.claim = Histogram(
@@ -122,31 +140,46 @@ class JobMetrics(JobEvents):
             "1 when the last scrape could read the queue from the database.",
             registry=r,
         )
+        per_job = (
+            self.enqueued_total,
+            self.started_total,
+            self.succeeded_total,
+            self.failed_total,
+            self.retried_total,
+            self.released_total,
+            self.lateness,
+            self.processing,
+        )
+        for kind in kinds:
+            for metric in per_job:
+                metric.labels(kind)
 
     # JobEvents: called by the API and the workers of this process at each transition.
 
     def enqueued(self, job: Job) -> None:
-        self.enqueued_total.inc()
+        self.enqueued_total.labels(job.kind).inc()
 
     def enqueued_batch(self, jobs: Sequence[Job]) -> None:
-        self.enqueued_total.inc(len(jobs))
+        for kind, accepted in Tally(job.kind for job in jobs).items():
+            self.enqueued_total.labels(kind).inc(accepted)
 
     def started(self, job: Job) -> None:
-        self.started_total.inc()
+        self.started_total.labels(job.kind).inc()
         if job.started_at is not None:
             # Both times are the database's clock, so replicas' clock skew cannot show here.
             late = (job.started_at - job.run_at).total_seconds()
-            self.lateness.observe(max(0.0, late))
+            self.lateness.labels(job.kind).observe(max(0.0, late))
 
     def finished(self, job: Job, status: Status, duration: float, error: str | None) -> None:
-        (self.succeeded_total if status is Status.SUCCESS else self.failed_total).inc()
-        self.processing.observe(duration)
+        ended = self.succeeded_total if status is Status.SUCCESS else self.failed_total
+        ended.labels(job.kind).inc()
+        self.processing.labels(job.kind).observe(duration)
 
     def retried(self, job: Job, error: str, delay: float) -> None:
-        self.retried_total.inc()
+        self.retried_total.labels(job.kind).inc()
 
     def released(self, job: Job) -> None:
-        self.released_total.inc()
+        self.released_total.labels(job.kind).inc()
 
     def claimed(self, jobs: int, seconds: float) -> None:
         self.claim.observe(seconds)

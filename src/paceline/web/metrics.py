@@ -23,7 +23,7 @@ AUDIT_INTERVAL = 10.0
 
 def observe(app: web.Application, events: JobEvents | None) -> JobEvents:
     """The observer of this app's job transitions: metrics and logs, then `events` if given."""
-    app[METRICS] = JobMetrics()
+    app[METRICS] = JobMetrics(app[SETTINGS].handler_names())
     observers: list[JobEvents] = [app[METRICS], EnqueueLog()]
     if events is not None:
         observers.append(events)

@@ -12,15 +12,20 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
+from paceline.contract import DEFAULT_KIND
 from paceline.observability.overview import MINUTES
 from paceline.queue.jobs import Status
 from paceline.web.dashboard import parse_object_id
-from paceline.web.keys import SETTINGS
+from paceline.web.keys import KINDS, SETTINGS
+from paceline.web.validation import kind_value
 
 routes = web.RouteTableDef()
 
 # Stands for the id in URL templates the page fills in (unreserved characters: never encoded).
 ID_PLACEHOLDER = "__object_id__"
+# contract.KIND_PATTERN as an HTML pattern attribute (the whole value must match; browsers
+# compile it with the `v` flag, under which a literal "-" in a class is escaped).
+KIND_INPUT_PATTERN = r"[a-z0-9_.\-]{1,64}"
 
 
 @routes.get("/", name="index")
@@ -29,7 +34,7 @@ async def index(request: web.Request) -> dict[str, Any]:
     """The dashboard: submit, look up, the queue now, failures, replicas, and the job list."""
     router = request.app.router
     return {
-        **_common(request),
+        **await _common(request),
         "jobs_url": str(router["jobs"].url_for()),
         "overview_url": str(router["overview"].url_for()),
         "events_url": str(router["overview_events"].url_for()),
@@ -43,20 +48,30 @@ async def index(request: web.Request) -> dict[str, Any]:
 @routes.get("/objects/{object_id}", name="object")
 @aiohttp_jinja2.template("object.html")
 async def object_page(request: web.Request) -> dict[str, Any]:
-    """One object's timeline: past runs, reserved slots, and why each waiting job waits."""
+    """One (kind, object)'s timeline (`?kind=`, default `default`): past runs, reserved slots,
+    and why each waiting job waits."""
     object_id = parse_object_id(request.match_info["object_id"])
+    kind = kind_value(request.query.get("kind"), status=400)
     router = request.app.router
     return {
-        **_common(request),
+        **await _common(request),
         "object_id": str(object_id),
-        "timeline_url": str(router["timeline"].url_for(object_id=str(object_id))),
+        "kind": kind,
+        "object_url": str(router["object"].url_for(object_id=str(object_id))),
+        "timeline_url": str(
+            router["timeline"].url_for(object_id=str(object_id)).with_query(kind=kind)
+        ),
         "index_url": str(router["index"].url_for()),
     }
 
 
-def _common(request: web.Request) -> dict[str, Any]:
+async def _common(request: web.Request) -> dict[str, Any]:
     """What every page's header and scripts need."""
     return {
         "rate_window": request.app[SETTINGS].rate_window,
         "object_url_template": str(request.app.router["object"].url_for(object_id=ID_PLACEHOLDER)),
+        "default_kind": DEFAULT_KIND,
+        # Suggested in the kind fields; any well-formed kind may be typed (old jobs' too).
+        "known_kinds": await request.app[KINDS].known(),
+        "kind_pattern": KIND_INPUT_PATTERN,
     }
