@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from paceline import __version__, shapes
-from paceline.contract import DEFAULT_PAGE, MAX_PAGE
+from paceline.contract import DEFAULT_PAGE, KIND_PATTERN, MAX_PAGE
 from paceline.web.keys import KINDS
 from paceline.web.problems import MAX_BODY_BYTES, PROBLEM_JSON
 
@@ -31,6 +31,13 @@ JOB_ID: dict[str, Any] = shapes.schema(shapes.JobId, REF_TEMPLATE)
 UTC_TIME: dict[str, Any] = shapes.schema(shapes.UtcTime, REF_TEMPLATE)
 # JobBatch (a JSON array), and JobRequest, Job, JoinedJob, CreatedJobs, JobPage, Status.
 NAMED_SCHEMAS, SHAPE_SCHEMAS = shapes.json_schemas(REF_TEMPLATE)
+
+
+KIND_PARAMETER: dict[str, Any] = {
+    "name": "kind",
+    "in": "query",
+    "schema": {"type": "string", "pattern": KIND_PATTERN},
+}
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -186,8 +193,9 @@ PATHS: dict[str, Any] = {
         },
         "get": {
             "operationId": "listJobs",
-            "summary": "Jobs newest first, optionally of one object and/or status",
+            "summary": "Jobs newest first, optionally of one kind, object and/or status",
             "parameters": [
+                KIND_PARAMETER,
                 {"name": "object_id", "in": "query", "schema": INT64},
                 {
                     "name": "status",
@@ -299,8 +307,11 @@ PATHS: dict[str, Any] = {
     "/objects/{object_id}/timeline": {
         "get": {
             "operationId": "objectTimeline",
-            "summary": "An object's runs and reserved slots, and why each waiting job waits",
-            "parameters": [{"name": "object_id", "in": "path", "required": True, "schema": INT64}],
+            "summary": "A (kind, object)'s runs and reserved slots, and why each waiting job waits",
+            "parameters": [
+                {"name": "object_id", "in": "path", "required": True, "schema": INT64},
+                {**KIND_PARAMETER, "description": "The kind (default `default`)."},
+            ],
             "responses": {
                 "200": _json("The timeline.", _ref("schemas", "Timeline")),
                 "404": _ref("responses", "NotFound"),
