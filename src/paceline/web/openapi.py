@@ -314,6 +314,7 @@ PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": _json("The timeline.", _ref("schemas", "Timeline")),
+                "400": _ref("responses", "BadRequest"),
                 "404": _ref("responses", "NotFound"),
                 **COMMON,
             },
