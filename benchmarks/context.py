@@ -21,6 +21,18 @@ from paceline.db.queries import QUERIES
 # The default window (5 minutes): with random object ids every job is due at once; repeats of
 # an object wait a whole window, which no scenario outlasts unless it sets a shorter one.
 WINDOW = 300.0
+# Every job of the suite is of paceline's default kind (the one PACELINE_HANDLER runs): windows,
+# FIFO and slots are per (kind, object_id), so one kind keeps the load what it always was.
+KIND = "default"
+# What the pgbench scripts are given unless a scenario says otherwise (each script's header says
+# which it reads): no payload (a JSON null is none, as the API reads it).
+PGBENCH_DEFINES: Mapping[str, object] = {
+    "window": WINDOW,
+    "kind": KIND,
+    "kinds": "{" + KIND + "}",
+    "payload": "null",
+    "payload_bytes": 0,
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,9 +122,11 @@ class Bench:
     async def pgbench(
         self, database_url: str, script: Path, *, clients: int, **kwargs: Any
     ) -> load.PgbenchRun:
-        """One pgbench run against a database of this run's server."""
+        """One pgbench run against a database of this run's server; `defines` add to (or
+        override) PGBENCH_DEFINES."""
+        defines = {**PGBENCH_DEFINES, **kwargs.pop("defines", {})}
         return await load.pgbench(
-            self.pgbench_binary, database_url, script, clients=clients, **kwargs
+            self.pgbench_binary, database_url, script, clients=clients, defines=defines, **kwargs
         )
 
     def cpu_meter(self, replicas: list[procs.Replica]) -> procs.CpuMeter:

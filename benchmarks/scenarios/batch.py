@@ -148,14 +148,14 @@ async def _slot_errors(url: str) -> str:
     try:
         close = await conn.fetchval(
             "SELECT count(*) FROM (SELECT run_at - lag(run_at) OVER "
-            "(PARTITION BY object_id ORDER BY id) AS gap FROM jobs) AS g "
+            "(PARTITION BY kind, object_id ORDER BY id) AS gap FROM jobs) AS g "
             "WHERE gap < make_interval(secs => $1)",
             WINDOW,
         )
         stale = await conn.fetchval(
             "SELECT count(*) FROM object_slots AS s JOIN "
-            "(SELECT object_id, max(run_at) AS last FROM jobs GROUP BY object_id) AS j "
-            "USING (object_id) WHERE s.next_slot < j.last + make_interval(secs => $1)",
+            "(SELECT kind, object_id, max(run_at) AS last FROM jobs GROUP BY kind, object_id) "
+            "AS j USING (kind, object_id) WHERE s.next_slot < j.last + make_interval(secs => $1)",
             WINDOW,
         )
     finally:

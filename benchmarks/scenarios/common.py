@@ -12,6 +12,7 @@ import asyncpg
 
 from benchmarks import profiling
 from benchmarks.context import (
+    KIND,
     WINDOW,
     Bench,
     reset_statements,
@@ -128,20 +129,22 @@ async def preload_due(url: str, jobs: int, base: int, window: float) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            "INSERT INTO jobs (object_id, run_at) "
-            "SELECT $2::bigint + g, now() FROM generate_series(1, $1::int) AS g",
+            "INSERT INTO jobs (kind, object_id, run_at) "
+            "SELECT $3, $2::bigint + g, now() FROM generate_series(1, $1::int) AS g",
             jobs,
             base,
+            KIND,
         )
         await conn.execute(
-            "INSERT INTO object_slots AS s (object_id, next_slot) "
-            "SELECT $2::bigint + g, now() + make_interval(secs => $3) "
+            "INSERT INTO object_slots AS s (kind, object_id, next_slot) "
+            "SELECT $4, $2::bigint + g, now() + make_interval(secs => $3) "
             "FROM generate_series(1, $1::int) AS g "
-            "ON CONFLICT (object_id) DO UPDATE "
+            "ON CONFLICT (kind, object_id) DO UPDATE "
             "SET next_slot = GREATEST(s.next_slot, EXCLUDED.next_slot)",
             jobs,
             base,
             window,
+            KIND,
         )
         await conn.execute("VACUUM ANALYZE jobs")
         await conn.execute("VACUUM ANALYZE object_slots")

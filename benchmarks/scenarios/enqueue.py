@@ -10,6 +10,7 @@ compares runs made under the same conditions.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import asyncpg
@@ -181,19 +182,35 @@ def _then_notify_script(bench: Bench) -> Path:
     return script
 
 
+# The signatures of paceline's `enqueue` the benchmark knows, and the pgbench text of each
+# parameter (the variables PGBENCH_DEFINES gives): the job without a payload, as POST sends it.
+_ENQUEUE_PARAMETERS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("int8", "float8"): (":object_id", ":window"),
+    # kind, object_id, W, payload (JSON text; a JSON null is none), absorbed (NULL: not append)
+    ("text", "int8", "float8", "jsonb", "int4"): (
+        ":kind",
+        ":object_id",
+        ":window",
+        "NULLIF(:payload, 'null')",
+        "NULL",
+    ),
+}
+
+
 async def _live_enqueue_script(bench: Bench, url: str) -> Path | str:
-    """paceline's `enqueue` as a pgbench script, if it still takes (object_id, W)."""
+    """paceline's `enqueue` as a pgbench script, if its parameters are ones the benchmark knows."""
     sql = QUERIES.get("enqueue")
     if sql is None:
         return "n/a: paceline has no query named enqueue"
     conn = await asyncpg.connect(url)
     try:
-        types = [t.name for t in (await conn.prepare(sql)).get_parameters()]
+        types = tuple(t.name for t in (await conn.prepare(sql)).get_parameters())
     finally:
         await conn.close()
-    if types != ["int8", "float8"]:
-        return f"n/a: enqueue now takes ({', '.join(types)}), not (object_id, W)"
-    body = sql.replace("$1", ":object_id").replace("$2", ":window")
+    values = _ENQUEUE_PARAMETERS.get(types)
+    if values is None:
+        return f"n/a: enqueue now takes ({', '.join(types)}), unknown to the benchmark"
+    body = re.sub(r"\$(\d+)\b", lambda found: values[int(found.group(1)) - 1], sql)
     script = bench.workdir / "paceline_enqueue.sql"
     script.write_text(
         "-- Generated from paceline.db.queries['enqueue'].\n"
