@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,21 @@ async def measure_post(
     return PostResult(runs, cpu, jobs, await statements_per_job(url, jobs))
 
 
-async def profile_post(bench: Bench, replica: Replica, connections: int, label: str) -> str:
-    """One extra wrk run with py-spy on `replica`; the top frames, or why there are none."""
+async def profile_post(
+    bench: Bench,
+    replica: Replica,
+    connections: int,
+    label: str,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """One extra wrk run (`env` for its script) with py-spy on `replica`; the top frames, or
+    why there are none."""
     output = bench.config.results / f"profile-{label}.speedscope.json"
     seconds = max(bench.config.seconds, 5)
     recorded, _ = await asyncio.gather(
         profiling.record(replica.pid, seconds, output),
-        wrk([replica.port], connections=connections, seconds=seconds),
+        wrk([replica.port], connections=connections, seconds=seconds, env=env),
     )
     return _profile_text(recorded, output)
 
@@ -264,6 +273,12 @@ async def reset_tables(url: str) -> None:
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
+
+
+def turns(loads: Sequence[str], run: int) -> list[str]:
+    """The order loads compared in one run take in run number `run`: as given, then reversed,
+    so a drift of the machine's speed over a run weighs on each alike."""
+    return list(loads) if run % 2 == 0 else list(reversed(loads))
 
 
 def bench_window(bench: Bench) -> float:
