@@ -166,7 +166,7 @@ async def run(bench: Bench) -> None:
                 )
             bench.report.section(
                 f"Statements per job, batch enqueue, {count} replica(s) (pg_stat_statements; "
-                "workers included, busy with the backlog throughout)",
+                "workers included)",
                 "\n\n".join(
                     f"{name}: {load.jobs():,} jobs\n"
                     + format_statements(per_job(load.counts, load.jobs()))
