@@ -21,6 +21,23 @@ from paceline.db.queries import QUERIES
 # The default window (5 minutes): with random object ids every job is due at once; repeats of
 # an object wait a whole window, which no scenario outlasts unless it sets a shorter one.
 WINDOW = 300.0
+# Every job of the suite is of paceline's default kind (the one PACELINE_HANDLER runs): windows,
+# FIFO and slots are per (kind, object_id), so one kind keeps the load what it always was.
+KIND = "default"
+# The payload of the payload runs (the issue: "a 1 KiB payload"): {"customer": <object id>,
+# "note": "xx..."}, this many bytes as compact JSON, the form paceline keeps and counts. wrk
+# (BENCH_PAYLOAD_BYTES) and the pgbench scripts make the same one.
+PAYLOAD_BYTES = 1024
+PAYLOAD_LABEL = "1 KiB payload"
+# What the pgbench scripts are given unless a scenario says otherwise (each script's header says
+# which it reads): no payload (a JSON null is none, as the API reads it).
+PGBENCH_DEFINES: Mapping[str, object] = {
+    "window": WINDOW,
+    "kind": KIND,
+    "kinds": "{" + KIND + "}",
+    "payload": "null",
+    "payload_bytes": 0,
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,14 +127,22 @@ class Bench:
     async def pgbench(
         self, database_url: str, script: Path, *, clients: int, **kwargs: Any
     ) -> load.PgbenchRun:
-        """One pgbench run against a database of this run's server."""
+        """One pgbench run against a database of this run's server; `defines` add to (or
+        override) PGBENCH_DEFINES."""
+        defines = {**PGBENCH_DEFINES, **kwargs.pop("defines", {})}
         return await load.pgbench(
-            self.pgbench_binary, database_url, script, clients=clients, **kwargs
+            self.pgbench_binary, database_url, script, clients=clients, defines=defines, **kwargs
         )
 
     def cpu_meter(self, replicas: list[procs.Replica]) -> procs.CpuMeter:
         """A meter over these replicas and the server."""
         return procs.CpuMeter([replica.pid for replica in replicas], self.cluster.backend_cpu)
+
+
+def payload_json(customer: int, size: int = PAYLOAD_BYTES) -> str:
+    """The payload runs' payload for one job, as compact JSON of exactly `size` bytes."""
+    head = f'{{"customer":{customer},"note":"'
+    return head + "x" * (size - len(head) - 2) + '"}'
 
 
 async def reset_statements(url: str) -> None:
@@ -129,40 +154,72 @@ async def reset_statements(url: str) -> None:
         await conn.close()
 
 
-async def statements_per_job(url: str, jobs: int) -> list[dict[str, Any]]:
-    """Each statement paceline ran in this database since the reset: calls and time per job."""
-    names = {_normalized(sql): name for name, sql in QUERIES.items()}
+# pg_stat_statements' counters of one database: statement text -> (calls, total exec ms).
+StatementCounts = dict[str, tuple[int, float]]
+
+
+async def statement_counts(url: str) -> StatementCounts:
+    """The counters of every statement run in this database since the last reset."""
     conn = await asyncpg.connect(url)
     try:
         rows = await conn.fetch(
             """
-            SELECT query, calls, total_exec_time, rows
+            SELECT query, sum(calls)::int8 AS calls, sum(total_exec_time) AS total_exec_time
             FROM pg_stat_statements
             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-            ORDER BY total_exec_time DESC
-            LIMIT 12
+              AND query NOT LIKE '%pg_stat_statements%'  -- this reading itself
+            GROUP BY query
             """
         )
     finally:
         await conn.close()
+    return {row["query"]: (row["calls"], row["total_exec_time"]) for row in rows}
+
+
+def counts_between(
+    before: StatementCounts, after: StatementCounts, into: StatementCounts | None = None
+) -> StatementCounts:
+    """What ran between two readings, added to `into` (a running sum over several spans)."""
+    total = dict(into or {})
+    for query, (calls, ms) in after.items():
+        was_calls, was_ms = before.get(query, (0, 0.0))
+        if calls > was_calls:
+            sum_calls, sum_ms = total.get(query, (0, 0.0))
+            total[query] = (sum_calls + calls - was_calls, sum_ms + ms - was_ms)
+    return total
+
+
+def per_job(counts: StatementCounts, jobs: int, *, top: int = 12) -> list[dict[str, Any]]:
+    """The statements that took the most time: calls and time per job."""
+    names = {_normalized(sql): name for name, sql in QUERIES.items()}
+    ranked = sorted(counts.items(), key=lambda item: item[1][1], reverse=True)[:top]
     found = []
-    for row in rows:
-        text = _normalized(row["query"])
+    for query, (calls, ms) in ranked:
+        text = _normalized(query)
         found.append(
             {
                 "statement": names.get(text, text[:60]),
-                "calls_per_job": round(row["calls"] / max(jobs, 1), 3),
-                "exec_ms_per_call": round(row["total_exec_time"] / max(row["calls"], 1), 3),
-                "exec_ms_per_job": round(row["total_exec_time"] / max(jobs, 1), 4),
+                "calls_per_job": round(calls / max(jobs, 1), 3),
+                "exec_ms_per_call": round(ms / max(calls, 1), 3),
+                "exec_ms_per_job": round(ms / max(jobs, 1), 4),
             }
         )
     return found
 
 
+async def statements_per_job(url: str, jobs: int) -> list[dict[str, Any]]:
+    """Each statement paceline ran in this database since the reset: calls and time per job."""
+    return per_job(await statement_counts(url), jobs)
+
+
 def _normalized(sql: str) -> str:
-    """SQL without comments, final semicolon and layout: pg_stat_statements drops the leading
-    comment of a statement, so its text is compared with the named query this way."""
-    return " ".join(re.sub(r"--[^\n]*", " ", sql).split()).rstrip(";").strip()
+    """SQL without comments, final semicolon and layout, its parameters and constants all `?`:
+    pg_stat_statements drops the leading comment of a statement and shows its constants as
+    parameters (`+ 1` as `+ $5`, `= NULL` as `= $6`), so its text is compared with the named
+    query this way (both sides alike: `IS NULL`, which it keeps, is `IS ?` in both)."""
+    text = re.sub(r"--[^\n]*", " ", sql)
+    text = re.sub(r"'(?:[^']|'')*'|\$\d+|\b\d+(?:\.\d+)?\b|\b(?i:null|true|false)\b", "?", text)
+    return " ".join(text.split()).rstrip(";").strip()
 
 
 def format_statements(found: list[dict[str, Any]]) -> str:

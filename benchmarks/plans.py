@@ -35,15 +35,23 @@ _COMPATIBLE: dict[type, frozenset[str]] = {
 
 
 def sample_args(
-    window: float, *, job_id: int = 1, object_id: int = 1
+    window: float, *, job_id: int = 1, object_id: int = 1, kind: str = "default"
 ) -> dict[str, list[tuple[Any, ...]]]:
-    """Known argument lists of the hot paths, newest signature last."""
+    """Known argument lists of the hot paths, newest signature last (kinds and payloads: the
+    kind's jobs without a payload)."""
     worker = uuid.UUID(int=1)
     return {
-        "enqueue": [(object_id, window)],
-        "claim_due_jobs": [(8, window), (8, window, 30.0, worker)],
-        "seconds_until_next_due": [(window,)],
-        "finish_jobs": [([job_id], [1], ["SUCCESS"], [0.001], [None])],
+        "enqueue": [(object_id, window), (kind, object_id, window, None, None)],
+        "claim_due_jobs": [
+            (8, window),
+            (8, window, 30.0, worker),
+            (8, window, 30.0, worker, [kind]),
+        ],
+        "seconds_until_next_due": [(window,), (window, [kind])],
+        "finish_jobs": [
+            ([job_id], [1], ["SUCCESS"], [0.001], [None]),
+            ([job_id], [1], ["SUCCESS"], [0.001], [None], [None]),
+        ],
         "get_job": [(job_id,)],
     }
 
@@ -67,11 +75,20 @@ async def fitting_args(
     types = [parameter.name for parameter in statement.get_parameters()]
     for args in candidates:
         if len(args) == len(types) and all(
-            value is None or pg in _COMPATIBLE.get(type(value), frozenset())
-            for value, pg in zip(args, types, strict=True)
+            _fits(value, pg) for value, pg in zip(args, types, strict=True)
         ):
             return args
     return f"n/a: parameters ({', '.join(types)}) unknown to the benchmark"
+
+
+def _fits(value: Any, pg: str) -> bool:
+    """Whether `value` can be passed as a parameter of type `pg` (a list: an array, which
+    asyncpg names by its element type, `text[]`)."""
+    if value is None:
+        return True
+    if isinstance(value, list):
+        return pg.endswith("[]") and all(_fits(item, pg[:-2]) for item in value)
+    return pg in _COMPATIBLE.get(type(value), frozenset())
 
 
 def _literal(value: Any) -> str:
@@ -79,7 +96,18 @@ def _literal(value: Any) -> str:
         return "NULL"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list):
+        # An array literal, '{1,NULL,"SUCCESS"}': EXECUTE casts it to the parameter's type.
+        return _literal("{" + ",".join(_element(item) for item in value) + "}")
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def _element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # The statements paceline runs with cached plans and the planner's defaults (POST /jobs); every

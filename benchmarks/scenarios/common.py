@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import asyncpg
 
 from benchmarks import profiling
 from benchmarks.context import (
+    KIND,
     WINDOW,
     Bench,
     reset_statements,
@@ -106,13 +108,21 @@ async def measure_post(
     return PostResult(runs, cpu, jobs, await statements_per_job(url, jobs))
 
 
-async def profile_post(bench: Bench, replica: Replica, connections: int, label: str) -> str:
-    """One extra wrk run with py-spy on `replica`; the top frames, or why there are none."""
+async def profile_post(
+    bench: Bench,
+    replica: Replica,
+    connections: int,
+    label: str,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """One extra wrk run (`env` for its script) with py-spy on `replica`; the top frames, or
+    why there are none."""
     output = bench.config.results / f"profile-{label}.speedscope.json"
     seconds = max(bench.config.seconds, 5)
     recorded, _ = await asyncio.gather(
         profiling.record(replica.pid, seconds, output),
-        wrk([replica.port], connections=connections, seconds=seconds),
+        wrk([replica.port], connections=connections, seconds=seconds, env=env),
     )
     return _profile_text(recorded, output)
 
@@ -128,20 +138,22 @@ async def preload_due(url: str, jobs: int, base: int, window: float) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            "INSERT INTO jobs (object_id, run_at) "
-            "SELECT $2::bigint + g, now() FROM generate_series(1, $1::int) AS g",
+            "INSERT INTO jobs (kind, object_id, run_at) "
+            "SELECT $3, $2::bigint + g, now() FROM generate_series(1, $1::int) AS g",
             jobs,
             base,
+            KIND,
         )
         await conn.execute(
-            "INSERT INTO object_slots AS s (object_id, next_slot) "
-            "SELECT $2::bigint + g, now() + make_interval(secs => $3) "
+            "INSERT INTO object_slots AS s (kind, object_id, next_slot) "
+            "SELECT $4, $2::bigint + g, now() + make_interval(secs => $3) "
             "FROM generate_series(1, $1::int) AS g "
-            "ON CONFLICT (object_id) DO UPDATE "
+            "ON CONFLICT (kind, object_id) DO UPDATE "
             "SET next_slot = GREATEST(s.next_slot, EXCLUDED.next_slot)",
             jobs,
             base,
             window,
+            KIND,
         )
         await conn.execute("VACUUM ANALYZE jobs")
         await conn.execute("VACUUM ANALYZE object_slots")
@@ -261,6 +273,12 @@ async def reset_tables(url: str) -> None:
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
+
+
+def turns(loads: Sequence[str], run: int) -> list[str]:
+    """The order loads compared in one run take in run number `run`: as given, then reversed,
+    so a drift of the machine's speed over a run weighs on each alike."""
+    return list(loads) if run % 2 == 0 else list(reversed(loads))
 
 
 def bench_window(bench: Bench) -> float:

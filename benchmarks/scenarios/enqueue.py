@@ -1,30 +1,44 @@
 """Scenario 1: POST /jobs throughput and p50/p99 at 16 and 64 connections, workers running,
-random object ids, 1 and 2 replicas — against pgbench running the enqueue as one statement.
+random object ids, 1 and 2 replicas — against pgbench running the enqueue as one statement;
+and the same load with a 1 KiB JSON payload on every job, as a ratio to the payload-less one.
 
-The machine is shared, so its speed drifts within minutes: every service run is paired with a
-pgbench run of the ceiling right before it (once the workers have run what the previous run
-left), and the reference scripts take turns with the one-statement enqueue, so each ratio
-compares runs made under the same conditions.
+The machine is shared, so its speed drifts within minutes: every pair of service runs (without
+and with the payload, taking turns on which goes first) follows a pgbench run of the ceiling,
+each starting once the workers have run what the run before left, and the reference scripts
+take turns with the one-statement enqueue, so each ratio compares runs made under the same
+conditions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import asyncpg
 
 from benchmarks.context import (
+    PAYLOAD_BYTES,
+    PAYLOAD_LABEL,
     WINDOW,
     Bench,
+    StatementCounts,
+    counts_between,
     format_statements,
-    reset_statements,
-    statements_per_job,
+    payload_json,
+    per_job,
+    statement_counts,
 )
 from benchmarks.load import PGBENCH_SCRIPTS, HttpRun
-from benchmarks.procs import Replica
+from benchmarks.procs import CpuMeter, Replica
 from benchmarks.report import Goal, Row, median
-from benchmarks.scenarios.common import PostResult, count_jobs, profile_post, quiesce
+from benchmarks.scenarios.common import (
+    PostResult,
+    count_jobs,
+    profile_post,
+    quiesce,
+    turns,
+)
 from paceline.db.queries import QUERIES
 
 SCENARIO = "1 POST /jobs"
@@ -35,6 +49,13 @@ P99_16 = Goal("<=", 20, unit="ms")
 SHARE_16 = Goal(">=", 0.20, on="ratio")
 # Scripts compared with the one-statement enqueue at this many clients.
 REFERENCE_CLIENTS = 16
+# The two loads of every measurement: wrk's settings for each.
+PLAIN = "no payload"
+WITH_PAYLOAD = PAYLOAD_LABEL
+LOADS: dict[str, dict[str, str]] = {
+    PLAIN: {},
+    WITH_PAYLOAD: {"BENCH_PAYLOAD_BYTES": str(PAYLOAD_BYTES)},
+}
 
 
 async def run(bench: Bench) -> None:
@@ -48,42 +69,73 @@ async def run(bench: Bench) -> None:
                 bench.replicas(url, count, name=f"enqueue-{count}") as replicas,
             ):
                 for connections in bench.config.connections:
-                    result, ceiling = await _measure(bench, url, ceiling_url, replicas, connections)
+                    results, ceiling = await _measure(
+                        bench, url, ceiling_url, replicas, connections
+                    )
+                    result = results[PLAIN]
                     _add_rows(bench, count, connections, result, ceiling)
+                    _add_payload_row(bench, count, connections, results)
                     bench.figures[f"post.{connections}.{count}"] = result.rps
-                    table = format_statements(result.statements)
                     label = f"{count} replica(s), {connections} connections"
-                    statements.append(f"{label}: {result.jobs} jobs\n{table}")
+                    for load, measured in results.items():
+                        table = format_statements(measured.statements)
+                        statements.append(f"{label}, {load}: {measured.jobs} jobs\n{table}")
                 if bench.config.profile and count == 1:
                     connections = max(bench.config.connections)
-                    text = await profile_post(bench, replicas[0], connections, "enqueue")
-                    title = f"Profile: POST /jobs, 1 replica, {connections} connections (py-spy)"
-                    bench.report.section(title, text)
+                    for load, env in LOADS.items():
+                        name = "enqueue" if not env else "enqueue-payload"
+                        text = await profile_post(bench, replicas[0], connections, name, env=env)
+                        title = (
+                            f"Profile: POST /jobs, {load}, 1 replica, {connections} connections "
+                            "(py-spy)"
+                        )
+                        bench.report.section(title, text)
     bench.report.section(
-        "Statements per POST /jobs (pg_stat_statements; workers included)", "\n\n".join(statements)
+        "Statements per POST /jobs (pg_stat_statements; workers included; each load's runs "
+        "until the workers had run their jobs)",
+        "\n\n".join(statements),
     )
+
+
+@dataclasses.dataclass
+class _Load:
+    """One load's runs so far, what they cost and which statements they ran."""
+
+    meter: CpuMeter
+    runs: list[HttpRun] = dataclasses.field(default_factory=list)
+    counts: StatementCounts = dataclasses.field(default_factory=dict)
+    jobs: int = 0
+
+    def result(self) -> PostResult:
+        return PostResult(self.runs, self.meter.total(), self.jobs, per_job(self.counts, self.jobs))
 
 
 async def _measure(
     bench: Bench, url: str, ceiling_url: str, replicas: list[Replica], connections: int
-) -> tuple[PostResult, float]:
-    """Warm-up, then `runs` pairs: the pgbench ceiling, then the service; medians."""
-    await bench.http_runs(replicas, connections, runs=0)
-    await reset_statements(url)
-    before = await count_jobs(url)
-    meter = bench.cpu_meter(replicas)
-    runs: list[HttpRun] = []
+) -> tuple[dict[str, PostResult], float]:
+    """Warm-ups, then `runs` rounds: the pgbench ceiling, then the service without and with the
+    payload (in turns, which first); each load's medians, and the ceiling's."""
+    loads = {name: _Load(bench.cpu_meter(replicas)) for name in LOADS}
+    for env in LOADS.values():
+        await bench.http_runs(replicas, connections, runs=0, env=env)
     ceilings: list[float] = []
-    for _ in range(bench.config.runs):
+    for index in range(bench.config.runs):
         await quiesce(url)
         ceilings.append(await _tps(bench, ceiling_url, ONE_STATEMENT, connections))
-        meter.start()
-        runs.extend(await bench.http_runs(replicas, connections, runs=1, warmup=False))
-        meter.stop()
-    cpu = meter.total()
-    jobs = await count_jobs(url) - before
-    result = PostResult(runs, cpu, jobs, await statements_per_job(url, jobs))
-    return result, median(ceilings)
+        for name in turns(list(LOADS), index):
+            load = loads[name]
+            await quiesce(url)
+            counts, jobs = await statement_counts(url), await count_jobs(url)
+            load.meter.start()
+            load.runs.extend(
+                await bench.http_runs(replicas, connections, runs=1, warmup=False, env=LOADS[name])
+            )
+            load.meter.stop()
+            # The workers' share of the load: what they ran of its jobs counts with it.
+            await quiesce(url)
+            load.counts = counts_between(counts, await statement_counts(url), load.counts)
+            load.jobs += await count_jobs(url) - jobs
+    return {name: load.result() for name, load in loads.items()}, median(ceilings)
 
 
 def _add_rows(
@@ -128,25 +180,73 @@ def _add_rows(
     )
 
 
+def _add_payload_row(
+    bench: Bench, count: int, connections: int, results: dict[str, PostResult]
+) -> None:
+    """The payload's row: its req/s as a ratio to the payload-less load's, measured in turns."""
+    plain, loaded = results[PLAIN], results[WITH_PAYLOAD]
+    replicas = f"{count} replica{'s' if count > 1 else ''}"
+    errors = f"; {loaded.errors} failed requests" if loaded.errors else ""
+    bench.report.add(
+        Row(
+            SCENARIO,
+            f"req/s, {connections} conn, {replicas}, {WITH_PAYLOAD}",
+            loaded.rps,
+            "req/s",
+            ceiling=plain.rps,
+            ceiling_label=PLAIN,
+            note=f"p50 {loaded.p50:.1f} / p99 {loaded.p99:.1f} ms ({PLAIN}: {plain.p50:.1f} / "
+            f"{plain.p99:.1f}); CPU per request: {cpu_per_request(loaded)} ({PLAIN}: "
+            f"{cpu_per_request(plain)}); CPU: {loaded.cpu}{errors}",
+            samples=[run.rps for run in loaded.runs],
+        )
+    )
+    bench.report.detail(
+        f"enqueue.{count}r.{connections}c.payload",
+        {
+            "payload_bytes": PAYLOAD_BYTES,
+            "runs": [dataclasses.asdict(run) for run in loaded.runs],
+            "cpu": dataclasses.asdict(loaded.cpu),
+            "statements": loaded.statements,
+        },
+    )
+
+
+def cpu_per_request(result: PostResult) -> str:
+    """CPU time per request over the metered runs (workers' share included), by whom."""
+    requests = sum(run.requests for run in result.runs)
+    if not requests:
+        return "n/a"
+    cpu = result.cpu
+    paceline = cpu.paceline * cpu.seconds / requests * 1e6
+    postgres = cpu.postgres * cpu.seconds / requests * 1e6
+    return f"paceline {paceline:.0f} µs, postgres {postgres:.0f} µs"
+
+
 async def _references(bench: Bench, url: str) -> None:
     """The one-statement enqueue and what to compare it with, taking turns run by run:
-    two statements, a bare INSERT, paceline's own enqueue SQL, and the one statement followed
-    by a NOTIFY per job (what DueNotifier's one NOTIFY per burst avoids)."""
-    scripts: dict[str, Path] = {
-        "enqueue, one statement": ONE_STATEMENT,
-        "enqueue, two statements": PGBENCH_SCRIPTS / "enqueue_two.sql",
-        "bare INSERT": PGBENCH_SCRIPTS / "insert_bare.sql",
-        "enqueue, then NOTIFY in its own tx": _then_notify_script(bench),
+    the same with the 1 KiB payload (sent as a parameter, returned with the row), two
+    statements, a bare INSERT, paceline's own enqueue SQL, and the one statement followed by a
+    NOTIFY per job (what DueNotifier's one NOTIFY per burst avoids)."""
+    payload: dict[str, object] = {"payload": payload_json(42)}
+    scripts: dict[str, tuple[Path, dict[str, object]]] = {
+        "enqueue, one statement": (ONE_STATEMENT, {}),
+        f"enqueue, one statement, {WITH_PAYLOAD}": (ONE_STATEMENT, payload),
+        "enqueue, two statements": (PGBENCH_SCRIPTS / "enqueue_two.sql", {}),
+        "bare INSERT": (PGBENCH_SCRIPTS / "insert_bare.sql", {}),
+        "enqueue, then NOTIFY in its own tx": (_then_notify_script(bench), {}),
     }
     live = await _live_enqueue_script(bench, url)
     if isinstance(live, Path):
-        scripts["paceline's enqueue SQL"] = live
+        scripts["paceline's enqueue SQL"] = (live, {})
     else:
         bench.report.add(Row(CEILING, "pgbench paceline's enqueue SQL", None, "", note=live))
     samples: dict[str, list[float]] = {label: [] for label in scripts}
     for _ in range(bench.config.runs):
-        for label, script in scripts.items():
-            samples[label].append(await _tps(bench, url, script, REFERENCE_CLIENTS))
+        for label, (script, defines) in scripts.items():
+            samples[label].append(
+                await _tps(bench, url, script, REFERENCE_CLIENTS, defines=defines)
+            )
     base = median(samples["enqueue, one statement"])
     for label, values in samples.items():
         is_base = label == "enqueue, one statement"
@@ -163,9 +263,20 @@ async def _references(bench: Bench, url: str) -> None:
         )
 
 
-async def _tps(bench: Bench, url: str, script: Path, clients: int) -> float:
+async def _tps(
+    bench: Bench,
+    url: str,
+    script: Path,
+    clients: int,
+    *,
+    defines: dict[str, object] | None = None,
+) -> float:
     result = await bench.pgbench(
-        url, script, clients=clients, seconds=bench.config.seconds, defines={"window": WINDOW}
+        url,
+        script,
+        clients=clients,
+        seconds=bench.config.seconds,
+        defines={"window": WINDOW, **(defines or {})},
     )
     return result.tps
 
@@ -181,19 +292,35 @@ def _then_notify_script(bench: Bench) -> Path:
     return script
 
 
+# The signatures of paceline's `enqueue` the benchmark knows, and the pgbench text of each
+# parameter (the variables PGBENCH_DEFINES gives): the job without a payload, as POST sends it.
+_ENQUEUE_PARAMETERS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("int8", "float8"): (":object_id", ":window"),
+    # kind, object_id, W, payload (JSON text; a JSON null is none), absorbed (NULL: not append)
+    ("text", "int8", "float8", "jsonb", "int4"): (
+        ":kind",
+        ":object_id",
+        ":window",
+        "NULLIF(:payload, 'null')",
+        "NULL",
+    ),
+}
+
+
 async def _live_enqueue_script(bench: Bench, url: str) -> Path | str:
-    """paceline's `enqueue` as a pgbench script, if it still takes (object_id, W)."""
+    """paceline's `enqueue` as a pgbench script, if its parameters are ones the benchmark knows."""
     sql = QUERIES.get("enqueue")
     if sql is None:
         return "n/a: paceline has no query named enqueue"
     conn = await asyncpg.connect(url)
     try:
-        types = [t.name for t in (await conn.prepare(sql)).get_parameters()]
+        types = tuple(t.name for t in (await conn.prepare(sql)).get_parameters())
     finally:
         await conn.close()
-    if types != ["int8", "float8"]:
-        return f"n/a: enqueue now takes ({', '.join(types)}), not (object_id, W)"
-    body = sql.replace("$1", ":object_id").replace("$2", ":window")
+    values = _ENQUEUE_PARAMETERS.get(types)
+    if values is None:
+        return f"n/a: enqueue now takes ({', '.join(types)}), unknown to the benchmark"
+    body = re.sub(r"\$(\d+)\b", lambda found: values[int(found.group(1)) - 1], sql)
     script = bench.workdir / "paceline_enqueue.sql"
     script.write_text(
         "-- Generated from paceline.db.queries['enqueue'].\n"

@@ -180,9 +180,9 @@ async def fill(url: str, *, pending: int, finished: int) -> None:
         )
         await conn.execute(
             """
-            INSERT INTO object_slots (object_id, next_slot)
-            SELECT object_id, max(run_at) + make_interval(secs => $2)
-            FROM jobs WHERE object_id >= $1 AND status = 'PENDING' GROUP BY object_id
+            INSERT INTO object_slots (kind, object_id, next_slot)
+            SELECT kind, object_id, max(run_at) + make_interval(secs => $2)
+            FROM jobs WHERE object_id >= $1 AND status = 'PENDING' GROUP BY kind, object_id
             """,
             SCALE_PENDING_BASE,
             WINDOW,

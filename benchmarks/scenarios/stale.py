@@ -12,7 +12,7 @@ import time
 
 import asyncpg
 
-from benchmarks.context import Bench
+from benchmarks.context import KIND, Bench
 from benchmarks.load import wrk
 from benchmarks.report import Goal, Row
 from benchmarks.scenarios.common import post_one
@@ -45,14 +45,15 @@ async def run(bench: Bench) -> None:
                 # Every object of the burst started a run just now: its head waits until the
                 # burst is over (I1), so the backlog is the burst's heads, due at one moment.
                 free_at = await conn.fetchval(
-                    "INSERT INTO object_starts (object_id, last_started_at) "
-                    "SELECT $1::bigint + o, now() + make_interval(secs => $3) - "
+                    "INSERT INTO object_starts (kind, object_id, last_started_at) "
+                    "SELECT $5, $1::bigint + o, now() + make_interval(secs => $3) - "
                     "make_interval(secs => $4) FROM generate_series(1, $2::int) AS o "
                     "RETURNING last_started_at + make_interval(secs => $4)",
                     STALE_BASE,
                     objects,
                     burst + HOLD,
                     WINDOW,
+                    KIND,
                 )
                 env = {"BENCH_OBJECTS": str(objects), "BENCH_OBJECT_BASE": str(STALE_BASE)}
                 posted = await wrk(
@@ -113,11 +114,11 @@ async def _replay(conn: asyncpg.Connection, since: object) -> None:
                             duration = NULL, attempts = 0, lease_expires_at = NULL,
                             worker_id = NULL, error = NULL
             WHERE started_at >= $1 AND status <> 'PROCESSING'
-            RETURNING id, object_id
+            RETURNING id, kind, object_id
         ),
         attempts AS (DELETE FROM job_attempts WHERE job_id IN (SELECT id FROM again))
         UPDATE object_starts SET last_started_at = now() - make_interval(secs => $2)
-        WHERE object_id IN (SELECT object_id FROM again)
+        WHERE (kind, object_id) IN (SELECT kind, object_id FROM again)
         """,
         since,
         WINDOW,

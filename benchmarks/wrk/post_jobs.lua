@@ -9,6 +9,8 @@
 --   BENCH_DELAY_MS      pause before each request on a connection (pacing, fractional ok)
 --   BENCH_BATCH         send arrays of this many jobs; every 10th repeats an object already in
 --                       its array, so the slots of repeats inside one batch are exercised too
+--   BENCH_PAYLOAD_BYTES every job carries the payload {"customer": <its object id>, "note": "xx.."}
+--                       of exactly this many bytes as compact JSON (default: no payload)
 -- At the end it prints one line, `WRK_JSON {...}`, that the harness parses.
 
 local ports = {}
@@ -20,6 +22,7 @@ local base = tonumber(os.getenv("BENCH_OBJECT_BASE") or "") or 0
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "")
 local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
 local batch = tonumber(os.getenv("BENCH_BATCH") or "")
+local payload_bytes = tonumber(os.getenv("BENCH_PAYLOAD_BYTES") or "")
 
 local created = 0
 function setup(thread)
@@ -44,6 +47,23 @@ local function object_id()
     return base + (math.random(1, 1e6) - 1) * 1e6 + math.random(1, 1e6)
 end
 
+-- {"customer":<id>,"note":"x..."}: 23 bytes around the id's digits and the note. The notes are
+-- made once per length of id, not per job.
+local notes = {}
+local function job(id)
+    local digits = string.format("%.0f", id)
+    if not payload_bytes then
+        return '{"object_id": ' .. digits .. '}'
+    end
+    local note = notes[#digits]
+    if not note then
+        note = string.rep("x", payload_bytes - 23 - #digits)
+        notes[#digits] = note
+    end
+    return '{"object_id": ' .. digits .. ', "payload": {"customer":' .. digits
+        .. ',"note":"' .. note .. '"}}'
+end
+
 local function batch_body()
     local items = {}
     local ids = {}
@@ -55,7 +75,7 @@ local function batch_body()
             id = object_id()
             ids[#ids + 1] = id
         end
-        items[i] = string.format('{"object_id": %.0f}', id)
+        items[i] = job(id)
     end
     return "[" .. table.concat(items, ", ") .. "]"
 end
@@ -64,8 +84,7 @@ function request()
     if batch then
         return wrk.format("POST", "/jobs", headers, batch_body())
     end
-    local body = string.format('{"object_id": %.0f}', object_id())
-    return wrk.format("POST", "/jobs", headers, body)
+    return wrk.format("POST", "/jobs", headers, job(object_id()))
 end
 
 if pause then
