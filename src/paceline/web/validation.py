@@ -23,7 +23,7 @@ from paceline.contract import (
     OnBusyName,
 )
 from paceline.queue.jobs import NewJob, Status
-from paceline.queue.results import ESCAPED_NUL
+from paceline.queue.results import has_escaped_nul
 from paceline.shapes import BatchItem, JobBatch, JobRequest
 from paceline.web.problems import Problem, invalid, not_found
 
@@ -171,7 +171,7 @@ def payload_json(raw: msgspec.Raw | msgspec.UnsetType) -> str | None:
             f"{MAX_PAYLOAD_BYTES} bytes (64 KiB). Nothing was written.",
             limit=MAX_PAYLOAD_BYTES,
         )
-    if ESCAPED_NUL.search(encoded):
+    if has_escaped_nul(encoded):
         raise invalid(
             "payload strings cannot hold \\u0000 (PostgreSQL's jsonb has no NUL character).",
             name="payload",
