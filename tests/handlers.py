@@ -16,13 +16,7 @@ async def record(job: Job) -> None:
     Then works for $PACELINE_TEST_RUN_SECONDS; a first attempt works for
     $PACELINE_TEST_FIRST_RUN_SECONDS instead, when that is set (a slow run, then a quick retry).
     """
-    line = f"{job.id} {job.attempts} {os.getpid()}\n"
-    # O_APPEND writes of one short line do not interleave between processes.
-    fd = os.open(os.environ["PACELINE_TEST_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    _append_line(f"{job.id} {job.attempts} {os.getpid()}\n")
     seconds = os.environ.get("PACELINE_TEST_RUN_SECONDS", "0")
     if job.attempts == 1:
         seconds = os.environ.get("PACELINE_TEST_FIRST_RUN_SECONDS", seconds)
