@@ -19,6 +19,7 @@ from datetime import datetime
 
 import asyncpg
 
+from paceline.contract import DEFAULT_KIND
 from paceline.db.plans import fetch_planned, plan_per_call
 from paceline.db.pool import Connection, Executor, fetch_committed
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
@@ -53,8 +54,11 @@ async def enqueue_batch(
 ) -> list[asyncpg.Record]:
     """One job per (kind, object_id, payload), in request order (parallel sequences), each in
     its key's next free slot; their rows."""
+    # The plain batch sends its ids alone (the statement reads missing arrays as NULLs).
+    sent_kinds = None if all(kind == DEFAULT_KIND for kind in kinds) else list(kinds)
+    sent_payloads = None if all(p is None for p in payloads) else list(payloads)
     return await fetch_committed(
-        db, QUERIES["enqueue_batch"], list(kinds), list(object_ids), list(payloads), window
+        db, QUERIES["enqueue_batch"], sent_kinds, list(object_ids), sent_payloads, window
     )
 
 
