@@ -17,6 +17,7 @@ from paceline.queue.events import JobEvents
 from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.handlers import Handler, resolve_handlers
 from paceline.queue.kinds import KnownKinds
+from paceline.queue.limits import seed_default_limit
 from paceline.queue.maintenance import Janitor
 from paceline.queue.reaper import Reaper
 from paceline.queue.service import Service
@@ -80,6 +81,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.database_url is not None
     app[POOL] = await create_pool(settings.database_url, settings.pool_size)
+    await seed_default_limit(app[POOL], settings.rate_window)
     yield
     try:
         await asyncio.wait_for(app[POOL].close(), 10)
@@ -90,7 +92,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
     # What POST /jobs writes through: group commit, then a NOTIFY per burst.
     notifier = DueNotifier(app[POOL])
-    grouper = EnqueueGrouper(app[POOL], app[SETTINGS].rate_window)
+    grouper = EnqueueGrouper(app[POOL])
     app[NOTIFIER] = notifier
     app[GROUPER] = grouper
     app[KINDS] = KnownKinds(app[POOL], app[SETTINGS].handler_names())
@@ -111,7 +113,6 @@ async def _run_worker(app: web.Application, handlers: dict[str, Handler]) -> Asy
         handlers,
         events=app[EVENTS],
         concurrency=settings.concurrency,
-        rate_window=settings.rate_window,
         lease=settings.lease,
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,
@@ -123,13 +124,10 @@ async def _run_worker(app: web.Application, handlers: dict[str, Handler]) -> Asy
     housekeeping = min(settings.lease / 3, settings.idle_poll)
     reaper = Reaper(
         app[POOL],
-        window=settings.rate_window,
         max_attempts=settings.max_attempts,
         interval=housekeeping,
     )
-    janitor = Janitor(
-        app[POOL], window=settings.rate_window, retention=settings.retention, interval=housekeeping
-    )
+    janitor = Janitor(app[POOL], retention=settings.retention, interval=housekeeping)
     listener = DueListener(
         settings.database_url,
         on_due=worker.alarm.fire_in,
@@ -142,10 +140,9 @@ async def _run_worker(app: web.Application, handlers: dict[str, Handler]) -> Asy
     services: list[Service] = [listener, worker, reaper, janitor]
     tasks = [service.start() for service in services]
     log.info(
-        "worker running %d job(s) at once with handlers %s, window %gs",
+        "worker running %d job(s) at once with handlers %s",
         settings.concurrency,
         ", ".join(f"{kind}={name}" for kind, name in settings.handler_names().items()),
-        settings.rate_window,
     )
     try:
         yield

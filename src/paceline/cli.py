@@ -1,4 +1,5 @@
-"""`paceline serve`, `migrate` and `replan`; every flag also has its environment variable."""
+"""`paceline serve`, `migrate`, `limits` and `replan`; every flag of `serve` also has its
+environment variable."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 import asyncpg
 from aiohttp import web
 
 from paceline import __version__
 from paceline.config import ConfigError, Settings
+from paceline.contract import DEFAULT_KIND
 from paceline.db import embedded, migrate
-from paceline.db.pool import CONNECT_TIMEOUT, is_unavailable
+from paceline.db.pool import CONNECT_TIMEOUT, create_pool, is_unavailable
 from paceline.logs import configure_logging
+from paceline.queue import limits
 from paceline.queue.jobs import isoformat
-from paceline.queue.planning import adopt_window
 from paceline.queue.service import Backoff
 
 log = logging.getLogger("paceline")
@@ -47,15 +50,57 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_cmd = commands.add_parser("migrate", help="apply pending database migrations")
     _database_flag(migrate_cmd)
 
+    limits_cmd = commands.add_parser(
+        "limits", help="show or change limits (kept in the database, for every replica)"
+    )
+    actions = limits_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser("show", help="the limits in force (every kind, or one)")
+    _database_flag(show)
+    show.add_argument("kind", nargs="?", help="one kind (default: every kind)")
+    show.add_argument("--object", type=int, dest="object_id", help="one object of the kind")
+    for name, text in _CHANGES.items():
+        change = actions.add_parser(name, help=text)
+        _database_flag(change)
+        change.add_argument("kind", help="the kind (`default`: what kinds without a limit use)")
+        change.add_argument(
+            "--object", type=int, dest="object_id", help="only this object of the kind"
+        )
+        if name == "set":
+            change.add_argument("--window", type=float, help="W, seconds")
+            change.add_argument(
+                "--limit", type=int, dest="per_window", help="N, starts per window (default 1)"
+            )
+            change.add_argument(
+                "--max-running", type=int, help="M, jobs of one object at once (default 1)"
+            )
+        _dry_run_flag(change)
+
     replan = commands.add_parser(
         "replan",
-        help="re-space pending jobs to PACELINE_RATE_WINDOW (serve does it on a change)",
+        help="make PACELINE_RATE_WINDOW the default kind's window "
+        "(as `limits set default --window`)",
     )
     _database_flag(replan)
-    replan.add_argument(
-        "--dry-run", action="store_true", help="show the slots before and after; change nothing"
-    )
+    _dry_run_flag(replan)
     return parser
+
+
+_CHANGES = {
+    "set": "set a kind's limit, or one object's override; fields not given are inherited",
+    "drop": "drop a kind's limit or an object's override (it inherits again)",
+    "pause": "pause a kind or one object: nothing starts until `resume`",
+    "resume": "resume a kind or one object: its jobs are spaced from now by the limit",
+}
+# What `serve` takes from the command line into Settings (every other flag is a command's).
+_SETTING_FLAGS = ("database_url", "host", "port", "concurrency")
+
+
+def _dry_run_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show each moved slot before and after; change nothing",
+    )
 
 
 def _database_flag(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +113,7 @@ def _database_flag(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `paceline` script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "dry_run")}
+    overrides = {k: v for k, v in vars(args).items() if k in _SETTING_FLAGS}
     try:
         settings = Settings.from_env(**overrides)
     except ConfigError as exc:
@@ -81,11 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             _wait_for_database(dsn)
             migrate.upgrade(dsn)
             if args.command == "migrate":
+                # A fresh database takes this environment's PACELINE_RATE_WINDOW as the default
+                # kind's limit here too, as `serve` would (a replica started before the
+                # migration could not).
+                asyncio.run(_seed_default_limit(dsn, settings.rate_window))
                 log.info("database is at the newest migration")
                 return 0
             if args.command == "replan":
-                return asyncio.run(_replan(dsn, settings.rate_window, dry_run=args.dry_run))
-            asyncio.run(_replan(dsn, settings.rate_window, dry_run=False))
+                args.action, args.kind, args.object_id = "set", DEFAULT_KIND, None
+                args.window, args.per_window, args.max_running = settings.rate_window, None, None
+            if args.command in ("limits", "replan"):
+                return asyncio.run(_limits(dsn, args))
             return _serve(settings)
     except (ConfigError, embedded.EmbeddedPostgresError) as exc:
         log.error("%s", exc)
@@ -118,27 +169,74 @@ def _wait_for_database(dsn: str) -> None:
             time.sleep(backoff.next())
 
 
-async def _replan(dsn: str, window: float, *, dry_run: bool) -> int:
-    """Adopt `window` for the pending slots, printing what moves (all of it, when dry)."""
-    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+async def _seed_default_limit(dsn: str, window: float) -> None:
+    pool = await create_pool(dsn, 1)
     try:
-        async with conn.transaction():
-            previous, changes = await adopt_window(conn, window, dry_run=dry_run)
+        await limits.seed_default_limit(pool, window)
     finally:
-        await conn.close()
-    if previous is None or previous == window:
-        log.info("pending slots are planned with the window of %gs; nothing to re-plan", window)
-        return 0
-    verb = "would move" if dry_run else "moved"
-    log.info("window %gs -> %gs: %s %d pending job(s)", previous, window, verb, len(changes))
-    if dry_run:
-        print(f"{'job':>10} {'object':>20}  {'slot before':<32} slot after")
-        for change in changes:
+        await pool.close()
+
+
+async def _limits(dsn: str, args: argparse.Namespace) -> int:
+    """`paceline limits ACTION`: print the limit, and the slots a change moves."""
+    pool = await create_pool(dsn, 2)
+    try:
+        if args.action == "show":
+            if args.kind is None:
+                shown = await limits.kinds_view(pool, [])
+            else:
+                shown = [await limits.view(pool, args.kind, args.object_id)]
+            for limit in shown:
+                print(_limit_line(limit))
+            return 0
+        try:
+            done = await _change(pool, args)
+        except limits.LimitError as exc:
+            print(f"paceline: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        await pool.close()
+    if done is None:
+        print(f"paceline: {args.kind} has no limit of its own to drop", file=sys.stderr)
+        return 1
+    print(_limit_line(done.limit))
+    verb = "would move" if done.dry_run else "moved"
+    print(f"{verb} {len(done.changes)} pending job(s)")
+    if done.changes:
+        print(f"{'job':>10} {'kind':<16} {'object':>20}  {'slot before':<32} slot after")
+        for change in done.changes:
             print(
-                f"{change.job_id:>10} {change.object_id:>20}  "
-                f"{isoformat(change.before)!s:<32} {isoformat(change.after)}"
+                f"{change.job_id:>10} {change.kind:<16} {change.object_id:>20}  "
+                f"{_slot(change.before):<32} {_slot(change.after)}"
             )
     return 0
+
+
+async def _change(pool: asyncpg.Pool, args: argparse.Namespace) -> limits.Replanned | None:
+    kind, object_id, dry_run = args.kind, args.object_id, args.dry_run
+    if args.action == "set":
+        fields = limits.LimitFields(args.window, args.per_window, args.max_running)
+        return await limits.set_limit(pool, kind, object_id, fields, dry_run=dry_run)
+    if args.action == "drop":
+        return await limits.drop_limit(pool, kind, object_id, dry_run=dry_run)
+    if args.action == "pause":
+        return await limits.pause(pool, kind, object_id, dry_run=dry_run)
+    return await limits.resume(pool, kind, object_id, dry_run=dry_run)
+
+
+def _slot(moment: datetime | None) -> str:
+    return "after resume" if moment is None else str(isoformat(moment))
+
+
+def _limit_line(limit: limits.LimitView) -> str:
+    key = limit.kind if limit.object_id is None else f"{limit.kind} object {limit.object_id}"
+    rule = limit.effective
+    state = " (paused)" if rule.paused else ""
+    inherited = " (inherited)" if limit.own is None else ""
+    return (
+        f"{key}: {rule.per_window} per {rule.window:g}s, {rule.max_running} running at once"
+        f"{state}{inherited}"
+    )
 
 
 async def _ping(dsn: str) -> None:

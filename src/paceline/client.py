@@ -42,7 +42,7 @@ class Job:
     status: str
     timestamp: int  # created, whole UNIX seconds (the original service's integer column)
     created_at: datetime  # created, the precise instant
-    run_at: datetime  # the earliest moment it may start
+    run_at: datetime | None  # the earliest moment it may start; None while its key is paused
     started_at: datetime | None
     finished_at: datetime | None
     duration: float | None  # seconds its processing took
@@ -52,6 +52,7 @@ class Job:
     kind: str = DEFAULT_KIND  # which handler runs it; the window is per (kind, object_id)
     payload: Any = None  # what it was given to work on (on_busy="append": a list of them)
     result: Any = None  # what its handler returned, once it succeeded
+    not_before: datetime | None = None  # the earliest start the client chose, if any
 
     @property
     def done(self) -> bool:
@@ -72,7 +73,7 @@ class Job:
                 if "created_at" in document
                 else datetime.fromtimestamp(document["timestamp"], UTC)
             ),
-            run_at=datetime.fromisoformat(document["run_at"]),
+            run_at=_optional_moment(document.get("run_at")),
             started_at=_optional_moment(document.get("started_at")),
             finished_at=_optional_moment(document.get("finished_at")),
             duration=document.get("duration"),
@@ -83,6 +84,7 @@ class Job:
             kind=document.get("kind", DEFAULT_KIND),
             payload=document.get("payload"),
             result=document.get("result"),
+            not_before=_optional_moment(document.get("not_before")),
         )
 
 
@@ -160,11 +162,13 @@ class PacelineClient:
         on_busy: OnBusy | None = None,
         max_backlog: int | None = None,
         idempotency_key: str | None = None,
+        not_before: datetime | float | None = None,
     ) -> Job:
         """Create a job of `kind` (default: `default`) for `object_id`, with `payload` (any
         JSON value, up to 64 KiB encoded); the options are sent only when given. With
         `on_busy="replace"` or `"append"` the answer may be the key's pending job, changed
-        (`job.raw["coalesced"]` is then true)."""
+        (`job.raw["coalesced"]` is then true). `not_before` (an aware datetime, or UNIX
+        seconds): the job takes its key's first free slot at or after it."""
         body: dict[str, Any] = {"object_id": object_id}
         if kind is not None:
             body["kind"] = kind
@@ -174,6 +178,10 @@ class PacelineClient:
             body["on_busy"] = on_busy
         if max_backlog is not None:
             body["max_backlog"] = max_backlog
+        if not_before is not None:
+            body["not_before"] = (
+                not_before.isoformat() if isinstance(not_before, datetime) else not_before
+            )
         headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
         return Job.from_json(await self._call("POST", "jobs", body=body, headers=headers))
 

@@ -57,3 +57,14 @@ MAX_PAYLOAD_BYTES: Final = 64 * 1024
 # An appending job (on_busy=append) absorbs at most this many payloads (and MAX_PAYLOAD_BYTES
 # in all); the next request past either starts a new job in the next free slot.
 MAX_APPENDED: Final = 1000
+
+# A job's not_before (POST /jobs): an instant before the year 9000 (ISO 8601 with an offset, or
+# UNIX seconds), so a slot a few windows after it is still a time PostgreSQL and Python hold.
+NOT_BEFORE_MAX_SECONDS: Final = 221_845_392_000  # 9000-01-01T00:00:00Z
+NOT_BEFORE_PATTERN: Final = r"^[0-8][0-9]{3}-"
+# A limit (PUT /limits/...): a window from a millisecond to ten years, 1 to a million starts
+# per window, 1 to 10,000 running at once.
+MIN_WINDOW_SECONDS: Final = 0.001
+MAX_WINDOW_SECONDS: Final = 10 * 366 * 24 * 3600.0
+MAX_PER_WINDOW: Final = 1_000_000
+MAX_RUNNING_LIMIT: Final = 10_000

@@ -24,6 +24,8 @@ from paceline.contract import (
     MAX_IDEMPOTENCY_KEY,
     MAX_PAGE,
     MAX_PAYLOAD_BYTES,
+    NOT_BEFORE_MAX_SECONDS,
+    NOT_BEFORE_PATTERN,
     OnBusyName,
 )
 from paceline.queue.jobs import Status
@@ -82,6 +84,22 @@ _ON_BUSY_DESCRIPTION = (
 )
 
 
+NOT_BEFORE_DESCRIPTION: Final = (
+    "The earliest start the client wants: an ISO 8601 date-time with an offset (Z or +02:00) "
+    "or UNIX seconds, before the year 9000. The job takes its key's first free slot at or after "
+    "it, without holding up the key's other jobs. Null or absent: as soon as the limit allows."
+)
+NotBefore = Annotated[
+    Annotated[
+        str,
+        Meta(pattern=NOT_BEFORE_PATTERN, extra_json_schema={"format": "date-time"}),
+    ]
+    | Annotated[float, Meta(ge=0, lt=NOT_BEFORE_MAX_SECONDS)]
+    | None,
+    Meta(description=NOT_BEFORE_DESCRIPTION),
+]
+
+
 class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Integers may be written with a zero fraction or an exponent (768.0, 7.68e2 are 768),
     as JSON Schema's `integer` allows; 768.5, strings and booleans are refused, and so are
@@ -98,6 +116,7 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ] = None
     kind: Annotated[Kind | None, Meta(description=f"Null or absent: `{DEFAULT_KIND}`.")] = None
     payload: Payload = msgspec.UNSET
+    not_before: NotBefore = None
 
 
 class BatchItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -110,6 +129,7 @@ class BatchItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     on_busy: Annotated[
         Literal["queue"] | None, Meta(description="Only queue (or null) in a batch.")
     ] = None
+    not_before: NotBefore = None
 
 
 JobBatch = Annotated[
@@ -147,7 +167,11 @@ class Job(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         Meta(description="Seconds its last run took; null until it finished."),
     ]
     run_at: Annotated[
-        UtcTime, Meta(description="Its reserved slot (UTC): it never starts before this.")
+        UtcTime | None,
+        Meta(
+            description="Its reserved slot (UTC): it never starts before this. Null while its "
+            "kind or object is paused: it gets a slot when they are resumed."
+        ),
     ]
     started_at: UtcTime | None
     finished_at: UtcTime | None
@@ -163,6 +187,9 @@ class Job(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     result: Annotated[
         Any,
         Meta(description="What the handler returned (JSON); null until it succeeded, or if none."),
+    ]
+    not_before: Annotated[
+        UtcTime | None, Meta(description="The earliest start the client chose, if any.")
     ]
 
 

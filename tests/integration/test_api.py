@@ -19,6 +19,7 @@ Client = TestClient[Any, Any]
 JOB_FIELDS = {
     "id", "object_id", "status", "timestamp", "created_at", "duration",
     "run_at", "started_at", "finished_at", "attempts", "error", "kind", "payload", "result",
+    "not_before",
 }  # fmt: skip
 
 

@@ -38,6 +38,8 @@ async def test_submit_get_and_cancel(make_client: MakeClient) -> None:
         assert first.run_at == first.created_at  # a fresh object starts at once
         assert not first.done
         # run_at arrives as a datetime: the second job waits a window after the first.
+        assert first.run_at is not None
+        assert second.run_at is not None
         assert second.run_at - first.run_at == timedelta(seconds=60)
         assert await paceline.get(first.id) == first
 
@@ -68,6 +70,9 @@ async def test_submit_batch_returns_the_jobs_in_the_order_sent(make_client: Make
         created = await paceline.submit_batch([8, 9, 8])
         assert [job.object_id for job in created] == [8, 9, 8]
         # Object 8 repeats: its jobs take the next two slots after the one already waiting.
+        assert ahead.run_at is not None
+        assert created[0].run_at is not None
+        assert created[2].run_at is not None
         assert created[0].run_at - ahead.run_at == timedelta(seconds=60)
         assert created[2].run_at - created[0].run_at == timedelta(seconds=60)
         assert [await paceline.get(job.id) for job in created] == created
@@ -124,6 +129,7 @@ async def test_wait_until_done_returns_the_finished_job(make_client: MakeClient)
         done = await paceline.wait_until_done(job.id, timeout=10, poll_interval=0.02)
     assert (done.id, done.status, done.attempts) == (job.id, "SUCCESS", 1)
     assert done.started_at is not None
+    assert done.run_at is not None
     assert done.started_at >= done.run_at
     assert done.duration is not None
 

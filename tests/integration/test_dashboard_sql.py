@@ -176,7 +176,7 @@ async def test_timeline_reads_are_probes_of_one_object(history: asyncpg.Connecti
     ):
         nodes = summary(await explain(history, name, *args))
         assert_no_full_scan(nodes)
-        assert indexes(nodes) == {"ix_jobs_pending_kind_object_id_id"}, (name, nodes)
+        assert indexes(nodes) == {"ix_jobs_pending_kind_object_id_run_at_id"}, (name, nodes)
     runs = summary(await explain(history, "timeline_runs", "default", BUSY_OBJECT, RUNS_SHOWN + 1))
     assert_no_full_scan(runs)
     assert "ix_job_attempts_kind_object_id_started_at" in indexes(runs), runs

@@ -299,9 +299,9 @@ async def test_a_database_with_jobs_in_every_status_upgrades_to_kinds_in_place(
         assert {row["kind"] for row in await conn.fetch("SELECT kind FROM job_attempts")} == {
             "default"
         }
-        claimed = await conn.fetch(
-            QUERIES["claim_due_jobs"], 10, 300.0, 30.0, uuid.uuid4(), ["default"]
-        )
+        # The claim of today's code (it needs the limits of 0009) still finds the due job.
+        await asyncio.to_thread(migrate.upgrade, dsn, "head")
+        claimed = await conn.fetch(QUERIES["claim_due_jobs"], 10, 30.0, uuid.uuid4(), ["default"])
         assert [(row["object_id"], row["kind"]) for row in claimed] == [(1, "default")]
 
         await asyncio.to_thread(migrate.downgrade, dsn, "0007")

@@ -17,7 +17,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from paceline.queue.planning import adopt_window
+from paceline.db.queries import QUERIES
+from paceline.queue import limits
+from paceline.web.keys import POOL
 from tests.conftest import MakeClient
 from tests.support import ROOT, ServeProcess, eventually, parse_time, wait_until_finished
 
@@ -197,36 +199,41 @@ async def test_a_new_window_respaces_pending_jobs(
     make_client: MakeClient, database_url: str, db: asyncpg.Connection
 ) -> None:
     client = await make_client(concurrency=0, rate_window=10)
+    pool = client.app[POOL]
     for _ in range(4):
         await client.post("/jobs", json={"object_id": 2})
     await client.post("/jobs", json={"object_id": 3})  # one job: nothing to move
-    async with db.transaction():
-        assert await adopt_window(db, 10.0) == (None, [])
+    same = await limits.set_limit(pool, "default", None, limits.LimitFields(10.0))
+    assert same.changes == []
 
     before = await db.fetch("SELECT id, run_at FROM jobs WHERE object_id = 2 ORDER BY id")
-    async with db.transaction():
-        previous, planned = await adopt_window(db, 20.0, dry_run=True)
-    assert previous == 10.0
-    assert [change.job_id for change in planned] == [row["id"] for row in before[1:]]
+    planned = await limits.set_limit(pool, "default", None, limits.LimitFields(20.0), dry_run=True)
+    assert planned.dry_run
+    assert planned.limit.effective.window == 20.0
+    assert [change.job_id for change in planned.changes] == [row["id"] for row in before[1:]]
     assert await db.fetch("SELECT id, run_at FROM jobs WHERE object_id = 2 ORDER BY id") == before
+    assert (
+        await db.fetchval("SELECT window_seconds FROM kind_limits WHERE kind = 'default'") == 10.0
+    )
 
-    async with db.transaction():
-        _, applied = await adopt_window(db, 20.0)
-    assert applied == planned
+    applied = await limits.set_limit(pool, "default", None, limits.LimitFields(20.0))
+    assert applied.changes == planned.changes
     after = await db.fetch("SELECT run_at FROM jobs WHERE object_id = 2 ORDER BY id")
     gaps = [b["run_at"] - a["run_at"] for a, b in itertools.pairwise(after)]
     assert gaps == [timedelta(seconds=20)] * 3
     assert after[0]["run_at"] == before[0]["run_at"]
-    next_slot = await db.fetchval("SELECT next_slot FROM object_slots WHERE object_id = 2")
-    assert next_slot == after[-1]["run_at"] + timedelta(seconds=20)
-    async with db.transaction():
-        assert await adopt_window(db, 20.0) == (20.0, [])
+    # The next plain submit goes a new window after the last.
+    response = await client.post("/jobs", json={"object_id": 2})
+    slot = datetime.fromisoformat((await response.json())["run_at"])
+    assert slot == after[-1]["run_at"] + timedelta(seconds=20)
+    again = await limits.set_limit(pool, "default", None, limits.LimitFields(20.0))
+    assert again.changes == []
 
 
 def test_replan_dry_run_prints_before_and_after(database_url: str) -> None:
-    def replan(window: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    def paceline(window: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "paceline", "replan", "--database-url", database_url, *flags],
+            [sys.executable, "-m", "paceline", *args, "--database-url", database_url],
             env={"PATH": "/usr/bin:/bin", "PACELINE_RATE_WINDOW": window},
             cwd=ROOT,
             capture_output=True,
@@ -238,25 +245,21 @@ def test_replan_dry_run_prints_before_and_after(database_url: str) -> None:
         conn = await asyncpg.connect(database_url)
         try:
             for _ in range(3):
-                await conn.execute(
-                    "WITH s AS (INSERT INTO object_slots AS o (object_id, next_slot) "
-                    "VALUES (1, now() + interval '5 seconds') "
-                    "ON CONFLICT (kind, object_id) DO UPDATE "
-                    "SET next_slot = GREATEST(o.next_slot, now()) + interval '5 seconds' "
-                    "RETURNING next_slot - interval '5 seconds' AS run_at) "
-                    "INSERT INTO jobs (object_id, run_at) SELECT 1, run_at FROM s"
-                )
+                await conn.fetch(QUERIES["enqueue"], "default", 1, None, None)
         finally:
             await conn.close()
 
-    replan("5")  # records the window the slots were planned with
+    paceline("5", "replan")  # the default kind's window: 5 s
     asyncio.run(seed())
-    dry = replan("12", "--dry-run")
+    dry = paceline("12", "replan", "--dry-run")
     assert "slot before" in dry.stdout
     assert len([line for line in dry.stdout.splitlines() if line.strip()[:1].isdigit()]) == 2
-    assert "would move 2 pending job(s)" in dry.stderr
-    applied = replan("12")
-    assert "moved 2 pending job(s)" in applied.stderr
+    assert "would move 2 pending job(s)" in dry.stdout
+    shown = paceline("99", "limits", "show", "default")
+    assert "default: 1 per 5s, 1 running at once" in shown.stdout
+    applied = paceline("12", "limits", "set", "default", "--window", "12")
+    assert "moved 2 pending job(s)" in applied.stdout
+    assert "1 per 12s" in paceline("99", "limits", "show").stdout
 
 
 async def test_overdue_jobs_catch_up_one_per_window_with_visible_slots(

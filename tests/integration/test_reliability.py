@@ -192,7 +192,7 @@ async def test_a_lost_lease_stops_the_handler_and_its_result_is_fenced(
     await db.execute("UPDATE jobs SET lease_expires_at = now() - interval '1 second'")
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        reaper = Reaper(pool, window=0.1, max_attempts=3, interval=1)
+        reaper = Reaper(pool, max_attempts=3, interval=1)
         assert await reaper.reap_expired_leases() == 1
         # The old attempt can no longer write its outcome.
         stale = await pool.fetchval(
@@ -286,11 +286,11 @@ async def test_retention_prunes_old_jobs_but_not_the_window(
     )
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        janitor = Janitor(pool, window=window, retention=7 * 86400, interval=1)
+        janitor = Janitor(pool, retention=7 * 86400, interval=1)
         assert await janitor.prune() == 1200
         assert await db.fetchval("SELECT count(*) FROM jobs") == 1
         # Even with a retention of a millisecond the window of object 5 survives its job.
-        short = Janitor(pool, window=window, retention=0.001, interval=1)
+        short = Janitor(pool, retention=0.001, interval=1)
         assert await short.prune() == 1
     finally:
         await pool.close()

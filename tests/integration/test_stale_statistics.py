@@ -54,7 +54,7 @@ def hot_calls(
 
     async def requeue_one() -> None:
         async with db.transaction():
-            await requeue(db, running[0], 1, delay=0.0, window=WINDOW, error="x", outcome="RETRY")
+            await requeue(db, running[0], 1, delay=0.0, error="x", outcome="RETRY")
 
     async def reap() -> None:
         async with db.transaction():
@@ -68,13 +68,12 @@ def hot_calls(
             lambda: store.claim_due_jobs(
                 db,
                 limit=LIMIT,
-                window=WINDOW,
                 lease=LEASE,
                 worker_id=uuid.UUID(int=1),
                 kinds=KINDS,
             ),
         ),
-        ("next-due", lambda: store.seconds_until_next_due(db, window=WINDOW, kinds=KINDS)),
+        ("next-due", lambda: store.seconds_until_next_due(db, kinds=KINDS)),
         (
             "lease renewal",
             lambda: store.renew_leases(
@@ -152,7 +151,7 @@ async def test_claim_keeps_its_index_path_on_stale_statistics(stale: asyncpg.Con
             before = await rows_read(stale)
             began = time.monotonic()
             jobs = await store.claim_due_jobs(
-                stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=worker, kinds=KINDS
+                stale, limit=LIMIT, lease=LEASE, worker_id=worker, kinds=KINDS
             )
             took = time.monotonic() - began
             read = await rows_read(stale) - before
@@ -173,7 +172,7 @@ async def test_next_due_stays_bounded_on_stale_statistics(stale: asyncpg.Connect
         async with stale.transaction():
             before = await rows_read(stale)
             began = time.monotonic()
-            row = await store.seconds_until_next_due(stale, window=WINDOW, kinds=KINDS)
+            row = await store.seconds_until_next_due(stale, kinds=KINDS)
             took = time.monotonic() - began
             read = await rows_read(stale) - before
         assert took < BOUND, f"next-due took {took:.2f}s"
@@ -187,7 +186,7 @@ async def test_outcomes_leases_and_requeues_stay_bounded_on_stale_statistics(
 ) -> None:
     """Lease renewals, outcomes, requeues and the reaper find their rows by index too."""
     claimed = await store.claim_due_jobs(
-        stale, limit=LIMIT, window=WINDOW, lease=LEASE, worker_id=uuid.UUID(int=2), kinds=KINDS
+        stale, limit=LIMIT, lease=LEASE, worker_id=uuid.UUID(int=2), kinds=KINDS
     )
     running = [job["id"] for job in claimed]
     for name, call in hot_calls(stale, running):

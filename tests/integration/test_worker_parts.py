@@ -24,8 +24,6 @@ from paceline.queue.running import JobState, RunningJobs
 from paceline.queue.wakeup import CHANNEL, DueListener
 from tests.support import eventually
 
-WINDOW = 0.1
-
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
@@ -41,9 +39,9 @@ async def claim(
     await pool.execute(
         QUERIES["heartbeat"], worker_id, socket.gethostname(), os.getpid(), 4, 0, ["default"]
     )
-    await enqueue_batch(pool, [NewJob(object_id) for object_id in objects], WINDOW)
+    await enqueue_batch(pool, [NewJob(object_id) for object_id in objects])
     records = await fetch_committed(
-        pool, QUERIES["claim_due_jobs"], len(objects), WINDOW, lease, worker_id, ["default"]
+        pool, QUERIES["claim_due_jobs"], len(objects), lease, worker_id, ["default"]
     )
     assert len(records) == len(objects)
     return [Job.from_record(record) for record in records]

@@ -705,19 +705,21 @@ async def test_a_frozen_replicas_late_result_changes_nothing(  # noqa: PLR0917 -
 async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
     db: asyncpg.Connection,
 ) -> None:
-    window, lease = 0.0, 30.0  # W = 0: the re-claim needs no wait
-    job = await db.fetchrow(QUERIES["enqueue"], "default", 42, window, None, None)
-    assert job is not None
-    (claimed,) = await db.fetch(
-        QUERIES["claim_due_jobs"], 1, window, lease, uuid.uuid4(), ["default"]
+    lease = 30.0
+    # W = 1 ms: the re-claim needs no wait.
+    await db.execute(
+        "INSERT INTO kind_limits (kind, window_seconds, per_window, max_running, paused)"
+        " VALUES ('default', 0.001, 1, 1, false)"
     )
+    job = await db.fetchrow(QUERIES["enqueue"], "default", 42, None, None)
+    assert job is not None
+    (claimed,) = await db.fetch(QUERIES["claim_due_jobs"], 1, lease, uuid.uuid4(), ["default"])
     assert claimed["attempts"] == 1
     # Attempt 1's replica went silent; the reaper takes the job back, another worker claims it.
     async with db.transaction():
-        await requeue(db, job["id"], 1, delay=0.0, window=window, error="lost", outcome="LOST")
-    (reclaimed,) = await db.fetch(
-        QUERIES["claim_due_jobs"], 1, window, lease, uuid.uuid4(), ["default"]
-    )
+        await requeue(db, job["id"], 1, delay=0.0, error="lost", outcome="LOST")
+    await asyncio.sleep(0.01)
+    (reclaimed,) = await db.fetch(QUERIES["claim_due_jobs"], 1, lease, uuid.uuid4(), ["default"])
     assert (reclaimed["id"], reclaimed["attempts"]) == (job["id"], 2)
 
     async def snapshot() -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -740,10 +742,7 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
     )
     assert renewed == []
     async with db.transaction():
-        assert (
-            await requeue(db, job["id"], 1, delay=0, window=window, error="x", outcome="RETRY")
-            is None
-        )
+        assert await requeue(db, job["id"], 1, delay=0, error="x", outcome="RETRY") is None
     assert await snapshot() == before
 
     # The current attempt finishes; the stale one still cannot overwrite the result.

@@ -184,5 +184,5 @@ def test_an_unknown_field_is_named_with_the_fields_a_job_takes() -> None:
     assert refused.value.status == 422
     assert refused.value.detail == (
         "Unknown field(s) 'priority': "
-        "a job takes object_id, on_busy, max_backlog, kind and payload."
+        "a job takes object_id, on_busy, max_backlog, kind, payload and not_before."
     )

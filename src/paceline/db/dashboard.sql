@@ -104,15 +104,15 @@ SELECT now() AS now,
 
 -- name: timeline_waiting
 -- $1 kind, $2 object_id, $3 how many. The key's pending jobs in the order they will start
--- (FIFO, so id order), each holding its reserved slot: ix_jobs_pending_kind_object_id_id.
-SELECT id, created_at, run_at, attempts, error
+-- (slot order, I4), each holding its reserved slot: ix_jobs_pending_kind_object_id_run_at_id.
+SELECT id, created_at, run_at, not_before, attempts, error
 FROM jobs
 WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
-ORDER BY id
+ORDER BY run_at, id
 LIMIT $3;
 
 -- name: timeline_waiting_count
--- $1 kind, $2 object_id, $3 the most rows counted. ix_jobs_pending_kind_object_id_id again,
+-- $1 kind, $2 object_id, $3 the most rows counted. ix_jobs_pending_kind_object_id_run_at_id again,
 -- capped.
 SELECT count(*)
 FROM (

@@ -32,16 +32,15 @@ async def enqueue(
     *,
     kind: str,
     object_id: int,
-    window: float,
     payload: str | None = None,
     absorbed: int | None = None,
-) -> asyncpg.Record:
-    """Reserve the (kind, object)'s next free slot and insert the job there; the job's row.
-    `payload` is JSON text; `absorbed` is 1 for a job on_busy=append starts."""
-    (record,) = await fetch_committed(
-        db, QUERIES["enqueue"], kind, object_id, window, payload, absorbed
-    )
-    return record
+) -> asyncpg.Record | None:
+    """Reserve the (kind, object)'s next free slot and insert the job there; the job's row, or
+    None when the key needs the exact planner (its limit is not one start per window, it is
+    paused or overridden, or the slot would crowd a scheduled job). `payload` is JSON text;
+    `absorbed` is 1 for a job on_busy=append starts."""
+    records = await fetch_committed(db, QUERIES["enqueue"], kind, object_id, payload, absorbed)
+    return records[0] if records else None
 
 
 async def enqueue_batch(
@@ -50,15 +49,15 @@ async def enqueue_batch(
     kinds: Sequence[str],
     object_ids: Sequence[int],
     payloads: Sequence[str | None],
-    window: float,
 ) -> list[asyncpg.Record]:
-    """One job per (kind, object_id, payload), in request order (parallel sequences), each in
-    its key's next free slot; their rows."""
+    """One job per (kind, object_id, payload) (parallel sequences), each in its key's next free
+    slot, for the keys the one-statement path may plan; their rows in request order, each with
+    `ord`, its 1-based position in the request. Jobs of other keys are not made."""
     # The plain batch sends its ids alone (the statement reads missing arrays as NULLs).
     sent_kinds = None if all(kind == DEFAULT_KIND for kind in kinds) else list(kinds)
     sent_payloads = None if all(p is None for p in payloads) else list(payloads)
     return await fetch_committed(
-        db, QUERIES["enqueue_batch"], sent_kinds, list(object_ids), sent_payloads, window
+        db, QUERIES["enqueue_batch"], sent_kinds, list(object_ids), sent_payloads
     )
 
 
@@ -106,23 +105,18 @@ async def claim_due_jobs(
     db: Executor,
     *,
     limit: int,
-    window: float,
     lease: float,
     worker_id: uuid.UUID,
     kinds: Sequence[str],
 ) -> list[asyncpg.Record]:
     """Start up to `limit` due jobs of `kinds` under a lease held by `worker_id`; their rows."""
-    return await fetch_planned(
-        db, QUERIES["claim_due_jobs"], limit, window, lease, worker_id, list(kinds)
-    )
+    return await fetch_planned(db, QUERIES["claim_due_jobs"], limit, lease, worker_id, list(kinds))
 
 
-async def seconds_until_next_due(
-    db: Executor, *, window: float, kinds: Sequence[str]
-) -> asyncpg.Record:
+async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> asyncpg.Record:
     """The database's `now` and when the next pending job of `kinds` may start (`next_start`,
     NULL if none is pending), both in epoch seconds."""
-    (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], window, list(kinds))
+    (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds))
     return row
 
 
@@ -142,25 +136,16 @@ async def requeue_job(
     job_id: int,
     attempt: int,
     delay: float,
-    window: float,
     error: str | None,
     outcome: str,
 ) -> datetime | None:
-    """Back to PENDING no sooner than `delay` and a window after the object's last start;
-    the attempt gets `outcome` (RETRY, RELEASED, LOST). The new `run_at`, or None if the
-    attempt no longer holds the job."""
+    """Back to PENDING, for now at `delay` seconds from now (the planner then places it);
+    the attempt gets `outcome` (RETRY, RELEASED, LOST). That `run_at`, or None if the attempt
+    no longer holds the job."""
     run_at: datetime | None = await conn.fetchval(
-        QUERIES["requeue_job"], job_id, attempt, delay, window, error, outcome
+        QUERIES["requeue_job"], job_id, attempt, delay, error, outcome
     )
     return run_at
-
-
-async def shift_later_slots(
-    conn: Connection, *, kind: str, object_id: int, job_id: int, after: datetime, window: float
-) -> None:
-    """Move the key's jobs behind `job_id` back so each is a window after the one before, the
-    first a window after `after`; the key's next free slot follows."""
-    await conn.execute(QUERIES["shift_later_slots"], kind, object_id, job_id, after, window)
 
 
 async def renew_leases(
@@ -251,9 +236,10 @@ async def prune_finished_jobs(db: Executor, *, retention: float, batch: int) -> 
     return int(status.split()[-1])
 
 
-async def prune_passed_windows(db: Executor, *, window: float) -> None:
-    """Drop window rows whose window has passed (a missing row means "free now")."""
-    await db.execute(QUERIES["prune_passed_windows"], window)
+async def prune_passed_windows(conn: Connection) -> None:
+    """Drop window rows whose key's window has passed (a missing row means "free now"). In
+    the caller's transaction, planned per call (`plan_per_call` first)."""
+    await conn.execute(QUERIES["prune_passed_windows"])
 
 
 async def ping(db: Executor) -> None:
@@ -264,3 +250,8 @@ async def ping(db: Executor) -> None:
 async def notify_due(db: Executor, *, channel: str, seconds: float) -> None:
     """Tell every replica's listener that a job is due in `seconds`."""
     await db.execute(QUERIES["notify_due"], channel, f"{seconds:.6f}")
+
+
+async def notify_due_at(db: Executor, *, channel: str, at: datetime) -> None:
+    """Tell every replica's workers (at commit) that a job is due at `at`."""
+    await db.execute(QUERIES["notify_due_at"], channel, at)

@@ -5,23 +5,39 @@
 -- database's clock, so replicas with skewed clocks still agree on every window.
 
 -- name: enqueue
--- $1 kind, $2 object_id, $3 W, $4 payload (JSON text, or NULL), $5 absorbed (1 for the job an
+-- $1 kind, $2 object_id, $3 payload (JSON text, or NULL), $4 absorbed (1 for the job an
 -- on_busy=append request starts, else NULL). Reserve the (kind, object)'s next slot and
--- insert the job, in one statement.
-WITH slot AS (
+-- insert the job, in one statement, for a key whose limit is one start per window W and that
+-- nothing else constrains; returns no row for any other key, which the exact planner
+-- (paceline.queue.scheduling) then places.
+WITH lim AS (
+    -- The kind's limit. kind_limits holds a row per kind, so whatever plan is cached, reading
+    -- it costs nothing; a key's override is not read here: a key that has one always has an
+    -- object_slots row with open_until '-infinity', which the upsert below refuses.
+    SELECT COALESCE(k.window_seconds, d.window_seconds, 300.0) AS w
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN kind_limits AS d ON d.kind = 'default'
+    LEFT JOIN kind_limits AS k ON k.kind = $1
+    WHERE COALESCE(k.per_window, d.per_window, 1) = 1 AND NOT COALESCE(k.paused, false)
+),
+slot AS (
     -- The upsert's row lock serializes concurrent submitters of this key, and only of this
     -- key. The job's slot is GREATEST(next_slot, now()) (a fresh key: now()); the row keeps
     -- slot + W for the next job. Reading the slot back from the locked row is what makes two
-    -- concurrent requests unable to take the same slot.
+    -- concurrent requests unable to take the same slot. EXCLUDED.next_slot - now() is W.
+    -- Where the slot would crowd a reservation past a gap (open_until), the row is left as
+    -- it is (but locked until the statement ends) and no job is made here.
     INSERT INTO object_slots AS s (kind, object_id, next_slot)
-    VALUES ($1, $2, now() + make_interval(secs => $3))
+    SELECT $1, $2, now() + make_interval(secs => lim.w) FROM lim
     ON CONFLICT (kind, object_id) DO UPDATE
-        SET next_slot = GREATEST(s.next_slot, now()) + make_interval(secs => $3)
-    RETURNING s.next_slot - make_interval(secs => $3) AS run_at
+        SET next_slot = GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now())
+        WHERE GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now()) <= s.open_until
+    RETURNING s.next_slot
 ),
 job AS (
     INSERT INTO jobs (kind, object_id, run_at, payload, absorbed)
-    SELECT $1, $2, slot.run_at, $4::jsonb, $5 FROM slot
+    SELECT $1, $2, slot.next_slot - make_interval(secs => lim.w), $3::jsonb, $4
+    FROM slot CROSS JOIN lim
     RETURNING {job_columns}
 )
 -- No NOTIFY here: NOTIFY takes a cluster-wide lock at commit, which throttles this statement
@@ -31,9 +47,11 @@ SELECT * FROM job;
 
 -- name: enqueue_batch
 -- $1 kinds, $2 object ids, $3 payloads (JSON, or NULL): parallel arrays in request order,
--- repeats allowed; $4 W. Many jobs in one statement, each in its (kind, object)'s next free
--- slot: the k-th occurrence of a key in the batch takes the k-th slot after the key's next
--- free one, so repeats are a window apart as if sent one by one.
+-- repeats allowed. Many jobs in one statement, each in its (kind, object)'s next free slot:
+-- the k-th occurrence of a key in the batch takes the k-th slot after the key's next free
+-- one, so repeats are a window apart as if sent one by one. Like enqueue, only for keys the
+-- one-statement path may plan; the jobs of other keys are left out of the answer (each
+-- returned row has its position in the batch, `ord`), and the caller places them.
 WITH items AS (
     -- $1 or $3 may be NULL: every job of the default kind, none with a payload (the plain
     -- batch, the group commit's). unnest pads the missing arrays with NULLs, so 2,000 elements
@@ -47,47 +65,71 @@ WITH items AS (
     ) AS sent
 ),
 counts AS (
-    SELECT kind, object_id, count(*) AS n FROM items GROUP BY kind, object_id
+    -- Each key's count and its kind's window, for kinds whose limit is one start per window.
+    SELECT c.kind, c.object_id, c.n, lim.w
+    FROM (SELECT kind, object_id, count(*) AS n FROM items GROUP BY kind, object_id) AS c
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(k.window_seconds, d.window_seconds, 300.0) AS w
+        FROM (VALUES (1)) AS one (x)
+        LEFT JOIN kind_limits AS d ON d.kind = 'default'
+        LEFT JOIN kind_limits AS k ON k.kind = c.kind
+        WHERE COALESCE(k.per_window, d.per_window, 1) = 1 AND NOT COALESCE(k.paused, false)
+    ) AS lim
 ),
 slots AS (
     -- Keys in order: two batches sharing keys lock their rows in the same order, so they
     -- wait for each other instead of deadlocking. EXCLUDED.next_slot - now() is the key's n
-    -- windows.
+    -- windows. A key whose n slots would crowd a reservation past a gap is left out.
     INSERT INTO object_slots AS s (kind, object_id, next_slot)
-    SELECT kind, object_id, now() + n * make_interval(secs => $4)
+    SELECT kind, object_id, now() + n * make_interval(secs => w)
     FROM counts ORDER BY kind, object_id
     ON CONFLICT (kind, object_id) DO UPDATE
         SET next_slot = GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now())
+        WHERE GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now()) <= s.open_until
     RETURNING s.kind, s.object_id, s.next_slot
 ),
 created AS (
     INSERT INTO jobs (kind, object_id, payload, run_at)
     SELECT i.kind, i.object_id, i.payload,
-           sl.next_slot - (c.n - i.k + 1) * make_interval(secs => $4)
+           sl.next_slot - (c.n - i.k + 1) * make_interval(secs => c.w)
     FROM items AS i
     JOIN counts AS c ON c.kind = i.kind AND c.object_id = i.object_id
     JOIN slots AS sl ON sl.kind = i.kind AND sl.object_id = i.object_id
     ORDER BY i.ord
     RETURNING {job_columns}
+),
+-- Positions by key and order: the n jobs of a key were inserted in batch order, so their
+-- ids ascend with it.
+numbered AS (
+    SELECT id, kind, object_id, row_number() OVER (PARTITION BY kind, object_id ORDER BY id) AS k
+    FROM created
 )
-SELECT * FROM created ORDER BY id;
+SELECT c.*, i.ord
+FROM created AS c
+JOIN numbered AS n ON n.id = c.id
+JOIN items AS i ON i.kind = n.kind AND i.object_id = n.object_id AND i.k = n.k
+ORDER BY i.ord;
 
 -- name: claim_due_jobs
--- $1 how many (the worker's free capacity), $2 W, $3 lease seconds, $4 worker id, $5 the kinds
--- this worker has handlers for. Start due jobs under a lease held by this worker; returns
--- them. The window and FIFO rules are per (kind, object): a "key" below.
+-- $1 how many (the worker's free capacity), $2 lease seconds, $3 worker id, $4 the kinds this
+-- worker has handlers for. Start due jobs under a lease held by this worker; returns them.
+-- The rules are per (kind, object): a "key" below, each under its limit paceline_limit().
 WITH due AS (
     SELECT j.id
     FROM jobs AS j
+    -- The key's limit: an inlined function, three primary-key probes (a LATERAL on the row,
+    -- so it stays a nested loop of probes, whatever the statistics say).
+    CROSS JOIN LATERAL paceline_limit(j.kind, j.object_id) AS lim
     WHERE j.status = 'PENDING'
-      -- I2: never before the reserved slot.
+      -- I2: never before the reserved slot (a paused key's jobs wait at 'infinity').
       AND j.run_at <= now()
-      AND j.kind = ANY ($5::text[])
-      -- I4: only the oldest pending job of a key may start. This also means a
-      -- claim never takes two jobs of one object, and while another worker holds the
-      -- head locked (SKIP LOCKED skips it), the jobs behind it wait too.
+      AND j.kind = ANY ($4::text[])
+      AND NOT lim.paused
+      -- I4: only the key's first pending job in slot order may start. This also means a
+      -- claim never takes two jobs of one key, and while another worker holds the head
+      -- locked (SKIP LOCKED skips it), the jobs behind it wait too.
       --
-      -- Both checks are scalar subqueries with LIMIT 1, not NOT EXISTS: PostgreSQL turns a
+      -- Every check is a scalar subquery with LIMIT, not NOT EXISTS: PostgreSQL turns a
       -- NOT EXISTS into an anti join, and with old statistics (a table analyzed while small)
       -- it chose to join with every pending job, by nested loop of sequential scans or by
       -- hashing them all (docs/design.md, "Plans that do not depend on statistics"). A
@@ -97,19 +139,38 @@ WITH due AS (
           WHERE older.kind = j.kind
             AND older.object_id = j.object_id
             AND older.status = 'PENDING'
-            AND older.id < j.id
+            AND (older.run_at, older.id) < (j.run_at, j.id)
           LIMIT 1
       ) IS NULL
-      -- I1: the object's last actual start is at least W ago. run_at alone is not
-      -- enough: when workers fall behind, a job starts after its slot and the next
-      -- slot is then less than W after that start.
+      -- I1': fewer than N starts of the key in the last W. run_at alone is not enough: when
+      -- workers fall behind, a job starts after its slot and the next slot is then less than
+      -- W after that start. N = 1 reads the key's last start (object_starts, one probe);
+      -- N > 1 counts the key's attempts of the last W, at most N of them.
+      AND CASE WHEN lim.per_window = 1 THEN (
+              SELECT 1 FROM object_starts AS s
+              WHERE s.kind = j.kind
+                AND s.object_id = j.object_id
+                AND s.last_started_at > now() - make_interval(secs => lim.window_seconds)
+              LIMIT 1
+          ) IS NULL
+          ELSE (
+              SELECT count(*) FROM (
+                  SELECT 1 FROM job_attempts AS a
+                  WHERE a.kind = j.kind
+                    AND a.object_id = j.object_id
+                    AND a.started_at > now() - make_interval(secs => lim.window_seconds)
+                  LIMIT lim.per_window
+              ) AS recent
+          ) < lim.per_window
+      END
+      -- I7: fewer than M of the key's jobs running (the running ones of every replica).
       AND (
-          SELECT 1 FROM object_starts AS s
-          WHERE s.kind = j.kind
-            AND s.object_id = j.object_id
-            AND s.last_started_at > now() - make_interval(secs => $2)
-          LIMIT 1
-      ) IS NULL
+          SELECT count(*) FROM (
+              SELECT 1 FROM jobs AS r
+              WHERE r.kind = j.kind AND r.object_id = j.object_id AND r.status = 'PROCESSING'
+              LIMIT lim.max_running
+          ) AS running
+      ) < lim.max_running
     ORDER BY j.run_at, j.id
     LIMIT $1
     FOR UPDATE OF j SKIP LOCKED
@@ -117,7 +178,7 @@ WITH due AS (
 started AS (
     UPDATE jobs AS j
     SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1,
-        lease_expires_at = now() + make_interval(secs => $3), worker_id = $4
+        lease_expires_at = now() + make_interval(secs => $2), worker_id = $3
     -- By primary key: joined to the CTE instead, the planner may hash-join it against a
     -- sequential scan of the whole table.
     WHERE j.id = ANY (ARRAY(SELECT id FROM due))
@@ -134,40 +195,57 @@ window_start AS (
 history AS (
     -- The attempt's own record; the job row will only show the latest attempt.
     INSERT INTO job_attempts (job_id, attempt, kind, object_id, worker_id, started_at)
-    SELECT id, attempts, kind, object_id, $4, started_at FROM started
+    SELECT id, attempts, kind, object_id, $3, started_at FROM started
 )
 SELECT * FROM started;
 
 -- name: seconds_until_next_due
--- $1 W, $2 the worker's kinds. (database clock now, when the next pending job may start), both in epoch seconds;
--- the second is NULL if nothing is pending. Looks only at the first 100 pending jobs by slot,
--- so its cost does not grow with the backlog.
+-- $1 the worker's kinds. (database clock now, when the next pending job may start), both in
+-- epoch seconds; the second is NULL if nothing is pending. Looks only at the first 100 pending
+-- jobs by slot, so its cost does not grow with the backlog. A head held back only by a running
+-- job of its key (max_running) is left out: the finish of that job wakes the workers.
 WITH first_pending AS (
     SELECT kind, object_id, id, run_at
     FROM jobs
-    WHERE status = 'PENDING' AND kind = ANY ($2::text[])
+    WHERE status = 'PENDING' AND kind = ANY ($1::text[]) AND run_at < 'infinity'
     ORDER BY run_at, id
     LIMIT 100
 ),
 heads AS (
-    -- When a head may start: at its slot, and a window after its object's last start
-    -- (later than the slot when an earlier run started late). Jobs behind a head wait for it.
-    -- Per-row probes as scalar subqueries, never joins, as in claim_due_jobs: 100 probes of
-    -- indexes whatever the statistics say (a join hashed every pending job when they were old).
+    -- When a head may start: at its slot, and once the window since its key's N-th last start
+    -- has passed (later than the slot when an earlier run started late). Jobs behind a head
+    -- wait for it. Per-row probes as scalar subqueries, never joins, as in claim_due_jobs: a
+    -- few probes of indexes per job whatever the statistics say.
     SELECT f.run_at,
            GREATEST(
                f.run_at,
-               (SELECT s.last_started_at FROM object_starts AS s
-                WHERE s.kind = f.kind AND s.object_id = f.object_id)
-               + make_interval(secs => $1)
+               (SELECT a.started_at FROM job_attempts AS a
+                WHERE a.kind = f.kind AND a.object_id = f.object_id
+                ORDER BY a.started_at DESC
+                OFFSET lim.per_window - 1 LIMIT 1)
+               + make_interval(secs => lim.window_seconds),
+               CASE WHEN lim.per_window = 1 THEN
+                   (SELECT s.last_started_at FROM object_starts AS s
+                    WHERE s.kind = f.kind AND s.object_id = f.object_id)
+                   + make_interval(secs => lim.window_seconds)
+               END
            ) AS earliest
     FROM first_pending AS f
-    WHERE (
+    CROSS JOIN LATERAL paceline_limit(f.kind, f.object_id) AS lim
+    WHERE NOT lim.paused
+      AND (
         SELECT 1 FROM jobs AS older
         WHERE older.kind = f.kind AND older.object_id = f.object_id
-          AND older.status = 'PENDING' AND older.id < f.id
+          AND older.status = 'PENDING' AND (older.run_at, older.id) < (f.run_at, f.id)
         LIMIT 1
-    ) IS NULL
+      ) IS NULL
+      AND (
+          SELECT count(*) FROM (
+              SELECT 1 FROM jobs AS r
+              WHERE r.kind = f.kind AND r.object_id = f.object_id AND r.status = 'PROCESSING'
+              LIMIT lim.max_running
+          ) AS running
+      ) < lim.max_running
 )
 SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
        EXTRACT(EPOCH FROM
@@ -188,61 +266,24 @@ WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
 FOR UPDATE;
 
 -- name: requeue_job
--- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 W, $5 error, $6 outcome for the
--- attempt's record (RETRY, RELEASED, LOST). Back to PENDING, no earlier than the delay and
--- than a window after the object's last start (I1 holds for retries too); returns the new slot.
--- It NOTIFYs (at commit) the seconds until the new slot itself, unlike enqueue (whose wake-ups
--- DueNotifier sends, one per burst): a job released or reaped here is usually run by another
--- replica, whose worker may be asleep until its idle poll (I5). Requeues are rare; a NOTIFY
--- each costs nothing that matters.
+-- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 error, $5 outcome for the
+-- attempt's record (RETRY, RELEASED, LOST). Back to PENDING, for now no earlier than the delay;
+-- returns that slot, which the planner (paceline.queue.scheduling) then moves to where the
+-- key's limit allows, pushing the key's later jobs back behind it.
 WITH requeued AS (
     UPDATE jobs AS j
-    SET status = 'PENDING',
-        run_at = GREATEST(
-            now() + make_interval(secs => $3),
-            (SELECT s.last_started_at + make_interval(secs => $4)
-             FROM object_starts AS s WHERE s.kind = j.kind AND s.object_id = j.object_id)
-        ),
-        started_at = NULL, lease_expires_at = NULL, error = $5
+    SET status = 'PENDING', run_at = now() + make_interval(secs => $3),
+        started_at = NULL, lease_expires_at = NULL, error = $4
     WHERE j.id = $1 AND j.attempts = $2 AND j.status = 'PROCESSING'
     RETURNING j.id, j.attempts, j.run_at
 ),
 history AS (
     UPDATE job_attempts AS a
-    SET outcome = $6, finished_at = clock_timestamp(), error = $5
+    SET outcome = $5, finished_at = clock_timestamp(), error = $4
     FROM requeued
     WHERE a.job_id = requeued.id AND a.attempt = requeued.attempts
 )
-SELECT requeued.run_at
-FROM requeued
-CROSS JOIN LATERAL (
-    SELECT pg_notify('paceline_jobs', EXTRACT(EPOCH FROM requeued.run_at - now())::text)
-) AS wake;
-
--- name: shift_later_slots
--- $1 kind, $2 object_id, $3 id of the requeued job, $4 its new slot, $5 W. The key's jobs
--- behind it keep their order and move back so each is still a window after the one before
--- (their run_at stays an honest prediction, I6); the key's next free slot moves after the last
--- of them.
-WITH later AS (
-    SELECT id, row_number() OVER (ORDER BY id) AS position
-    FROM jobs
-    WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' AND id > $3
-),
-moved AS (
-    UPDATE jobs AS j
-    SET run_at = GREATEST(j.run_at, $4::timestamptz + later.position * make_interval(secs => $5))
-    FROM later
-    WHERE j.id = later.id
-    RETURNING j.run_at
-)
-UPDATE object_slots
-SET next_slot = GREATEST(
-    next_slot,
-    $4::timestamptz + make_interval(secs => $5),
-    (SELECT max(run_at) FROM moved) + make_interval(secs => $5)
-)
-WHERE kind = $1 AND object_id = $2;
+SELECT run_at FROM requeued;
 
 -- name: renew_leases
 -- $1 job ids, $2 their attempts, $3 lease seconds, $4 worker id. Extends the leases this
@@ -315,14 +356,31 @@ WITH doomed AS (
 DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id;
 
 -- name: prune_passed_windows
--- $1 W. Window rows whose window has passed constrain nothing (a missing row means "free
--- now"), so they go; the tables stay as small as the set of recently active objects.
+-- Window rows whose window has passed constrain nothing (a missing row means "free now"), so
+-- they go; the tables stay as small as the set of recently active keys. Each key by its own
+-- window. A key with an override keeps its slot row (open_until '-infinity' is what keeps the
+-- one-statement enqueue from planning it), and so does a key with pending jobs or a start in
+-- its window (the planner reads those, not next_slot, but the row is its lock).
 WITH slots AS (
-    DELETE FROM object_slots
-    WHERE next_slot < now() - make_interval(secs => $1)
+    DELETE FROM object_slots AS s
+    WHERE s.next_slot < now() - (
+            SELECT make_interval(secs => l.window_seconds)
+            FROM paceline_limit(s.kind, s.object_id) AS l)
+      AND (SELECT 1 FROM key_limits AS o
+           WHERE o.kind = s.kind AND o.object_id = s.object_id) IS NULL
+      AND (SELECT 1 FROM jobs AS j
+           WHERE j.kind = s.kind AND j.object_id = s.object_id AND j.status = 'PENDING'
+           LIMIT 1) IS NULL
+      AND (SELECT 1 FROM object_starts AS t
+           WHERE t.kind = s.kind AND t.object_id = s.object_id
+             AND t.last_started_at >= now() - (
+                 SELECT make_interval(secs => l.window_seconds)
+                 FROM paceline_limit(s.kind, s.object_id) AS l)) IS NULL
 )
-DELETE FROM object_starts
-WHERE last_started_at < now() - make_interval(secs => $1);
+DELETE FROM object_starts AS t
+WHERE t.last_started_at < now() - (
+    SELECT make_interval(secs => l.window_seconds)
+    FROM paceline_limit(t.kind, t.object_id) AS l);
 
 -- name: get_job
 -- $1 id.
@@ -408,6 +466,10 @@ SELECT 1;
 -- $1 channel, $2 seconds until the earliest job just committed is due (text).
 SELECT pg_notify($1, $2);
 
+-- name: notify_due_at
+-- $1 channel, $2 when the job just committed is due: the seconds until then (at commit).
+SELECT pg_notify($1, GREATEST(0, EXTRACT(EPOCH FROM $2::timestamptz - now()))::text);
+
 -- name: finish_jobs
 -- $1 ids, $2 attempts, $3 statuses (SUCCESS or FAILED), $4 durations, $5 errors, $6 results
 -- (JSON, or NULL): every attempt
@@ -435,7 +497,7 @@ WITH finished AS (
     WHERE j.id = ANY ($1::bigint[])
       AND j.attempts = ($2::int[])[array_position($1::bigint[], j.id)]
       AND j.lease_expires_at IS NOT NULL
-    RETURNING j.id
+    RETURNING j.id, j.kind, j.object_id
 ),
 history AS (
     -- The same fence as the job row's: an attempt taken back was given its outcome (LOST,
@@ -448,5 +510,19 @@ history AS (
     WHERE a.job_id = ANY ($1::bigint[])
       AND a.attempt = ($2::int[])[array_position($1::bigint[], a.job_id)]
       AND a.outcome IS NULL
+),
+wake AS (
+    -- A key that ran its max_running jobs has a due job waiting for one of them to end: wake
+    -- every replica's workers (a NOTIFY at commit) when one did. Only then: NOTIFY takes a
+    -- cluster-wide lock at commit.
+    SELECT pg_notify('paceline_jobs', '0')
+    WHERE EXISTS (
+        SELECT 1 FROM finished AS f
+        WHERE (SELECT 1 FROM jobs AS p
+               WHERE p.kind = f.kind AND p.object_id = f.object_id AND p.status = 'PENDING'
+                 AND p.run_at <= now()
+               LIMIT 1) IS NOT NULL
+    )
 )
-SELECT id FROM finished;
+-- count(*) makes the wake run (a CTE nothing reads is never evaluated).
+SELECT id FROM finished WHERE (SELECT count(*) FROM wake) >= 0;

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -67,6 +68,9 @@ jobs = Table(
     # A job created by on_busy=append: how many payloads its payload array holds (NULL for
     # every other job, whose payload is whatever the client sent).
     Column("absorbed", Integer),
+    # The client's earliest start (POST /jobs "not_before"): every re-plan keeps the job's slot
+    # at or after it. NULL for a job that may start as soon as its key's limit allows.
+    Column("not_before", DateTime(timezone=True)),
     CheckConstraint("kind ~ '^[a-z0-9_.-]{1,64}$'", name="kind"),
     CheckConstraint(
         "status IN ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'CANCELLED')",
@@ -89,14 +93,23 @@ jobs = Table(
     # The oldest pending job (the dashboard's oldest wait): the first entry. Without it the
     # planner may walk the primary key through the whole history, filtering on status.
     Index("ix_jobs_pending_id", "id", postgresql_where=text("status = 'PENDING'")),
-    # FIFO per (kind, object): "is there an older pending job of this key?" is one probe here,
-    # and so is a key's pending tail (on_busy=replace and append).
+    # A key's pending jobs in slot order (I4): "is there a job of this key before this one?"
+    # is one probe here, and so are the key's head, its pending tail (on_busy=replace and
+    # append) and the planner's read of the key's reservations.
     Index(
-        "ix_jobs_pending_kind_object_id_id",
+        "ix_jobs_pending_kind_object_id_run_at_id",
         "kind",
         "object_id",
+        "run_at",
         "id",
         postgresql_where=text("status = 'PENDING'"),
+    ),
+    # max_running (I7): how many jobs of a key run now, one probe.
+    Index(
+        "ix_jobs_running_kind_object_id",
+        "kind",
+        "object_id",
+        postgresql_where=text("status = 'PROCESSING'"),
     ),
     # Listing: newest first, by object, by kind or by status.
     Index("ix_jobs_object_id_id", "object_id", text("id DESC")),
@@ -167,6 +180,14 @@ object_slots = Table(
     Column("kind", Text, nullable=False, server_default=text("'default'")),
     Column("object_id", BigInteger, nullable=False, autoincrement=False),
     Column("next_slot", DateTime(timezone=True), nullable=False),
+    # How far the one-statement enqueue may go: it places a job at GREATEST(next_slot, now())
+    # only if that slot plus the window is at most this. 'infinity': nothing reserved beyond
+    # next_slot. A time: the first slot reserved past a gap (a job with not_before), which the
+    # new job must not crowd. '-infinity': the key is planned in Python only (its limit is not
+    # one start per window, it is paused or overridden, or its limit just changed).
+    Column(
+        "open_until", DateTime(timezone=True), nullable=False, server_default=text("'infinity'")
+    ),
     PrimaryKeyConstraint("kind", "object_id"),
 )
 
@@ -196,6 +217,59 @@ idempotency_keys = Table(
     Column("job_ids", ARRAY(BigInteger)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_idempotency_keys_created_at", "created_at"),
+)
+
+
+def _limit_columns() -> list[Column[object]]:
+    # NULL: inherited (a key from its kind, a kind from the `default` kind).
+    return [
+        # W: no interval of this many seconds holds more than `per_window` starts of one key.
+        Column("window_seconds", Double),
+        Column("per_window", Integer),
+        # M: at most this many jobs of one key run at once.
+        Column("max_running", Integer),
+        # A paused key starts nothing; its pending jobs wait with run_at 'infinity'.
+        Column("paused", Boolean, nullable=False, server_default=text("false")),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    ]
+
+
+def _limit_checks() -> list[CheckConstraint]:
+    return [
+        CheckConstraint("window_seconds IS NULL OR window_seconds > 0", name="window_seconds"),
+        CheckConstraint("per_window IS NULL OR per_window >= 1", name="per_window"),
+        CheckConstraint("max_running IS NULL OR max_running >= 1", name="max_running"),
+    ]
+
+
+# A kind's limit. The `default` kind's row is complete and is what kinds without a row of
+# their own use; PACELINE_RATE_WINDOW seeds it on a fresh database. The SQL function
+# paceline_limit(kind, object_id) (migration 0009) resolves a key's limit field by field:
+# its override, its kind, the default kind.
+kind_limits = Table(
+    "kind_limits",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    *_limit_columns(),
+    *_limit_checks(),
+    CheckConstraint(
+        "kind <> 'default' OR (window_seconds IS NOT NULL AND per_window IS NOT NULL "
+        "AND max_running IS NOT NULL)",
+        name="default_complete",
+    ),
+)
+
+# One key's override of its kind's limit (a customer's tier, a paused key). A key with a row
+# here always has an object_slots row with open_until '-infinity', so the one-statement
+# enqueue, which reads no override, never plans it.
+key_limits = Table(
+    "key_limits",
+    metadata,
+    Column("kind", Text, nullable=False),
+    Column("object_id", BigInteger, nullable=False, autoincrement=False),
+    *_limit_columns(),
+    *_limit_checks(),
+    PrimaryKeyConstraint("kind", "object_id"),
 )
 
 # What the replicas agree on across restarts, e.g. the window the pending slots were planned

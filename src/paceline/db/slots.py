@@ -24,10 +24,10 @@ async def lock_object_slots(conn: Connection, *, kind: str, object_id: int) -> N
 
 
 async def object_backlog(
-    conn: Connection, *, kind: str, object_id: int, window: float, count_up_to: int
+    conn: Connection, *, kind: str, object_id: int, count_up_to: int
 ) -> asyncpg.Record:
-    """now, next_free, pending (counted up to `count_up_to`), head_id and head_run_at."""
-    record = await conn.fetchrow(QUERIES["object_backlog"], kind, object_id, window, count_up_to)
+    """pending (counted up to `count_up_to`), head_id and head_run_at (first in slot order)."""
+    record = await conn.fetchrow(QUERIES["object_backlog"], kind, object_id, count_up_to)
     assert record is not None
     return record
 
@@ -97,37 +97,11 @@ async def cancel_pending_job(conn: Connection, *, job_id: int) -> asyncpg.Record
     return await conn.fetchrow(QUERIES["cancel_pending_job"], job_id)
 
 
-async def pending_jobs_of_object(
-    conn: Connection, *, kind: str, object_id: int, after_job_id: int = 0
-) -> list[asyncpg.Record]:
-    """The key's pending jobs after `after_job_id` (id, created_at, run_at), locked."""
-    return await conn.fetch(QUERIES["pending_jobs_of_object"], kind, object_id, after_job_id)
-
-
-async def last_start_of_object(conn: Connection, *, kind: str, object_id: int) -> datetime | None:
-    """When the key last started a run, if it is remembered."""
-    started: datetime | None = await conn.fetchval(QUERIES["last_start_of_object"], kind, object_id)
-    return started
-
-
 async def move_slots(
     conn: Connection, *, job_ids: Sequence[int], run_at: Sequence[datetime]
 ) -> None:
     """Give each job its new slot (the two sequences are parallel)."""
     await conn.execute(QUERIES["move_slots"], list(job_ids), list(run_at))
-
-
-async def set_next_slot(
-    conn: Connection, *, kind: str, object_id: int, next_slot: datetime
-) -> None:
-    """Set the key's next free slot."""
-    await conn.execute(QUERIES["set_next_slot"], kind, object_id, next_slot)
-
-
-async def objects_with_pending_jobs(conn: Connection) -> list[tuple[str, int]]:
-    """Every key (kind, object_id) that has a pending job, in order."""
-    rows = await conn.fetch(QUERIES["objects_with_pending_jobs"])
-    return [(row["kind"], row["object_id"]) for row in rows]
 
 
 async def objects_with_pending(
@@ -138,24 +112,3 @@ async def objects_with_pending(
         QUERIES["objects_with_pending"], [k for k, _ in keys], [o for _, o in keys]
     )
     return {(row["kind"], row["object_id"]) for row in rows}
-
-
-async def respace_idle_objects(conn: Connection, *, old_window: float, new_window: float) -> None:
-    """Objects without pending jobs: their next free slot moves to the new window."""
-    await conn.execute(QUERIES["respace_idle_objects"], old_window, new_window)
-
-
-async def read_state(conn: Connection, *, name: str) -> str | None:
-    """A value the replicas agree on (service_state), or None."""
-    value: str | None = await conn.fetchval(QUERIES["read_state"], name)
-    return value
-
-
-async def write_state(conn: Connection, *, name: str, value: str) -> None:
-    """Set a value the replicas agree on."""
-    await conn.execute(QUERIES["write_state"], name, value)
-
-
-async def lock_replan(conn: Connection) -> None:
-    """Only one re-plan at a time, across replicas; released at commit."""
-    await conn.execute(QUERIES["lock_replan"])

@@ -15,27 +15,24 @@ ON CONFLICT (kind, object_id) DO UPDATE SET next_slot = s.next_slot
 RETURNING s.next_slot;
 
 -- name: object_backlog
--- $1 kind, $2 object_id, $3 W, $4 count at most this many pending jobs. What the policies
--- decide on: the next free slot (as enqueue would give it), the pending head, and the backlog
--- size.
-SELECT now() AS now,
-       GREATEST(
-           (SELECT next_slot FROM object_slots WHERE kind = $1 AND object_id = $2),
-           (SELECT last_started_at + make_interval(secs => $3)
-            FROM object_starts WHERE kind = $1 AND object_id = $2),
-           now()
-       ) AS next_free,
-       (SELECT count(*) FROM (
+-- $1 kind, $2 object_id, $3 count at most this many pending jobs. What the policies decide on:
+-- the backlog size and the key's first pending job in slot order.
+SELECT (SELECT count(*) FROM (
             SELECT 1 FROM jobs
-            WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' LIMIT $4
+            WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' LIMIT $3
         ) AS capped) AS pending,
-       (SELECT id FROM jobs WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
-        ORDER BY id LIMIT 1) AS head_id,
-       (SELECT run_at FROM jobs WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
-        ORDER BY id LIMIT 1) AS head_run_at;
+       head.id AS head_id, head.run_at AS head_run_at
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN LATERAL (
+    SELECT id, run_at FROM jobs
+    WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
+    ORDER BY run_at, id
+    LIMIT 1
+) AS head ON true;
 
 -- name: lock_pending_tail
--- $1 kind, $2 object_id. The key's last pending job (the one replace and append change), locked
+-- $1 kind, $2 object_id. The key's last pending job in slot order (the one replace and append
+-- change), locked
 -- so no claim starts it while it changes (claims skip locked rows), with the size of its payload
 -- as PostgreSQL writes it. Nothing if the key has no pending job, or if the tail was being
 -- claimed and has started by the time its lock is free (the request then makes a new job: a
@@ -43,7 +40,7 @@ SELECT now() AS now,
 SELECT id, absorbed, octet_length(payload::text) AS payload_bytes
 FROM jobs
 WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
-ORDER BY id DESC
+ORDER BY run_at DESC, id DESC
 LIMIT 1
 FOR UPDATE;
 
@@ -109,19 +106,6 @@ SET status = 'CANCELLED', finished_at = clock_timestamp()
 WHERE id = $1 AND status = 'PENDING'
 RETURNING {job_columns};
 
--- name: pending_jobs_of_object
--- $1 kind, $2 object_id, $3 after this job id. Locked: claims skip them for the moment they
--- move.
-SELECT id, created_at, run_at
-FROM jobs
-WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' AND id > $3
-ORDER BY id
-FOR UPDATE;
-
--- name: last_start_of_object
--- $1 kind, $2 object_id.
-SELECT last_started_at FROM object_starts WHERE kind = $1 AND object_id = $2;
-
 -- name: move_slots
 -- $1 job ids, $2 their new slots.
 UPDATE jobs AS j
@@ -129,40 +113,9 @@ SET run_at = moved.run_at
 FROM unnest($1::bigint[], $2::timestamptz[]) AS moved(id, run_at)
 WHERE j.id = ANY ($1::bigint[]) AND j.id = moved.id;
 
--- name: set_next_slot
--- $1 kind, $2 object_id, $3 the key's next free slot.
-UPDATE object_slots SET next_slot = $3 WHERE kind = $1 AND object_id = $2;
-
--- name: objects_with_pending_jobs
--- Every key that has pending jobs (ix_jobs_pending_kind_object_id_id gives them in order).
-SELECT DISTINCT kind, object_id FROM jobs WHERE status = 'PENDING' ORDER BY kind, object_id;
-
--- name: respace_idle_objects
--- $1 old W, $2 new W. Objects with no pending job: their next free slot is a window (the
--- new one) after their last reserved slot.
-UPDATE object_slots AS s
-SET next_slot = s.next_slot - make_interval(secs => $1) + make_interval(secs => $2)
-WHERE NOT EXISTS (
-    SELECT 1 FROM jobs AS j
-    WHERE j.kind = s.kind AND j.object_id = s.object_id AND j.status = 'PENDING'
-);
-
--- name: read_state
--- $1 name.
-SELECT value FROM service_state WHERE name = $1;
-
--- name: write_state
--- $1 name, $2 value.
-INSERT INTO service_state (name, value) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
-
--- name: lock_replan
--- Only one re-plan at a time, across replicas; released at commit.
-SELECT pg_advisory_xact_lock(7421093119);
-
 -- name: objects_with_pending
 -- $1 kinds, $2 object ids (parallel: keys). Those keys with a pending job (one probe of
--- ix_jobs_pending_kind_object_id_id each).
+-- ix_jobs_pending_kind_object_id_run_at_id each).
 SELECT DISTINCT k.kind, k.object_id
 FROM unnest($1::text[], $2::bigint[]) AS k(kind, object_id)
 WHERE (

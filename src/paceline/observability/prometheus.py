@@ -165,7 +165,7 @@ class JobMetrics(JobEvents):
 
     def started(self, job: Job) -> None:
         self.started_total.labels(job.kind).inc()
-        if job.started_at is not None:
+        if job.started_at is not None and job.run_at is not None:
             # Both times are the database's clock, so replicas' clock skew cannot show here.
             late = (job.started_at - job.run_at).total_seconds()
             self.lateness.labels(job.kind).observe(max(0.0, late))

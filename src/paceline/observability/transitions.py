@@ -34,6 +34,8 @@ class EnqueueLog(JobEvents):
             return
         first, last = jobs[0], jobs[-1]
         objects = len({job.object_id for job in jobs})
+        # A paused key's jobs have no slot yet.
+        planned = [job.run_at for job in jobs if job.run_at is not None]
         log.info(
             "%d job%s (%d object%s) enqueued in one batch, job %d to %d, slots %s to %s",
             len(jobs),
@@ -42,8 +44,8 @@ class EnqueueLog(JobEvents):
             "" if objects == 1 else "s",
             first.id,
             last.id,
-            isoformat(min(job.run_at for job in jobs)),
-            isoformat(max(job.run_at for job in jobs)),
+            isoformat(min(planned, default=None)),
+            isoformat(max(planned, default=None)),
             extra={"job_count": len(jobs), "first_job_id": first.id, "last_job_id": last.id},
         )
         if log.isEnabledFor(logging.DEBUG):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncpg
 
 from paceline.queue.batching import BatchWriter
-from paceline.queue.jobs import Job, NewJob, enqueue_batch
+from paceline.queue.jobs import Job, NewJob
+from paceline.queue.scheduling import create_many
 
 MAX_GROUP = 1000
 
@@ -23,14 +24,15 @@ class EnqueueGrouper(BatchWriter[NewJob, Job]):
 
     name = "paceline-grouper"
 
-    def __init__(self, pool: asyncpg.Pool, window: float, *, writers: int = 4) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, writers: int = 4) -> None:
         super().__init__(max_batch=MAX_GROUP, writers=writers)
         self._pool = pool
-        self._window = window
 
     async def enqueue(self, new: NewJob) -> Job:
         """Create the job in its key's next free slot; raises what the statement raised."""
         return await self.submit(new)
 
     async def _write(self, items: list[NewJob]) -> list[Job]:
-        return await enqueue_batch(self._pool, items, self._window)
+        # Jobs of keys one statement cannot plan (their limit, a pause, a scheduled job in the
+        # way) are placed by the exact planner after it, each in its own transaction.
+        return await create_many(self._pool, items)

@@ -33,11 +33,13 @@ class Status(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewJob:
-    """A job to create: its key (kind, object_id) and its payload as compact JSON text."""
+    """A job to create: its key (kind, object_id), its payload as compact JSON text, and the
+    client's earliest start."""
 
     object_id: int
     kind: str = DEFAULT_KIND
     payload_json: str | None = None
+    not_before: datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,7 +50,8 @@ class Job:
     object_id: int
     status: Status
     created_at: datetime
-    run_at: datetime
+    # The slot: the earliest start; None while its key is paused (it waits for the resume).
+    run_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
     duration: float | None
@@ -58,6 +61,8 @@ class Job:
     # JSON text as PostgreSQL returns it: the API embeds it as it is, without decoding it.
     payload_json: str | None = None
     result_json: str | None = None
+    # The client's earliest start (POST /jobs "not_before"), if it chose one.
+    not_before: datetime | None = None
 
     @property
     def payload(self) -> Any:
@@ -78,7 +83,7 @@ class Job:
             object_id=record["object_id"],
             status=Status(record["status"]),
             created_at=record["created_at"],
-            run_at=record["run_at"],
+            run_at=finite(record["run_at"]),
             started_at=record["started_at"],
             finished_at=record["finished_at"],
             duration=record["duration"],
@@ -87,6 +92,7 @@ class Job:
             kind=record["kind"],
             payload_json=record["payload"],
             result_json=record["result"],
+            not_before=record["not_before"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -110,7 +116,14 @@ class Job:
             "error": self.error,
             "payload": _embedded(self.payload_json),
             "result": _embedded(self.result_json),
+            "not_before": isoformat(self.not_before),
         }
+
+
+def finite(moment: datetime) -> datetime | None:
+    """A slot as the database holds it, or None for 'infinity' (a paused key's job waits for
+    the resume). asyncpg reads PostgreSQL's infinities as naive datetime.max / .min."""
+    return None if moment.tzinfo is None else moment
 
 
 def _embedded(text: str | None) -> orjson.Fragment | None:
@@ -141,29 +154,29 @@ def isoformat(moment: datetime | None) -> str | None:
     return orjson.dumps(moment, option=orjson.OPT_UTC_Z)[1:-1].decode()
 
 
-async def enqueue(db: Executor, new: NewJob, window: float, *, absorbed: int | None = None) -> Job:
-    """Create a job in its key's next free slot (I1, I6); one statement, one round trip."""
+async def enqueue(db: Executor, new: NewJob, *, absorbed: int | None = None) -> Job | None:
+    """Create a job in its key's next free slot (I1, I6) in one statement and one round trip;
+    None if the key's limit needs the exact planner (`paceline.queue.scheduling.place`)."""
     record = await store.enqueue(
         db,
         kind=new.kind,
         object_id=new.object_id,
-        window=window,
         payload=new.payload_json,
         absorbed=absorbed,
     )
-    return Job.from_record(record)
+    return None if record is None else Job.from_record(record)
 
 
-async def enqueue_batch(db: Executor, new: list[NewJob], window: float) -> list[Job]:
-    """Create the jobs, in request order, in one statement; repeats of a key a window apart."""
+async def enqueue_batch(db: Executor, new: list[NewJob]) -> dict[int, Job]:
+    """Create the jobs in one statement, repeats of a key a window apart, for the keys one
+    statement may plan; {position in `new`: job}. The others need the exact planner."""
     records = await store.enqueue_batch(
         db,
         kinds=[job.kind for job in new],
         object_ids=[job.object_id for job in new],
         payloads=[job.payload_json for job in new],
-        window=window,
     )
-    return [Job.from_record(record) for record in records]
+    return {record["ord"] - 1: Job.from_record(record) for record in records}
 
 
 async def get_job(db: Executor, job_id: int) -> Job | None:

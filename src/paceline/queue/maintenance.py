@@ -31,12 +31,9 @@ class Janitor(Service):
     name = "paceline-janitor"
     failure = "housekeeping failed"
 
-    def __init__(
-        self, pool: asyncpg.Pool, *, window: float, retention: float, interval: float
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, retention: float, interval: float) -> None:
         super().__init__(logger=log, retry=Backoff(interval, interval))
         self._pool = pool
-        self._window = window
         self._retention = retention
 
     async def step(self) -> float:
@@ -55,7 +52,9 @@ class Janitor(Service):
             if deleted < PRUNE_BATCH:
                 break
             await asyncio.sleep(0.05)  # let the hot paths in between batches
-        await store.prune_passed_windows(self._pool, window=self._window)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.plan_per_call(conn)  # see paceline.db.plans
+            await store.prune_passed_windows(conn)
         await slots.prune_idempotency_keys(self._pool, ttl=IDEMPOTENCY_TTL, batch=PRUNE_BATCH * 10)
         await store.forget_dead_workers(self._pool, silent_for=FORGET_DEAD_AFTER)
         if total:

@@ -83,28 +83,36 @@ def replan(
     lowers: Sequence[datetime],
     limit: Limit,
     *,
-    keep_order: bool = True,
+    keep_order: bool | Sequence[bool] = True,
 ) -> list[datetime]:
     """New slots for a key's pending jobs, given in slot order with their lower bounds.
 
     `fixed` are starts that already happened; they count against the window. Each job in turn
-    takes the earliest slot that fits after its lower bound and, with `keep_order`, not before
-    the previous job's slot, so the slots are non-decreasing and the jobs start in this order.
-    Without it a job may take a free slot before the previous job's (a job scheduled far ahead
-    does not hold up those behind it).
+    takes the earliest slot that fits after its lower bound and, if it keeps order (all jobs
+    with `keep_order=True`, or those whose flag is true in a sequence of flags), not before
+    the slot of the previous job that keeps order, so those jobs start in this order. A job
+    that does not keep order (a job scheduled far ahead) may be passed by those behind it,
+    and it does not hold them up.
 
-    With `keep_order` the plan is the earliest possible, job by job: if some other ordered plan
-    P fits (`P[i] >= lowers[i]`), then `P[i]` also fits among `fixed` and the greedy slots
-    before i (each of those is <= its counterpart in P and <= `P[i]`, so a window containing
-    `P[i]` holds no more of them than of P), hence greedy slot i <= `P[i]`, by induction.
+    With every job keeping order the plan is the earliest possible, job by job: if some other
+    ordered plan P fits (`P[i] >= lowers[i]`), then `P[i]` also fits among `fixed` and the
+    greedy slots before i (each of those is <= its counterpart in P and <= `P[i]`, so a window
+    containing `P[i]` holds no more of them than of P), hence greedy slot i <= `P[i]`, by
+    induction.
     """
+    ordered = [keep_order] * len(lowers) if isinstance(keep_order, bool) else list(keep_order)
+    if len(ordered) != len(lowers):
+        raise ValueError("keep_order needs one flag per job")
     taken = sorted(fixed)
     slots: list[datetime] = []
-    for lower in lowers:
-        bound = max(lower, slots[-1]) if keep_order and slots else lower
+    previous: datetime | None = None
+    for lower, in_order in zip(lowers, ordered, strict=True):
+        bound = max(lower, previous) if in_order and previous is not None else lower
         slot = _earliest_in_sorted(taken, bound, limit)
         insort(taken, slot)
         slots.append(slot)
+        if in_order:
+            previous = slot
     return slots
 
 

@@ -25,13 +25,10 @@ class Reaper(Service):
     name = "paceline-reaper"
     failure = "reaping expired leases failed"
 
-    def __init__(
-        self, pool: asyncpg.Pool, *, window: float, max_attempts: int, interval: float
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_attempts: int, interval: float) -> None:
         # Database outages are waited out a round at a time.
         super().__init__(logger=log, retry=Backoff(interval, interval))
         self._pool = pool
-        self._window = window
         self._max_attempts = max_attempts
         self._interval = interval
 
@@ -68,7 +65,6 @@ class Reaper(Service):
                     job_id,
                     attempt,
                     delay=0.0,
-                    window=self._window,
                     error=error,
                     outcome="LOST",
                 )

@@ -23,7 +23,8 @@ from paceline.contract import DEFAULT_KIND, MAX_APPENDED, MAX_PAYLOAD_BYTES
 from paceline.db import slots
 from paceline.db.pool import Connection
 from paceline.queue.grouping import EnqueueGrouper
-from paceline.queue.jobs import Job, NewJob, enqueue, enqueue_batch, get_job, get_jobs
+from paceline.queue.jobs import Job, NewJob, finite, get_job, get_jobs
+from paceline.queue.scheduling import create, create_in, create_many, next_free
 
 T = TypeVar("T")
 
@@ -46,18 +47,20 @@ class Submission:
     kind: str = DEFAULT_KIND
     # Compact JSON text (the validation wrote it), or None for no payload.
     payload_json: str | None = None
+    # The client's earliest start, if it chose one.
+    not_before: datetime | None = None
 
     @property
     def new_job(self) -> NewJob:
         """The job this request creates when it creates one."""
-        return NewJob(self.object_id, self.kind, self.payload_json)
+        return NewJob(self.object_id, self.kind, self.payload_json, self.not_before)
 
     def fingerprint(self) -> str:
         """What the request means, to tell a retry of it from another request with its key."""
         text = f"{self.object_id}|{self.on_busy.value}|{self.max_backlog}"
-        # Requests with neither keep the fingerprint of the releases before kinds existed, so
-        # a retry across an upgrade still finds its job.
-        if self.kind != DEFAULT_KIND or self.payload_json is not None:
+        # Requests with none of these keep the fingerprint of the releases before kinds
+        # existed, so a retry across an upgrade still finds its job.
+        if self.kind != DEFAULT_KIND or self.payload_json is not None or self.not_before:
             text += f"|{_meaning(self.new_job)}"
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -82,6 +85,14 @@ class Busy(Exception):
         self.next_free = next_free
 
 
+class KeyPaused(Exception):
+    """on_busy=reject for a paused key: no slot can be promised; nothing was written."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class KeyReused(Exception):
     """An Idempotency-Key came back with a different request."""
 
@@ -89,25 +100,24 @@ class KeyReused(Exception):
 async def submit(
     pool: asyncpg.Pool,
     request: Submission,
-    window: float,
     *,
     grouper: EnqueueGrouper | None = None,
 ) -> Admitted:
-    """Admit `request`; raises Busy or KeyReused when it must be refused.
+    """Admit `request`; raises Busy, KeyPaused or KeyReused when it must be refused.
 
     Plain requests go through `grouper` (group commit) when one is given.
     """
     plain = request.on_busy is OnBusy.QUEUE and request.max_backlog is None
     if plain and request.idempotency_key is None:
-        if grouper is not None:
+        if grouper is not None and request.not_before is None:
             return Admitted(await grouper.enqueue(request.new_job), created=True)
-        return Admitted(await enqueue(pool, request.new_job, window), created=True)
+        return Admitted(await create(pool, request.new_job), created=True)
     async with pool.acquire() as conn, conn.transaction():
         if request.idempotency_key is not None:
             replay = await _claim_key(conn, request)
             if replay is not None:
                 return replay
-        admitted = await _admit(conn, request, window)
+        admitted = await _admit(conn, request)
         if request.idempotency_key is not None:
             await slots.bind_idempotency_key(
                 conn, key=request.idempotency_key, job_id=admitted.job.id
@@ -124,12 +134,16 @@ class AdmittedBatch:
 
 
 def _meaning(new: NewJob) -> str:
-    """A job's key and payload as fingerprint text: the object id alone for a payload-less
-    default job (as before kinds existed), else kind, object and the payload's digest."""
-    if new.kind == DEFAULT_KIND and new.payload_json is None:
+    """A job's key, payload and earliest start as fingerprint text: the object id alone for a
+    plain default job (as before kinds existed), else kind, object, the payload's digest and
+    the not_before instant."""
+    if new.kind == DEFAULT_KIND and new.payload_json is None and new.not_before is None:
         return str(new.object_id)
     payload = b"-" if new.payload_json is None else new.payload_json.encode()
-    return f"{new.kind}:{new.object_id}:{hashlib.sha256(payload).hexdigest()}"
+    text = f"{new.kind}:{new.object_id}:{hashlib.sha256(payload).hexdigest()}"
+    if new.not_before is not None:
+        text += f"@{new.not_before.timestamp():.6f}"
+    return text
 
 
 def batch_fingerprint(new: list[NewJob]) -> str:
@@ -141,20 +155,20 @@ def batch_fingerprint(new: list[NewJob]) -> str:
 async def submit_batch(
     pool: asyncpg.Pool,
     new: list[NewJob],
-    window: float,
     *,
     idempotency_key: str | None = None,
 ) -> AdmittedBatch:
-    """Create the jobs in one statement; with a key, a retry of the same batch gets the same
-    jobs back, and concurrent retries create it once. Raises KeyReused."""
-    if idempotency_key is None:
-        return AdmittedBatch(await enqueue_batch(pool, new, window))
-    fingerprint = batch_fingerprint(new)
+    """Create the jobs, all or none (one statement for the keys it may plan, the exact planner
+    for the rest, one transaction); with a key, a retry of the same batch gets the same jobs
+    back, and concurrent retries create it once. Raises KeyReused."""
     async with pool.acquire() as conn, conn.transaction():
+        if idempotency_key is None:
+            return AdmittedBatch(await create_many(conn, new))
+        fingerprint = batch_fingerprint(new)
         earlier = await _claim_batch_key(conn, idempotency_key, fingerprint)
         if earlier is not None:
             return AdmittedBatch(earlier, replayed=True)
-        jobs = await enqueue_batch(conn, new, window)
+        jobs = await create_many(conn, new)
         await slots.bind_idempotency_key_to_batch(
             conn, key=idempotency_key, job_ids=[job.id for job in jobs]
         )
@@ -225,7 +239,7 @@ async def _take_over_key(conn: Connection, key: str, fingerprint: str) -> None:
     await slots.claim_idempotency_key(conn, key=key, fingerprint=fingerprint)
 
 
-async def _admit(conn: Connection, request: Submission, window: float) -> Admitted:
+async def _admit(conn: Connection, request: Submission) -> Admitted:
     kind, object_id = request.kind, request.object_id
     await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
     if request.on_busy in (OnBusy.REPLACE, OnBusy.APPEND):
@@ -233,35 +247,48 @@ async def _admit(conn: Connection, request: Submission, window: float) -> Admitt
         if changed is not None:
             return Admitted(changed, created=False, coalesced=True)
     cap = (request.max_backlog or 0) + 1
-    state = await slots.object_backlog(
-        conn, kind=kind, object_id=object_id, window=window, count_up_to=cap
-    )
+    state = await slots.object_backlog(conn, kind=kind, object_id=object_id, count_up_to=cap)
     if request.on_busy is OnBusy.COALESCE and state["head_id"] is not None:
         job = await get_job(conn, state["head_id"])
         assert job is not None
         return Admitted(job, created=False, coalesced=True)
-    if request.on_busy is OnBusy.REJECT and state["next_free"] > state["now"]:
-        seconds = (state["next_free"] - state["now"]).total_seconds()
-        raise Busy(
-            f"Object {object_id} is busy until {state['next_free'].isoformat()}; "
-            "nothing was queued.",
-            retry_after=max(1, math.ceil(seconds)),
-            next_free=state["next_free"],
-        )
-    if request.max_backlog is not None and state["pending"] >= request.max_backlog:
-        head_wait = (state["head_run_at"] - state["now"]).total_seconds()
-        raise Busy(
-            f"Object {object_id} already has {request.max_backlog} pending job(s), "
-            f"its max_backlog; nothing was queued.",
-            retry_after=max(1, math.ceil(head_wait)),
-            next_free=state["next_free"],
-        )
+    if request.on_busy is OnBusy.REJECT or request.max_backlog is not None:
+        now, free_at = await next_free(conn, kind, object_id)
+        if request.on_busy is OnBusy.REJECT:
+            _reject_if_busy(object_id, now, free_at)
+        if request.max_backlog is not None and state["pending"] >= request.max_backlog:
+            head = None if state["head_run_at"] is None else finite(state["head_run_at"])
+            head_wait = 1.0 if head is None else (head - now).total_seconds()
+            raise Busy(
+                f"Object {object_id} already has {request.max_backlog} pending job(s), "
+                f"its max_backlog; nothing was queued.",
+                retry_after=max(1, math.ceil(head_wait)),
+                next_free=free_at or now,
+            )
     # The key's row is ours already: the enqueue statement's upsert does not wait.
     if request.on_busy is OnBusy.APPEND:
         # An appending job's payload is the list of every payload it absorbed.
-        first = NewJob(object_id, kind, f"[{request.payload_json or 'null'}]")
-        return Admitted(await enqueue(conn, first, window, absorbed=1), created=True)
-    return Admitted(await enqueue(conn, request.new_job, window), created=True)
+        first = dataclasses.replace(
+            request.new_job, payload_json=f"[{request.payload_json or 'null'}]"
+        )
+        return Admitted(await create_in(conn, first, absorbed=1), created=True)
+    return Admitted(await create_in(conn, request.new_job), created=True)
+
+
+def _reject_if_busy(object_id: int, now: datetime, free_at: datetime | None) -> None:
+    """on_busy=reject: refuse unless a job of the key could start now."""
+    if free_at is None:
+        raise KeyPaused(
+            f"Object {object_id} is paused: no slot can be promised until it is resumed; "
+            "nothing was queued."
+        )
+    if free_at > now:
+        seconds = (free_at - now).total_seconds()
+        raise Busy(
+            f"Object {object_id} is busy until {free_at.isoformat()}; nothing was queued.",
+            retry_after=max(1, math.ceil(seconds)),
+            next_free=free_at,
+        )
 
 
 async def _change_pending_tail(conn: Connection, request: Submission) -> Job | None:

@@ -112,7 +112,6 @@ class Worker(Service):
         *,
         events: JobEvents | None = None,
         concurrency: int,
-        rate_window: float,
         lease: float = 30.0,
         max_attempts: int = 3,
         retry_backoff: float = 2.0,
@@ -128,7 +127,6 @@ class Worker(Service):
         self._handlers = dict(handlers)
         self._kinds = sorted(self._handlers)
         self._events = events if events is not None else JobEvents()
-        self._window = rate_window
         self._lease = lease
         self._retry_policy = RetryPolicy(max_attempts=max_attempts, backoff=retry_backoff)
         self._job_timeout = job_timeout
@@ -210,7 +208,6 @@ class Worker(Service):
         records = await store.claim_due_jobs(
             self._pool,
             limit=limit,
-            window=self._window,
             lease=self._lease,
             worker_id=self.id,
             kinds=self._kinds,
@@ -222,7 +219,7 @@ class Worker(Service):
         # The database clock decides; read it with the answer and credit half the round
         # trip, so the alarm is not late by the time the answer took to arrive.
         sent = time.monotonic()
-        row = await store.seconds_until_next_due(self._pool, window=self._window, kinds=self._kinds)
+        row = await store.seconds_until_next_due(self._pool, kinds=self._kinds)
         half_trip = (time.monotonic() - sent) / 2
         if row["next_start"] is None:
             return self._idle_poll
@@ -234,6 +231,7 @@ class Worker(Service):
             job
             for job in claimed
             if job.started_at is not None
+            and job.run_at is not None
             and (job.started_at - job.run_at).total_seconds() > _LATE_START
         ]
         if late:
@@ -243,7 +241,7 @@ class Worker(Service):
 
     async def _shift_later_slots_of(self, late: list[Job]) -> None:
         try:
-            await shift_later_slots(self._pool, late, self._window)
+            await shift_later_slots(self._pool, late)
         except Exception as exc:
             # Only the predictions of later jobs stay stale; the claim still enforces I1.
             if not is_unavailable(exc):
@@ -366,7 +364,6 @@ class Worker(Service):
                     job.id,
                     job.attempts,
                     delay=delay,
-                    window=self._window,
                     error=error,
                     outcome="RETRY",
                 )
@@ -396,7 +393,6 @@ class Worker(Service):
                     job.id,
                     job.attempts,
                     delay=0.0,
-                    window=self._window,
                     error="released unfinished at shutdown",
                     outcome="RELEASED",
                 )

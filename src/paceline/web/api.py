@@ -11,7 +11,15 @@ from paceline.queue import jobs
 from paceline.queue.jobs import NewJob, isoformat
 from paceline.queue.kinds import UnknownKind
 from paceline.queue.planning import cancel_and_compact
-from paceline.queue.submit import Busy, KeyReused, OnBusy, Submission, submit, submit_batch
+from paceline.queue.submit import (
+    Busy,
+    KeyPaused,
+    KeyReused,
+    OnBusy,
+    Submission,
+    submit,
+    submit_batch,
+)
 from paceline.web.keys import EVENTS, GROUPER, KINDS, NOTIFIER, POOL, SETTINGS
 from paceline.web.problems import Problem, invalid, not_found
 from paceline.web.validation import (
@@ -49,14 +57,13 @@ async def create_job(request: web.Request) -> web.Response:
         object_id=body.new.object_id,
         kind=body.new.kind,
         payload_json=body.new.payload_json,
+        not_before=body.new.not_before,
         on_busy=OnBusy(body.on_busy or settings.on_busy),
         max_backlog=body.max_backlog,
         idempotency_key=parse_idempotency_key(request.headers.get("Idempotency-Key")),
     )
     try:
-        admitted = await submit(
-            request.app[POOL], submission, settings.rate_window, grouper=request.app[GROUPER]
-        )
+        admitted = await submit(request.app[POOL], submission, grouper=request.app[GROUPER])
     except Busy as busy:
         raise Problem(
             429,
@@ -66,13 +73,16 @@ async def create_job(request: web.Request) -> web.Response:
             next_free_slot=isoformat(busy.next_free),
             retry_after=busy.retry_after,
         ) from None
+    except KeyPaused as paused:
+        raise Problem(409, "Conflict", paused.detail) from None
     except KeyReused as reused:
         raise invalid(str(reused), name="Idempotency-Key") from None
     job = admitted.job
     location = str(request.app.router["job"].url_for(job_id=str(job.id)))
     if admitted.created:
         request.app[EVENTS].enqueued(job)
-        request.app[NOTIFIER].due_in((job.run_at - job.created_at).total_seconds())
+        if job.run_at is not None:
+            request.app[NOTIFIER].due_in((job.run_at - job.created_at).total_seconds())
         return json_response(job.to_json(), status=201, headers={"Location": location})
     document = job.to_json()
     headers = {"Location": location}
@@ -102,9 +112,7 @@ async def _create_batch(request: web.Request, new: list[NewJob]) -> web.Response
     Idempotency-Key covers the whole batch: a retry with the same body gets the same jobs."""
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     try:
-        admitted = await submit_batch(
-            request.app[POOL], new, request.app[SETTINGS].rate_window, idempotency_key=key
-        )
+        admitted = await submit_batch(request.app[POOL], new, idempotency_key=key)
     except KeyReused as reused:
         raise invalid(str(reused), name="Idempotency-Key") from None
     document = {"jobs": [job.to_json() for job in admitted.jobs]}
@@ -112,9 +120,9 @@ async def _create_batch(request: web.Request, new: list[NewJob]) -> web.Response
         return json_response(document, headers={"Idempotent-Replayed": "true"})
     created = admitted.jobs
     request.app[EVENTS].enqueued_batch(created)
-    request.app[NOTIFIER].due_in(
-        min((job.run_at - job.created_at).total_seconds() for job in created)
-    )
+    waits = [(job.run_at - job.created_at).total_seconds() for job in created if job.run_at]
+    if waits:
+        request.app[NOTIFIER].due_in(min(waits))
     return json_response(document, status=201)
 
 
@@ -124,7 +132,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     job_id = parse_job_id(request.match_info["job_id"])
     pool = request.app[POOL]
     async with pool.acquire() as conn, conn.transaction():
-        cancelled = await cancel_and_compact(conn, job_id, request.app[SETTINGS].rate_window)
+        cancelled = await cancel_and_compact(conn, job_id)
     if cancelled is not None:
         return json_response(cancelled.to_json())
     current = await jobs.get_job(pool, job_id)

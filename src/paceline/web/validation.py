@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, cast
 
@@ -57,6 +58,7 @@ _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _MAX_INTEGER_DIGITS = 20
 LIST_PARAMS = frozenset({"kind", "object_id", "status", "limit", "cursor"})
 _KIND = re.compile(KIND_PATTERN)
+_NOT_BEFORE = re.compile(contract.NOT_BEFORE_PATTERN)
 
 _EXAMPLE = 'send {"object_id": <integer>}'
 
@@ -122,14 +124,20 @@ def parse_jobs_body(body: bytes) -> JobBody | list[NewJob]:
                         decoded.object_id,
                         decoded.kind or DEFAULT_KIND,
                         payload_json(decoded.payload),
+                        not_before_value(decoded.not_before),
                     ),
                     decoded.on_busy,
                     decoded.max_backlog,
                 )
         elif body.count(b'"') == sum(map(_quotes, decoded)):
             return [
-                NewJob(item.object_id, item.kind or DEFAULT_KIND, payload_json(item.payload))
-                for item in decoded
+                NewJob(
+                    item.object_id,
+                    item.kind or DEFAULT_KIND,
+                    payload_json(item.payload),
+                    not_before_value(item.not_before, name=f"[{position}].not_before"),
+                )
+                for position, item in enumerate(decoded)
             ]
     return _explained(body)
 
@@ -145,7 +153,38 @@ def _quotes(request: JobRequest | BatchItem) -> int:
         quotes += 4
     if request.payload is not msgspec.UNSET:
         quotes += 2 + bytes(request.payload).count(b'"')
+    if request.not_before is not None:
+        quotes += 4 if isinstance(request.not_before, str) else 2
     return quotes
+
+
+def not_before_value(value: Any, *, name: str = "not_before") -> datetime | None:
+    """A job's earliest start: ISO 8601 with an offset, or UNIX seconds; before the year 9000."""
+    if value is None:
+        return None
+    sentence = (
+        f"{name} must be an ISO 8601 date-time with an offset (e.g. 2026-12-05T10:00:00Z) or "
+        "UNIX seconds, before the year 9000."
+    )
+    if isinstance(value, str):
+        if not _NOT_BEFORE.match(value):
+            raise invalid(sentence, name=name)
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise invalid(sentence, name=name) from None
+        if moment.tzinfo is None:
+            raise invalid(
+                f"{name} needs an offset (Z or +02:00): without one its instant is unknown.",
+                name=name,
+            )
+        return moment.astimezone(UTC)
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise invalid(sentence, name=name)
+    seconds = float(value)
+    if not 0 <= seconds < contract.NOT_BEFORE_MAX_SECONDS:
+        raise invalid(sentence, name=name)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def payload_json(raw: msgspec.Raw | msgspec.UnsetType) -> str | None:
@@ -195,9 +234,9 @@ def _batch(items: list[Any], body: bytes) -> list[NewJob]:
     for position, item in enumerate(items):
         if not isinstance(item, dict) or "object_id" not in item or set(item) - _BATCH_FIELDS:
             raise invalid(
-                f'Batch item {position} must be {{"object_id": <integer>}}, with "kind" and '
-                '"payload" if wanted, and nothing else; policies other than queue are per '
-                "request, not per batch.",
+                f'Batch item {position} must be {{"object_id": <integer>}}, with "kind", '
+                '"payload" and "not_before" if wanted, and nothing else; policies other than '
+                "queue are per request, not per batch.",
                 name=f"[{position}]",
             )
         _refuse_repeated_keys(item)
@@ -207,12 +246,18 @@ def _batch(items: list[Any], body: bytes) -> list[NewJob]:
                 "send a job with another on_busy as a request of its own.",
                 name=f"[{position}].on_busy",
             )
-        checked.append((object_id_value(item["object_id"]), kind_value(item.get("kind"))))
+        checked.append(
+            (
+                object_id_value(item["object_id"]),
+                kind_value(item.get("kind")),
+                not_before_value(item.get("not_before"), name=f"[{position}].not_before"),
+            )
+        )
     payloads = _raw_payloads(body)
     assert isinstance(payloads, list)
     return [
-        NewJob(object_id, kind, payload_json(raw.payload))
-        for (object_id, kind), raw in zip(checked, payloads, strict=True)
+        NewJob(object_id, kind, payload_json(raw.payload), not_before)
+        for (object_id, kind, not_before), raw in zip(checked, payloads, strict=True)
     ]
 
 
@@ -243,10 +288,11 @@ def _job_request(document: Any, body: bytes) -> JobBody:
                 f"max_backlog must be an integer from 1 to {contract.MAX_BACKLOG_LIMIT}.",
                 name="max_backlog",
             )
+    not_before = not_before_value(document.get("not_before"))
     payload = _raw_payloads(body)
     assert isinstance(payload, _PayloadOf)
     return JobBody(
-        NewJob(object_id, kind, payload_json(payload.payload)),
+        NewJob(object_id, kind, payload_json(payload.payload), not_before),
         cast(OnBusyName | None, on_busy),
         max_backlog,
     )

@@ -1,0 +1,186 @@
+"""Limits per kind and per key, and what the exact planner reads and writes: the queries of
+`limits.sql`.
+
+Typed, keyword-argument functions, one per named query. A key's limit in force is the SQL
+function `paceline_limit(kind, object_id)` (migration 0009), so the claim, next-due and the
+planner all read one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from paceline.db.pool import Connection, Executor
+from paceline.db.queries import QUERIES
+
+
+async def seed_default_limit(db: Executor, *, window: float) -> float:
+    """Give the default kind `window` if the database has no default limit yet; the window of
+    the default limit in force (the stored one wins)."""
+    stored: float = await db.fetchval(QUERIES["seed_default_limit"], window)
+    return stored
+
+
+async def key_limit(db: Executor, *, kind: str, object_id: int | None) -> asyncpg.Record:
+    """window_seconds, per_window, max_running, paused (in force), overridden, and now."""
+    record = await db.fetchrow(QUERIES["key_limit"], kind, object_id)
+    assert record is not None
+    return record
+
+
+async def kind_limit_rows(db: Executor) -> list[asyncpg.Record]:
+    """Every kind's own limit row, by kind."""
+    return await db.fetch(QUERIES["kind_limit_rows"])
+
+
+async def kind_limit_row(db: Executor, *, kind: str) -> asyncpg.Record | None:
+    """The kind's own row, if it has one."""
+    return await db.fetchrow(QUERIES["kind_limit_row"], kind)
+
+
+async def key_limit_row(db: Executor, *, kind: str, object_id: int) -> asyncpg.Record | None:
+    """The key's override, if it has one."""
+    return await db.fetchrow(QUERIES["key_limit_row"], kind, object_id)
+
+
+async def key_limit_rows(
+    db: Executor, *, kind: str, after: int, limit: int
+) -> list[asyncpg.Record]:
+    """The kind's overrides with object ids above `after`, in object order."""
+    return await db.fetch(QUERIES["key_limit_rows"], kind, after, limit)
+
+
+async def count_key_limits(db: Executor) -> list[asyncpg.Record]:
+    """Per kind: overrides and paused keys."""
+    return await db.fetch(QUERIES["count_key_limits"])
+
+
+async def put_kind_limit(
+    conn: Connection,
+    *,
+    kind: str,
+    window: float | None,
+    per_window: int | None,
+    max_running: int | None,
+    paused: bool | None,
+) -> None:
+    """Set the kind's own numbers (None inherits from `default`); `paused` None keeps it."""
+    await conn.execute(QUERIES["put_kind_limit"], kind, window, per_window, max_running, paused)
+
+
+async def set_kind_paused(conn: Connection, *, kind: str, paused: bool) -> None:
+    """Pause or resume a kind (its row is made, inheriting every number, if it has none)."""
+    await conn.execute(QUERIES["set_kind_paused"], kind, paused)
+
+
+async def drop_kind_limit(conn: Connection, *, kind: str) -> bool:
+    """Drop the kind's own row (never the default kind's); True if there was one."""
+    return await conn.fetchval(QUERIES["drop_kind_limit"], kind) is not None
+
+
+async def put_key_limit(
+    conn: Connection,
+    *,
+    kind: str,
+    object_id: int,
+    window: float | None,
+    per_window: int | None,
+    max_running: int | None,
+    paused: bool | None,
+) -> None:
+    """Set the key's override (None inherits from its kind); `paused` None keeps it."""
+    await conn.execute(
+        QUERIES["put_key_limit"], kind, object_id, window, per_window, max_running, paused
+    )
+
+
+async def set_key_paused(conn: Connection, *, kind: str, object_id: int, paused: bool) -> None:
+    """Pause or resume one key (its override is made, inheriting everything, if none)."""
+    await conn.execute(QUERIES["set_key_paused"], kind, object_id, paused)
+
+
+async def drop_key_limit(conn: Connection, *, kind: str, object_id: int) -> bool:
+    """Drop the key's override; True if there was one."""
+    return await conn.fetchval(QUERIES["drop_key_limit"], kind, object_id) is not None
+
+
+async def plan_exactly(
+    conn: Connection, *, kinds: Sequence[str] | None, object_id: int | None
+) -> None:
+    """Make the one-statement enqueue leave these keys to the planner until it re-planned them."""
+    await conn.execute(QUERIES["plan_exactly"], None if kinds is None else list(kinds), object_id)
+
+
+async def keys_with_pending(
+    db: Executor, *, kinds: Sequence[str] | None, object_id: int | None
+) -> list[tuple[str, int]]:
+    """The keys of `kinds` (None: all) and `object_id` (None: all) that have pending jobs."""
+    rows = await db.fetch(
+        QUERIES["keys_with_pending"], None if kinds is None else list(kinds), object_id
+    )
+    return [(row["kind"], row["object_id"]) for row in rows]
+
+
+async def kinds_inheriting(db: Executor, *, kind: str) -> list[str]:
+    """The kinds whose limit a change of `kind`'s row changes (itself; for `default`, every
+    kind that inherits a number from it)."""
+    return [row["kind"] for row in await db.fetch(QUERIES["kinds_inheriting"], kind)]
+
+
+async def pending_of_key(conn: Connection, *, kind: str, object_id: int) -> list[asyncpg.Record]:
+    """The key's pending jobs (id, created_at, run_at, not_before) in slot order, locked."""
+    return await conn.fetch(QUERIES["pending_of_key"], kind, object_id)
+
+
+async def starts_of_key(
+    conn: Connection, *, kind: str, object_id: int, since: datetime
+) -> set[datetime]:
+    """The key's starts after `since`, and its last start."""
+    rows = await conn.fetch(QUERIES["starts_of_key"], kind, object_id, since)
+    return {row[0] for row in rows}
+
+
+async def set_key_row(
+    conn: Connection, *, kind: str, object_id: int, next_slot: datetime, open_until: datetime
+) -> None:
+    """Where the one-statement enqueue may place the key's next job (`open_until`: how far)."""
+    await conn.execute(QUERIES["set_key_row"], kind, object_id, next_slot, open_until)
+
+
+async def insert_planned_job(
+    conn: Connection,
+    *,
+    kind: str,
+    object_id: int,
+    run_at: datetime,
+    payload: str | None,
+    absorbed: int | None,
+    not_before: datetime | None,
+) -> asyncpg.Record:
+    """Insert a job at the slot the planner chose; its row."""
+    record = await conn.fetchrow(
+        QUERIES["insert_planned_job"], kind, object_id, run_at, payload, absorbed, not_before
+    )
+    assert record is not None
+    return record
+
+
+async def park_pending(
+    conn: Connection, *, kind: str, object_id: int | None
+) -> list[asyncpg.Record]:
+    """A paused kind's (or key's) pending jobs wait at 'infinity' until the resume; each
+    parked job's id, kind, object_id and slot `before`."""
+    return await conn.fetch(QUERIES["park_pending"], kind, object_id)
+
+
+async def lock_limit_changes(conn: Connection) -> None:
+    """One limit change at a time, across replicas; released at commit."""
+    await conn.execute(QUERIES["lock_limit_changes"])
+
+
+async def running_jobs_of_key(db: Executor, *, kind: str, object_id: int) -> list[int]:
+    """Ids of the key's running jobs, oldest start first."""
+    return [row["id"] for row in await db.fetch(QUERIES["running_jobs_of_key"], kind, object_id)]

@@ -1,0 +1,178 @@
+-- Limits (N starts per window W, M running, paused) per kind and per key, and the reads and
+-- writes of the exact planner (paceline.queue.scheduling). Loaded by paceline.db.queries.
+-- A key is a (kind, object_id). The limit of a key is paceline_limit(kind, object_id)
+-- (migration 0009): its override, else its kind's, else the default kind's, field by field.
+
+-- name: seed_default_limit
+-- $1 W. The default kind's limit on a fresh database (PACELINE_RATE_WINDOW); a database that
+-- has one keeps it. Returns the window in force.
+WITH seeded AS (
+    INSERT INTO kind_limits (kind, window_seconds, per_window, max_running)
+    VALUES ('default', $1, 1, 1)
+    ON CONFLICT (kind) DO NOTHING
+    RETURNING window_seconds
+)
+SELECT window_seconds FROM seeded
+UNION ALL
+SELECT window_seconds FROM kind_limits WHERE kind = 'default'
+LIMIT 1;
+
+-- name: key_limit
+-- $1 kind, $2 object_id. The key's limit in force, whether it has an override row, and the
+-- transaction's now() (what the planner plans from).
+SELECT now() AS now, l.window_seconds, l.per_window, l.max_running, l.paused,
+       EXISTS (SELECT 1 FROM key_limits WHERE kind = $1 AND object_id = $2) AS overridden
+FROM paceline_limit($1, $2) AS l;
+
+-- name: kind_limit_rows
+-- Every kind's own row (NULL fields inherit from the default kind).
+SELECT kind, window_seconds, per_window, max_running, paused, updated_at
+FROM kind_limits
+ORDER BY kind;
+
+-- name: kind_limit_row
+-- $1 kind.
+SELECT kind, window_seconds, per_window, max_running, paused, updated_at
+FROM kind_limits
+WHERE kind = $1;
+
+-- name: key_limit_row
+-- $1 kind, $2 object_id.
+SELECT kind, object_id, window_seconds, per_window, max_running, paused, updated_at
+FROM key_limits
+WHERE kind = $1 AND object_id = $2;
+
+-- name: key_limit_rows
+-- $1 kind, $2 after this object_id (cursor), $3 how many. A kind's overrides in object order.
+SELECT kind, object_id, window_seconds, per_window, max_running, paused, updated_at
+FROM key_limits
+WHERE kind = $1 AND object_id > $2
+ORDER BY object_id
+LIMIT $3;
+
+-- name: count_key_limits
+-- Overrides and paused keys per kind.
+SELECT kind, count(*) AS overrides, count(*) FILTER (WHERE paused) AS paused
+FROM key_limits
+GROUP BY kind
+ORDER BY kind;
+
+-- name: put_kind_limit
+-- $1 kind, $2 W, $3 N, $4 M (NULL: inherit), $5 paused (NULL: keep, false for a new row).
+INSERT INTO kind_limits (kind, window_seconds, per_window, max_running, paused)
+VALUES ($1, $2, $3, $4, COALESCE($5, false))
+ON CONFLICT (kind) DO UPDATE
+SET window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
+    max_running = EXCLUDED.max_running,
+    paused = COALESCE($5, kind_limits.paused), updated_at = now();
+
+-- name: set_kind_paused
+-- $1 kind, $2 paused. Creates the kind's row (inheriting everything) if it has none.
+INSERT INTO kind_limits (kind, paused) VALUES ($1, $2)
+ON CONFLICT (kind) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+
+-- name: drop_kind_limit
+-- $1 kind. The kind inherits the default kind's limit again (the default kind's row stays).
+DELETE FROM kind_limits WHERE kind = $1 AND kind <> 'default' RETURNING kind;
+
+-- name: put_key_limit
+-- $1 kind, $2 object_id, $3 W, $4 N, $5 M (NULL: inherit), $6 paused (NULL: keep).
+INSERT INTO key_limits (kind, object_id, window_seconds, per_window, max_running, paused)
+VALUES ($1, $2, $3, $4, $5, COALESCE($6, false))
+ON CONFLICT (kind, object_id) DO UPDATE
+SET window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
+    max_running = EXCLUDED.max_running,
+    paused = COALESCE($6, key_limits.paused), updated_at = now();
+
+-- name: set_key_paused
+-- $1 kind, $2 object_id, $3 paused. Creates the override (inheriting every number) if none.
+INSERT INTO key_limits (kind, object_id, paused) VALUES ($1, $2, $3)
+ON CONFLICT (kind, object_id) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+
+-- name: drop_key_limit
+-- $1 kind, $2 object_id.
+DELETE FROM key_limits WHERE kind = $1 AND object_id = $2 RETURNING kind;
+
+-- name: plan_exactly
+-- $1 kinds (NULL: every kind), $2 object_id (NULL: every object of them). The one-statement
+-- enqueue stops planning these keys (open_until '-infinity'): after a limit change, until the
+-- planner has placed their next job and written next_slot and open_until anew.
+UPDATE object_slots
+SET open_until = '-infinity'
+WHERE ($1::text[] IS NULL OR kind = ANY ($1::text[]))
+  AND ($2::bigint IS NULL OR object_id = $2);
+
+-- name: keys_with_pending
+-- $1 kinds (NULL: every kind), $2 object_id (NULL: every object). Keys with pending jobs.
+SELECT DISTINCT kind, object_id
+FROM jobs
+WHERE status = 'PENDING'
+  AND ($1::text[] IS NULL OR kind = ANY ($1::text[]))
+  AND ($2::bigint IS NULL OR object_id = $2)
+ORDER BY kind, object_id;
+
+-- name: kinds_inheriting
+-- $1 kind. The kinds whose limit a change of this kind's row changes: itself, and for
+-- `default` every kind with jobs or a row of its own that does not set all three numbers.
+SELECT $1::text AS kind
+UNION
+SELECT k.kind FROM kind_limits AS k
+WHERE $1 = 'default'
+  AND (k.window_seconds IS NULL OR k.per_window IS NULL OR k.max_running IS NULL)
+UNION
+SELECT DISTINCT s.kind FROM object_slots AS s
+WHERE $1 = 'default' AND NOT EXISTS (SELECT 1 FROM kind_limits AS k WHERE k.kind = s.kind);
+
+-- name: pending_of_key
+-- $1 kind, $2 object_id. The key's pending jobs in slot order, locked: claims skip them while
+-- their slots move.
+SELECT id, created_at, run_at, not_before FROM jobs
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
+ORDER BY run_at, id
+FOR UPDATE;
+
+-- name: starts_of_key
+-- $1 kind, $2 object_id, $3 since. The key's starts after $3 (its attempts), and the last
+-- start object_starts remembers (it outlives pruned history); the same instant may come twice.
+SELECT started_at FROM job_attempts
+WHERE kind = $1 AND object_id = $2 AND started_at > $3
+UNION ALL
+SELECT last_started_at FROM object_starts
+WHERE kind = $1 AND object_id = $2;
+
+-- name: set_key_row
+-- $1 kind, $2 object_id, $3 next_slot, $4 open_until. After the planner placed or moved the
+-- key's jobs: where the one-statement enqueue may put the next one.
+UPDATE object_slots SET next_slot = $3, open_until = $4 WHERE kind = $1 AND object_id = $2;
+
+-- name: insert_planned_job
+-- $1 kind, $2 object_id, $3 run_at (the planner's slot; 'infinity' while the key is paused),
+-- $4 payload (JSON text or NULL), $5 absorbed, $6 not_before.
+INSERT INTO jobs (kind, object_id, run_at, payload, absorbed, not_before)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+RETURNING {job_columns};
+
+-- name: park_pending
+-- $1 kind, $2 object_id (NULL: every object of the kind). A paused key's pending jobs wait
+-- for the resume: run_at 'infinity'. Returns each one's slot before.
+WITH parked AS (
+    SELECT id, run_at FROM jobs
+    WHERE kind = $1 AND status = 'PENDING' AND ($2::bigint IS NULL OR object_id = $2)
+      AND run_at <> 'infinity'
+    FOR UPDATE
+)
+UPDATE jobs AS j
+SET run_at = 'infinity'
+FROM parked
+WHERE j.id = parked.id
+RETURNING j.id, j.kind, j.object_id, parked.run_at AS before;
+
+-- name: lock_limit_changes
+-- One limit change at a time, across replicas; released at commit.
+SELECT pg_advisory_xact_lock(7421093120);
+
+-- name: running_jobs_of_key
+-- $1 kind, $2 object_id. The key's running jobs (the "waits for job N to finish" reason).
+SELECT id FROM jobs
+WHERE kind = $1 AND object_id = $2 AND status = 'PROCESSING'
+ORDER BY started_at, id;

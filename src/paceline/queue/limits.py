@@ -1,0 +1,312 @@
+"""Changing limits at runtime: one truth in the database, pending slots re-planned at once.
+
+A limit belongs to a kind (`kind_limits`), optionally overridden for one key (`key_limits`);
+the fields a row leaves NULL are inherited (a key's from its kind, a kind's from the default
+kind). Every change here writes the row, then re-plans the pending jobs of every key whose
+limit it changed (`scheduling.replan_key`), then wakes the workers of every replica: the claim
+reads the limit from the database on every call, so they all follow at once.
+
+A dry run does all of it in a transaction that is rolled back, so what it shows is exactly
+what the change would do, and nothing is written. Changes are serialized across replicas by
+an advisory lock: two at once could otherwise re-plan a key with two different limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from paceline.contract import DEFAULT_KIND
+from paceline.db import jobs as jobs_store
+from paceline.db import limits as store
+from paceline.db.pool import Connection, is_unavailable
+from paceline.queue.jobs import finite
+from paceline.queue.scheduling import KeyLimit, SlotChange, read_limit, replan_key
+from paceline.queue.wakeup import CHANNEL
+
+log = logging.getLogger(__name__)
+
+# Re-planned keys per transaction when a change is applied: a kind with many keys waiting is
+# re-planned in steps, so no claim or enqueue of those keys waits for all of them.
+KEYS_PER_TRANSACTION = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitFields:
+    """The numbers a row sets; None inherits."""
+
+    window: float | None = None
+    per_window: int | None = None
+    max_running: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitView:
+    """A kind's or a key's limit: what its own row sets, and what is in force."""
+
+    kind: str
+    object_id: int | None
+    own: LimitFields | None  # None: no row of its own (everything inherited)
+    paused_here: bool  # the row itself says paused
+    effective: KeyLimit
+    updated_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's view."""
+        own = self.own
+        body: dict[str, Any] = {
+            "kind": self.kind,
+            "window": self.effective.window,
+            "limit": self.effective.per_window,
+            "max_running": self.effective.max_running,
+            "paused": self.effective.paused,
+            "set": None
+            if own is None
+            else {
+                "window": own.window,
+                "limit": own.per_window,
+                "max_running": own.max_running,
+                "paused": self.paused_here,
+            },
+            "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
+        }
+        if self.object_id is not None:
+            body["object_id"] = self.object_id
+        return body
+
+
+@dataclasses.dataclass(frozen=True)
+class Replanned:
+    """What a change did (or, dry, would do): the limit after it and each slot that moved."""
+
+    limit: LimitView
+    changes: list[SlotChange]
+    dry_run: bool
+
+
+class LimitError(Exception):
+    """A change that cannot be made (e.g. dropping the default kind's limit)."""
+
+
+async def seed_default_limit(pool: asyncpg.Pool, window: float) -> None:
+    """On a fresh database, make `window` (PACELINE_RATE_WINDOW) the default kind's limit; on
+    one that has a default limit, keep it (one truth for every replica) and say so if the
+    environment asks for another."""
+    try:
+        stored = await store.seed_default_limit(pool, window=window)
+    except asyncpg.UndefinedTableError:
+        # Not migrated yet: the replica reports not ready; `paceline migrate` seeds it then.
+        log.warning("the database has no limits table yet; `paceline migrate` will seed it")
+        return
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        # The workers wait the outage out; the limit in the database (or its default) holds.
+        log.warning("could not read the default limit (%s); the database's stays in force", exc)
+        return
+    if stored != window:
+        log.warning(
+            "PACELINE_RATE_WINDOW is %gs but the database's default limit has a window of %gs, "
+            "which every replica uses; change it with `paceline limits set default --window "
+            "%g` or PUT /limits/default",
+            window,
+            stored,
+            window,
+        )
+
+
+async def view(db: asyncpg.Pool | Connection, kind: str, object_id: int | None = None) -> LimitView:
+    """The limit of a kind (object_id None: as a key without an override sees it) or a key."""
+    if object_id is None:
+        row = await store.kind_limit_row(db, kind=kind)
+        # What a key of the kind without an override has in force.
+        effective = await read_limit(db, kind, None)
+    else:
+        row = await store.key_limit_row(db, kind=kind, object_id=object_id)
+        effective = await read_limit(db, kind, object_id)
+    own = (
+        None
+        if row is None
+        else LimitFields(row["window_seconds"], row["per_window"], row["max_running"])
+    )
+    return LimitView(
+        kind=kind,
+        object_id=object_id,
+        own=own,
+        paused_here=bool(row and row["paused"]),
+        effective=effective,
+        updated_at=None if row is None else row["updated_at"],
+    )
+
+
+async def kinds_view(pool: asyncpg.Pool, kinds: Sequence[str]) -> list[LimitView]:
+    """The limit of every kind that has a row, plus `kinds` (those the replicas run)."""
+    rows = await store.kind_limit_rows(pool)
+    names = sorted({DEFAULT_KIND, *kinds, *(row["kind"] for row in rows)})
+    return [await view(pool, name) for name in names]
+
+
+async def overrides(pool: asyncpg.Pool, kind: str, *, after: int, limit: int) -> list[LimitView]:
+    """The kind's overrides, object ids above `after`, in object order."""
+    rows = await store.key_limit_rows(pool, kind=kind, after=after, limit=limit)
+    return [await view(pool, kind, row["object_id"]) for row in rows]
+
+
+async def set_limit(
+    pool: asyncpg.Pool,
+    kind: str,
+    object_id: int | None,
+    fields: LimitFields,
+    *,
+    dry_run: bool = False,
+) -> Replanned:
+    """Set a kind's limit (object_id None) or a key's override, and re-plan what it changes."""
+    if object_id is None and kind == DEFAULT_KIND:
+        if fields.window is None:
+            raise LimitError(
+                "The default kind's limit needs a window: every other kind inherits it."
+            )
+        # Every kind inherits from this row, so it sets every number (1 where not given).
+        fields = LimitFields(fields.window, fields.per_window or 1, fields.max_running or 1)
+
+    async def write(conn: Connection) -> None:
+        if object_id is None:
+            await store.put_kind_limit(
+                conn,
+                kind=kind,
+                window=fields.window,
+                per_window=fields.per_window,
+                max_running=fields.max_running,
+                paused=None,
+            )
+        else:
+            await store.put_key_limit(
+                conn,
+                kind=kind,
+                object_id=object_id,
+                window=fields.window,
+                per_window=fields.per_window,
+                max_running=fields.max_running,
+                paused=None,
+            )
+
+    return await _change(pool, kind, object_id, write, dry_run=dry_run)
+
+
+async def drop_limit(
+    pool: asyncpg.Pool, kind: str, object_id: int | None, *, dry_run: bool = False
+) -> Replanned | None:
+    """Drop a kind's own limit or a key's override (it inherits again); None if it had none."""
+    if object_id is None and kind == DEFAULT_KIND:
+        raise LimitError("The default kind's limit cannot be dropped: every kind inherits it.")
+    found = True
+
+    async def write(conn: Connection) -> None:
+        nonlocal found
+        if object_id is None:
+            found = await store.drop_kind_limit(conn, kind=kind)
+        else:
+            found = await store.drop_key_limit(conn, kind=kind, object_id=object_id)
+
+    replanned = await _change(pool, kind, object_id, write, dry_run=dry_run)
+    return replanned if found else None
+
+
+async def pause(
+    pool: asyncpg.Pool, kind: str, object_id: int | None, *, dry_run: bool = False
+) -> Replanned:
+    """Pause a kind or a key: it starts nothing (running jobs finish); its pending jobs, and
+    those submitted meanwhile, wait for the resume (run_at null)."""
+
+    async def write(conn: Connection) -> None:
+        if object_id is None:
+            await store.set_kind_paused(conn, kind=kind, paused=True)
+        else:
+            await store.set_key_paused(conn, kind=kind, object_id=object_id, paused=True)
+
+    return await _change(pool, kind, object_id, write, dry_run=dry_run, park=True)
+
+
+async def resume(
+    pool: asyncpg.Pool, kind: str, object_id: int | None, *, dry_run: bool = False
+) -> Replanned:
+    """Resume a kind or a key: its pending jobs are planned from now, spaced by the limit."""
+
+    async def write(conn: Connection) -> None:
+        if object_id is None:
+            await store.set_kind_paused(conn, kind=kind, paused=False)
+        else:
+            await store.set_key_paused(conn, kind=kind, object_id=object_id, paused=False)
+
+    return await _change(pool, kind, object_id, write, dry_run=dry_run, from_now=True)
+
+
+class _DryRun(Exception):
+    """Rolls a dry run's transaction back."""
+
+
+async def _change(
+    pool: asyncpg.Pool,
+    kind: str,
+    object_id: int | None,
+    write: Callable[[Connection], Awaitable[None]],
+    *,
+    dry_run: bool,
+    from_now: bool = False,
+    park: bool = False,
+) -> Replanned:
+    changes: list[SlotChange] = []
+    keys: list[tuple[str, int]] = []
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await store.lock_limit_changes(conn)
+                await write(conn)
+                after = await view(conn, kind, object_id)
+                kinds = (
+                    [kind]
+                    if object_id is not None
+                    else await store.kinds_inheriting(conn, kind=kind)
+                )
+                # Until each key is re-planned, the one-statement enqueue leaves them be.
+                await store.plan_exactly(conn, kinds=kinds, object_id=object_id)
+                if park:
+                    # A pause parks every pending job of the kind (or key) in one statement;
+                    # nothing needs a re-plan.
+                    changes = [
+                        SlotChange(
+                            row["id"], row["kind"], row["object_id"], finite(row["before"]), None
+                        )
+                        for row in await store.park_pending(conn, kind=kind, object_id=object_id)
+                    ]
+                else:
+                    keys = await store.keys_with_pending(conn, kinds=kinds, object_id=object_id)
+                if dry_run:
+                    for key_kind, key_object in keys:
+                        changes += await replan_key(
+                            conn, key_kind, key_object, from_now=from_now, apply=False
+                        )
+                    raise _DryRun
+        except _DryRun:
+            return Replanned(after, changes, dry_run=True)
+        # Applied: the new limit is committed (the claim obeys it from now on); the pending
+        # slots follow, a few keys per transaction.
+        for start in range(0, len(keys), KEYS_PER_TRANSACTION):
+            async with conn.transaction():
+                await jobs_store.plan_per_call(conn)
+                for key_kind, key_object in keys[start : start + KEYS_PER_TRANSACTION]:
+                    changes += await replan_key(conn, key_kind, key_object, from_now=from_now)
+        await jobs_store.notify_due(conn, channel=CHANNEL, seconds=0.0)
+    log.info(
+        "limit of %s%s changed: %d pending job(s) moved in %d key(s)",
+        kind,
+        "" if object_id is None else f" object {object_id}",
+        len(changes),
+        len(keys),
+    )
+    return Replanned(after, changes, dry_run=False)

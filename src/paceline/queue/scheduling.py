@@ -1,0 +1,321 @@
+"""The exact planner: a key's slots under its limit, whenever one statement cannot decide.
+
+A key's limit is N starts per window W (`pacing.Limit`), at most M running, maybe paused
+(`KeyLimit`, read from the database). The one-statement enqueue (`db/jobs.sql`, `enqueue`)
+places jobs of keys whose limit is one start per W and that nothing else constrains; this
+module places the rest and moves slots when something changes:
+
+- `place`: a new job at the earliest slot that fits among the key's reservations (its pending
+  slots and its recent starts): first fit, so a job scheduled far ahead (`not_before`) does
+  not hold up the free slots before it. A job without `not_before` also never goes before the
+  key's last such job: plain jobs keep their acceptance order (I4').
+- `replan_key`: the key's pending jobs again, in their slot order, each at the earliest slot
+  that fits (`pacing.replan`): after a cancel (slots move up), a late start or a retry (they
+  move back), a limit change, a resume. A paused key's jobs wait at 'infinity'.
+
+Every operation runs in the caller's transaction and takes the key's slot-row lock first, so
+it serializes with the one-statement enqueue of that key; at the end it writes where that
+statement may place the key's next job (`next_slot`, `open_until`), or makes the statement
+leave the key to this module (`open_until` '-infinity').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from paceline.db import limits as store
+from paceline.db import slots
+from paceline.db.pool import Connection, Executor
+from paceline.queue.jobs import Job, NewJob, enqueue, enqueue_batch, finite
+from paceline.queue.pacing import Limit, earliest_slot, replan
+
+# PostgreSQL's 'infinity' and '-infinity' as asyncpg sends them; asyncpg reads them back as
+# naive datetime.max / datetime.min (`jobs.finite` makes 'infinity' None).
+FOREVER = datetime.max.replace(tzinfo=UTC)
+NEVER_OPEN = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLimit:
+    """The limit a key is under: `per_window` starts in any `window` seconds, `max_running` at
+    once, nothing while `paused`; `overridden` if the key has a limit of its own."""
+
+    window: float
+    per_window: int = 1
+    max_running: int = 1
+    paused: bool = False
+    overridden: bool = False
+
+    @property
+    def pacing(self) -> Limit:
+        """The sliding-window rule the slots follow."""
+        return Limit(self.window, self.per_window)
+
+    @property
+    def one_statement(self) -> bool:
+        """True if the one-statement enqueue may place this key's jobs."""
+        return self.per_window == 1 and not self.paused and not self.overridden
+
+
+async def read_limit(db: Executor, kind: str, object_id: int | None) -> KeyLimit:
+    """The limit in force for the key (its override, else its kind's, else the default's);
+    object_id None: a key of the kind without an override."""
+    return _limit_of(await store.key_limit(db, kind=kind, object_id=object_id))
+
+
+def _limit_of(row: asyncpg.Record) -> KeyLimit:
+    return KeyLimit(
+        window=row["window_seconds"],
+        per_window=row["per_window"],
+        max_running=row["max_running"],
+        paused=row["paused"],
+        overridden=row["overridden"],
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A pending job as the planner sees it; `run_at` None while its key is paused."""
+
+    id: int
+    created_at: datetime
+    run_at: datetime | None
+    not_before: datetime | None
+
+    @property
+    def keeps_order(self) -> bool:
+        """Plain jobs start in acceptance order; a scheduled one neither waits for them nor
+        holds them up."""
+        return self.not_before is None
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyState:
+    """What a key's next slot depends on, read under its slot-row lock."""
+
+    now: datetime
+    limit: KeyLimit
+    pending: list[Pending]  # in slot order, paused ones last
+    starts: list[datetime]  # its starts in the last window, and its last start
+
+    @property
+    def latest_start(self) -> datetime | None:
+        return max(self.starts, default=None)
+
+    def taken(self, pending: Iterable[Pending] | None = None) -> list[datetime]:
+        """Every reserved instant: the starts and the pending slots."""
+        jobs = self.pending if pending is None else pending
+        return [*self.starts, *(job.run_at for job in jobs if job.run_at is not None)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotChange:
+    """One pending job's slot, before and after a re-plan (None: waits for a resume)."""
+
+    job_id: int
+    kind: str
+    object_id: int
+    before: datetime | None
+    after: datetime | None
+
+
+async def read_key(conn: Connection, kind: str, object_id: int) -> KeyState:
+    """The key's limit, pending jobs (locked) and recent starts. Hold its slot-row lock."""
+    row = await store.key_limit(conn, kind=kind, object_id=object_id)
+    limit, now = _limit_of(row), row["now"]
+    rows = await store.pending_of_key(conn, kind=kind, object_id=object_id)
+    pending = [
+        Pending(row["id"], row["created_at"], finite(row["run_at"]), row["not_before"])
+        for row in rows
+    ]
+    since = now - timedelta(seconds=limit.window)
+    starts = await store.starts_of_key(conn, kind=kind, object_id=object_id, since=since)
+    return KeyState(now=now, limit=limit, pending=pending, starts=sorted(starts))
+
+
+def slot_for_new(state: KeyState, not_before: datetime | None) -> datetime | None:
+    """Where a new job goes: the earliest slot that fits at or after now (and `not_before`),
+    a plain job not before the key's last plain job; None while the key is paused."""
+    if state.limit.paused:
+        return None
+    bound = state.now if not_before is None else max(state.now, not_before)
+    if not_before is None:
+        plain = [job.run_at for job in state.pending if job.keeps_order and job.run_at]
+        bound = max([bound, *plain])
+    return earliest_slot(state.taken(), bound, state.limit.pacing)
+
+
+def plan_again(
+    state: KeyState,
+    *,
+    first: int | None = None,
+    never_earlier: bool = False,
+    from_now: bool = False,
+) -> list[tuple[Pending, datetime | None]]:
+    """The key's pending jobs with their new slots, in plan order.
+
+    The order is the slot order, the job `first` (a retried one) moved to the front. Each job
+    gets the earliest slot that fits after its creation, its `not_before`, the key's latest
+    start (no pending job starts before a start that happened), `now` if `from_now` (a
+    resume), and its present slot if `never_earlier` (a late start or a retry pushes slots
+    back, never forward)."""
+    order = sorted(state.pending, key=lambda job: job.id != first) if first else state.pending
+    if state.limit.paused:
+        return [(job, None) for job in order]
+    latest = state.latest_start
+    lowers: list[datetime] = []
+    for job in order:
+        bounds = [job.created_at]
+        if job.not_before is not None:
+            bounds.append(job.not_before)
+        if latest is not None:
+            bounds.append(latest)
+        if from_now:
+            bounds.append(state.now)
+        if never_earlier and job.run_at is not None:
+            bounds.append(job.run_at)
+        lowers.append(max(bounds))
+    keep = [job.keeps_order or job.id == first for job in order]
+    new = replan(state.starts, lowers, state.limit.pacing, keep_order=keep)
+    return list(zip(order, new, strict=True))
+
+
+def one_statement_row(state: KeyState) -> tuple[datetime, datetime]:
+    """(next_slot, open_until) for the key's slot row, given its reservations now.
+
+    The one-statement enqueue puts a job at GREATEST(next_slot, now()) if that plus W is at
+    most open_until. With next_slot the earliest slot a plain job may take now, and open_until
+    the first reservation after it, that is exactly where this module would put it: every
+    reservation before next_slot is a window or more before it, every one after it a window
+    or more after the new slot. Keys it must not plan get '-infinity'."""
+    if not state.limit.one_statement:
+        return state.now, NEVER_OPEN
+    slot = slot_for_new(state, None)
+    assert slot is not None
+    later = [moment for moment in state.taken() if moment > slot]
+    return slot, min(later, default=FOREVER)
+
+
+async def place(conn: Connection, new: NewJob, *, absorbed: int | None = None) -> Job:
+    """Create `new` at its key's earliest slot that fits (I1', I6). In a transaction."""
+    not_before = new.not_before
+    await slots.lock_object_slots(conn, kind=new.kind, object_id=new.object_id)
+    state = await read_key(conn, new.kind, new.object_id)
+    slot = slot_for_new(state, not_before)
+    record = await store.insert_planned_job(
+        conn,
+        kind=new.kind,
+        object_id=new.object_id,
+        run_at=FOREVER if slot is None else slot,
+        payload=new.payload_json,
+        absorbed=absorbed,
+        not_before=not_before,
+    )
+    job = Job.from_record(record)
+    after = dataclasses.replace(
+        state, pending=[*state.pending, Pending(job.id, job.created_at, slot, not_before)]
+    )
+    await _write_row(conn, new.kind, new.object_id, after)
+    return job
+
+
+async def next_free(
+    conn: Connection, kind: str, object_id: int
+) -> tuple[datetime, datetime | None]:
+    """(now, the slot a plain job of the key would get now; None while paused). Hold the
+    key's slot-row lock."""
+    state = await read_key(conn, kind, object_id)
+    return state.now, slot_for_new(state, None)
+
+
+async def replan_key(
+    conn: Connection,
+    kind: str,
+    object_id: int,
+    *,
+    first: int | None = None,
+    never_earlier: bool = False,
+    from_now: bool = False,
+    apply: bool = True,
+) -> list[SlotChange]:
+    """Re-plan the key's pending jobs (see `plan_again`); the slots that change. With
+    `apply=False` nothing is written (a dry run). In a transaction."""
+    await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
+    state = await read_key(conn, kind, object_id)
+    plan = plan_again(state, first=first, never_earlier=never_earlier, from_now=from_now)
+    changes = [
+        SlotChange(job.id, kind, object_id, job.run_at, slot)
+        for job, slot in plan
+        if slot != job.run_at
+    ]
+    if apply:
+        if changes:
+            await slots.move_slots(
+                conn,
+                job_ids=[change.job_id for change in changes],
+                run_at=[FOREVER if c.after is None else c.after for c in changes],
+            )
+        moved = [dataclasses.replace(job, run_at=slot) for job, slot in plan]
+        moved.sort(key=lambda job: (job.run_at is None, job.run_at or state.now, job.id))
+        await _write_row(conn, kind, object_id, dataclasses.replace(state, pending=moved))
+    return changes
+
+
+async def _write_row(conn: Connection, kind: str, object_id: int, state: KeyState) -> None:
+    next_slot, open_until = one_statement_row(state)
+    await store.set_key_row(
+        conn, kind=kind, object_id=object_id, next_slot=next_slot, open_until=open_until
+    )
+
+
+def slot_of(changes: list[SlotChange], job_id: int, default: datetime | None) -> datetime | None:
+    """The job's slot after a re-plan: its change, or `default` if it did not move."""
+    for change in changes:
+        if change.job_id == job_id:
+            return change.after
+    return default
+
+
+async def create(pool: asyncpg.Pool, new: NewJob) -> Job:
+    """Create a job: in one statement when its key allows (and it has no `not_before`), else
+    placed by this module in a transaction of its own."""
+    if new.not_before is None:
+        job = await enqueue(pool, new)
+        if job is not None:
+            return job
+    async with pool.acquire() as conn, conn.transaction():
+        return await place(conn, new)
+
+
+async def create_in(conn: Connection, new: NewJob, *, absorbed: int | None = None) -> Job:
+    """`create` inside the caller's transaction (which may hold the key's lock already)."""
+    if new.not_before is None:
+        job = await enqueue(conn, new, absorbed=absorbed)
+        if job is not None:
+            return job
+    return await place(conn, new, absorbed=absorbed)
+
+
+async def create_many(db: Executor, new: list[NewJob]) -> list[Job]:
+    """Create the jobs, in `new`'s order: one statement for the keys it may plan, then the
+    rest placed here one by one. Given a connection in a transaction, all or nothing; given
+    the pool (the group commit, whose requests are independent), each placement commits on
+    its own."""
+    plain = [position for position, item in enumerate(new) if item.not_before is None]
+    made: dict[int, Job] = {}
+    if plain:
+        sent = await enqueue_batch(db, [new[position] for position in plain])
+        made = {plain[index]: job for index, job in sent.items()}
+    for position, item in enumerate(new):
+        if position in made:
+            continue
+        if isinstance(db, asyncpg.Pool):
+            async with db.acquire() as conn, conn.transaction():
+                made[position] = await place(conn, item)
+        else:
+            made[position] = await place(db, item)
+    return [made[position] for position in range(len(new))]
