@@ -24,7 +24,7 @@ from paceline.queue.service import Service
 from paceline.queue.wakeup import DueListener, DueNotifier
 from paceline.queue.worker import Worker
 from paceline.resources import templates_dir
-from paceline.web import api, auth, dashboard, health, metrics, openapi, pages
+from paceline.web import api, auth, dashboard, health, limits, metrics, openapi, pages
 from paceline.web.auth import auth_middleware
 from paceline.web.keys import EVENTS, GROUPER, KINDS, NOTIFIER, POOL, SETTINGS, WORKER
 from paceline.web.problems import MAX_BODY_BYTES, problem_middleware
@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
     )
     app.add_routes(pages.routes)
     app.add_routes(api.routes)
+    app.add_routes(limits.routes)
     app.add_routes(health.routes)
     app.add_routes(dashboard.routes)
     app.add_routes(metrics.routes)

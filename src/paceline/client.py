@@ -1,4 +1,5 @@
-"""A small async client for paceline's JSON API: submit, read, list, cancel, wait for a job.
+"""A small async client for paceline's JSON API: submit, read, list, cancel, wait for a job;
+read and change limits.
 
     async with PacelineClient("http://127.0.0.1:8080", token=token) as paceline:
         job = await paceline.submit(7)
@@ -13,6 +14,7 @@ alone), not the rest of paceline.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import email.utils
 import json
@@ -253,6 +255,66 @@ class PacelineClient:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout:g}s") from None
             raise
 
+    async def limits(self) -> builtins.list[dict[str, Any]]:  # `list` is a method here
+        """Every kind's limit (GET /limits): window, limit, max_running, paused, and `set`,
+        what the kind's own row sets (null: inherited)."""
+        answer = await self._call("GET", "limits")
+        found: builtins.list[dict[str, Any]] = answer["limits"]
+        return found
+
+    async def limit(self, kind: str, object_id: int | None = None) -> dict[str, Any]:
+        """A kind's limit, or one (kind, object)'s (its override over its kind's)."""
+        limit: dict[str, Any] = await self._call("GET", *_limit_path(kind, object_id))
+        return limit
+
+    async def set_limit(
+        self,
+        kind: str,
+        object_id: int | None = None,
+        *,
+        window: float | None = None,
+        limit: int | None = None,
+        max_running: int | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Set a kind's limit or override one object's (None: inherited); the key's waiting
+        jobs are re-planned at once. Returns {"limit", "dry_run", "moved", "changes"}: with
+        `dry_run`, what would move, and nothing is written."""
+        body = {"window": window, "limit": limit, "max_running": max_running}
+        return await self._change("PUT", kind, object_id, dry_run=dry_run, body=body)
+
+    async def drop_limit(
+        self, kind: str, object_id: int | None = None, *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Drop a kind's own limit or an object's override: it inherits again."""
+        return await self._change("DELETE", kind, object_id, dry_run=dry_run)
+
+    async def pause(
+        self, kind: str, object_id: int | None = None, *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Pause a kind or one object: nothing of it starts; its waiting jobs' run_at is null."""
+        return await self._change("POST", kind, object_id, "pause", dry_run=dry_run)
+
+    async def resume(
+        self, kind: str, object_id: int | None = None, *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Resume a kind or one object: its waiting jobs are planned from now, by the limit."""
+        return await self._change("POST", kind, object_id, "resume", dry_run=dry_run)
+
+    async def _change(
+        self,
+        method: str,
+        kind: str,
+        object_id: int | None,
+        *action: str,
+        dry_run: bool,
+        body: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        query = {"dry_run": "true"} if dry_run else None
+        path = (*_limit_path(kind, object_id), *action)
+        answer: dict[str, Any] = await self._call(method, *path, body=body, query=query)
+        return answer
+
     async def _call(
         self,
         method: str,
@@ -310,6 +372,12 @@ def _retry_after(value: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max(0.0, moment.timestamp() - time.time())
+
+
+def _limit_path(kind: str, object_id: int | None) -> tuple[str, ...]:
+    if object_id is None:
+        return ("limits", kind)
+    return ("limits", kind, "objects", str(int(object_id)))
 
 
 def _optional_moment(value: str | None) -> datetime | None:

@@ -68,3 +68,5 @@ MIN_WINDOW_SECONDS: Final = 0.001
 MAX_WINDOW_SECONDS: Final = 10 * 366 * 24 * 3600.0
 MAX_PER_WINDOW: Final = 1_000_000
 MAX_RUNNING_LIMIT: Final = 10_000
+# A change's answer lists this many moved slots at most (and says how many moved in all).
+MAX_LIMIT_CHANGES_SHOWN: Final = 1000

@@ -22,8 +22,13 @@ from paceline.contract import (
     MAX_BACKLOG_LIMIT,
     MAX_BATCH,
     MAX_IDEMPOTENCY_KEY,
+    MAX_LIMIT_CHANGES_SHOWN,
     MAX_PAGE,
     MAX_PAYLOAD_BYTES,
+    MAX_PER_WINDOW,
+    MAX_RUNNING_LIMIT,
+    MAX_WINDOW_SECONDS,
+    MIN_WINDOW_SECONDS,
     NOT_BEFORE_MAX_SECONDS,
     NOT_BEFORE_PATTERN,
     OnBusyName,
@@ -221,6 +226,109 @@ class JobPage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ]
 
 
+# Limits (GET / PUT / DELETE /limits/...): a kind's, or one (kind, object)'s override.
+
+WindowSeconds = Annotated[
+    float,
+    Meta(
+        ge=MIN_WINDOW_SECONDS,
+        le=MAX_WINDOW_SECONDS,
+        description="W: the length of the sliding window, in seconds.",
+    ),
+]
+PerWindow = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_PER_WINDOW,
+        description="N: no interval of length W holds more than N starts of one (kind, object).",
+    ),
+]
+MaxRunning = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_RUNNING_LIMIT,
+        description="M: at most M jobs of one (kind, object) run at once.",
+    ),
+]
+
+
+class LimitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The body of PUT /limits/{kind}[/objects/{object_id}]: it replaces the row. A field null
+    or absent is inherited (an override's from its kind, a kind's from `default`); the
+    `default` kind inherits from nothing, so there a field null or absent keeps its value."""
+
+    window: WindowSeconds | None = None
+    limit: PerWindow | None = None
+    max_running: MaxRunning | None = None
+
+
+class LimitSet(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What a row of its own sets (null: inherited)."""
+
+    window: WindowSeconds | None
+    limit: PerWindow | None
+    max_running: MaxRunning | None
+    paused: bool
+
+
+class Limit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A kind's limit, or a (kind, object)'s: the numbers in force and what its own row sets."""
+
+    kind: Kind
+    window: WindowSeconds
+    limit: PerWindow
+    max_running: MaxRunning
+    paused: Annotated[bool, Meta(description="Nothing of it starts (its kind's or its own pause).")]
+    set: Annotated[
+        LimitSet | None,
+        Meta(description="Its own row; null: everything is inherited."),
+    ]
+    updated_at: Annotated[UtcTime | None, Meta(description="When its own row last changed.")]
+    object_id: Int64 | msgspec.UnsetType = msgspec.UNSET
+
+
+class SlotMove(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One pending job whose slot a change moves (null: waits for a resume)."""
+
+    id: JobId
+    object_id: Int64
+    before: UtcTime | None
+    after: UtcTime | None
+
+
+class LimitChange(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What a change did, or with ?dry_run=true would do (then nothing is written)."""
+
+    limit: Limit
+    dry_run: bool
+    moved: Annotated[int, Meta(ge=0, description="How many pending jobs' slots moved.")]
+    changes: Annotated[
+        list[SlotMove],
+        Meta(
+            max_length=MAX_LIMIT_CHANGES_SHOWN,
+            description=f"The first {MAX_LIMIT_CHANGES_SHOWN} moves, in slot order per key.",
+        ),
+    ]
+
+
+class LimitList(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """GET /limits: every kind with a limit of its own, and the kinds the replicas run."""
+
+    limits: list[Limit]
+
+
+class OverridePage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """GET /limits/{kind}/objects: a kind's overrides in object order."""
+
+    overrides: Annotated[list[Limit], Meta(max_length=MAX_PAGE)]
+    next_cursor: Annotated[
+        Int64 | None,
+        Meta(description="Pass as `after` for the next page; null on the last one."),
+    ]
+
+
 # What the page reads (GET /overview, /objects/{object_id}/timeline, /workers), the probes'
 # answer and the problem document. Open shapes: members may be added, so none forbids them.
 
@@ -354,6 +462,11 @@ STRUCTS: Final = (
     CreatedJobs,
     JobPage,
     Status,
+    LimitRequest,
+    Limit,
+    LimitChange,
+    LimitList,
+    OverridePage,
     Overview,
     Timeline,
     Replica,

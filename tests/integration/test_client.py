@@ -280,3 +280,35 @@ async def test_the_client_must_be_entered(stub: tuple[Stub, str]) -> None:
     _server, url = stub
     with pytest.raises(RuntimeError, match="async with"):
         await PacelineClient(url).submit(1)
+
+
+async def test_limits_are_read_and_changed_through_the_client(make_client: MakeClient) -> None:
+    server = await make_client(concurrency=0, rate_window=60)
+    async with PacelineClient(base_url(server)) as paceline:
+        first = await paceline.submit(4)
+        second = await paceline.submit(4)
+        assert [limit["kind"] for limit in await paceline.limits()] == ["default"]
+
+        planned = await paceline.set_limit("default", 4, limit=2, dry_run=True)
+        assert (planned["dry_run"], planned["moved"]) == (True, 1)
+        assert (await paceline.get(second.id)).run_at == second.run_at  # nothing written
+
+        done = await paceline.set_limit("default", 4, limit=2)
+        assert done["limit"]["set"]["limit"] == 2
+        moved = await paceline.get(second.id)
+        assert moved.run_at is not None
+        assert first.run_at is not None
+        assert moved.run_at - first.run_at < timedelta(seconds=60)
+        assert (await paceline.limit("default", 4))["limit"] == 2
+
+        paused = await paceline.pause("default", 4)
+        assert paused["limit"]["paused"] is True
+        assert (await paceline.get(second.id)).run_at is None
+        await paceline.resume("default", 4)
+        assert (await paceline.get(second.id)).run_at is not None
+
+        await paceline.drop_limit("default", 4)
+        assert (await paceline.limit("default", 4))["set"] is None
+        with pytest.raises(PacelineError) as refused:
+            await paceline.drop_limit("default")
+        assert refused.value.status == 409

@@ -14,7 +14,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from paceline.app import create_app
 from paceline.config import Settings
-from paceline.web import api, health, metrics, openapi
+from paceline.web import api, health, limits, metrics, openapi
 from paceline.web.openapi import _KNOWN_KINDS, DOCUMENT
 from paceline.web.problems import MAX_BODY_BYTES, PROBLEM_JSON
 from tests.conftest import MakeClient
@@ -37,7 +37,7 @@ def described_routes() -> set[tuple[str, str]]:
     """(method, path template) of the routes in the modules the document describes."""
     return {
         (route.method.lower(), route.path)
-        for module in (api, health, metrics, openapi)
+        for module in (api, health, limits, metrics, openapi)
         for route in module.routes
         if isinstance(route, web.RouteDef)
     }

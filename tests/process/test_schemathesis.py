@@ -3,8 +3,9 @@
 The `st` command, as a user would run it, with every check on: no 5xx, only documented status
 codes, content types, headers and bodies, schema-valid requests accepted, schema-invalid ones
 refused, undocumented methods answered 405, and the stateful phase that follows the document's
-links from one call to the next. Two runs: a fixed seed (the same cases every time) and a
-random one, printed, so that a failure found once can be replayed with `st run --seed`.
+links from one call to the next (all checks but use-after-free: see the command). Two runs: a
+fixed seed (the same cases every time) and a random one, printed, so that a failure found once
+can be replayed with `st run --seed`.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def test_the_api_keeps_the_promises_of_its_document(
         "run",
         f"{served}/openapi.json",
         "--checks=all",
+        # A limit always exists: DELETE drops a kind's or object's own row and GET then answers
+        # the limit it inherits (and DELETE ?dry_run=true deletes nothing), where this check
+        # expects a 404.
+        "--exclude-checks=use_after_free",
         "--phases=examples,coverage,fuzzing,stateful",
         f"--max-examples={EXAMPLES_PER_OPERATION}",
         f"--seed={seed}",

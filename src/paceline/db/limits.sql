@@ -67,9 +67,16 @@ SET window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
     paused = COALESCE($5, kind_limits.paused), updated_at = now();
 
 -- name: set_kind_paused
--- $1 kind, $2 paused. Creates the kind's row (inheriting everything) if it has none.
-INSERT INTO kind_limits (kind, paused) VALUES ($1, $2)
-ON CONFLICT (kind) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+-- $1 kind, $2 paused. Creates the kind's row (inheriting everything) if it has none. Not an
+-- upsert: PostgreSQL checks the row an INSERT proposes before it looks for a conflict, and the
+-- default kind's row may not leave its numbers NULL (changes are serialized by
+-- lock_limit_changes, so no insert races this update).
+WITH updated AS (
+    UPDATE kind_limits SET paused = $2, updated_at = now() WHERE kind = $1 RETURNING kind
+)
+INSERT INTO kind_limits (kind, paused)
+SELECT $1, $2
+WHERE NOT EXISTS (SELECT FROM updated);
 
 -- name: drop_kind_limit
 -- $1 kind. The kind inherits the default kind's limit again (the default kind's row stays).

@@ -21,11 +21,11 @@ from typing import Any
 
 import asyncpg
 
-from paceline.contract import DEFAULT_KIND
+from paceline.contract import DEFAULT_KIND, MAX_LIMIT_CHANGES_SHOWN
 from paceline.db import jobs as jobs_store
 from paceline.db import limits as store
 from paceline.db.pool import Connection, is_unavailable
-from paceline.queue.jobs import finite
+from paceline.queue.jobs import finite, isoformat
 from paceline.queue.scheduling import KeyLimit, SlotChange, read_limit, replan_key
 from paceline.queue.wakeup import CHANNEL
 
@@ -73,7 +73,7 @@ class LimitView:
                 "max_running": own.max_running,
                 "paused": self.paused_here,
             },
-            "updated_at": None if self.updated_at is None else self.updated_at.isoformat(),
+            "updated_at": isoformat(self.updated_at),
         }
         if self.object_id is not None:
             body["object_id"] = self.object_id
@@ -87,6 +87,23 @@ class Replanned:
     limit: LimitView
     changes: list[SlotChange]
     dry_run: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's view: the limit after the change and the first moves."""
+        return {
+            "limit": self.limit.to_json(),
+            "dry_run": self.dry_run,
+            "moved": len(self.changes),
+            "changes": [
+                {
+                    "id": change.job_id,
+                    "object_id": change.object_id,
+                    "before": isoformat(change.before),
+                    "after": isoformat(change.after),
+                }
+                for change in self.changes[:MAX_LIMIT_CHANGES_SHOWN]
+            ],
+        }
 
 
 class LimitError(Exception):
@@ -167,12 +184,19 @@ async def set_limit(
 ) -> Replanned:
     """Set a kind's limit (object_id None) or a key's override, and re-plan what it changes."""
     if object_id is None and kind == DEFAULT_KIND:
-        if fields.window is None:
+        # Every kind inherits from this row and it inherits from none, so it sets every
+        # number: one not given keeps its value (1 on a database never seeded, but a window).
+        current = await store.kind_limit_row(pool, kind=DEFAULT_KIND)
+        window = fields.window or (current["window_seconds"] if current else None)
+        if window is None:
             raise LimitError(
                 "The default kind's limit needs a window: every other kind inherits it."
             )
-        # Every kind inherits from this row, so it sets every number (1 where not given).
-        fields = LimitFields(fields.window, fields.per_window or 1, fields.max_running or 1)
+        fields = LimitFields(
+            window,
+            fields.per_window or (current["per_window"] if current else 1),
+            fields.max_running or (current["max_running"] if current else 1),
+        )
 
     async def write(conn: Connection) -> None:
         if object_id is None:

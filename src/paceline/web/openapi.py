@@ -85,6 +85,9 @@ RESPONSES: dict[str, Any] = {
             "properties": {"job": {**_ref("schemas", "Job"), "description": "As it is now."}},
         },
     ),
+    "NoSuchLimit": _problem(
+        "No such kind or object (a name no kind can have), or nothing of its own to drop."
+    ),
     "ContentTooLarge": _problem(f"The body is over {MAX_BODY_BYTES // 1024} KiB."),
     "UnsupportedMediaType": _problem("The body is not application/json."),
     "UnprocessableContent": _problem("Well-formed JSON, but not a job request."),
@@ -112,6 +115,42 @@ JOB_LINKS = {
 # link belongs to a response, not to one of its shapes, so POST /jobs has none (an expression
 # like `$response.body#/id` would not resolve for a batch): a client follows a single job's
 # `Location` header, and the links start from the job itself (GET /jobs/{job_id}, cancel).
+
+# The limits API (paceline.web.limits).
+LIMIT = _ref("schemas", "Limit")
+KIND_PATH: dict[str, Any] = {
+    "name": "kind",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": KIND_PATTERN},
+}
+OBJECT_PATH: dict[str, Any] = {"name": "object_id", "in": "path", "required": True, "schema": INT64}
+DRY_RUN: dict[str, Any] = {
+    "name": "dry_run",
+    "in": "query",
+    "description": "true: answer what the change would move, and write nothing.",
+    "schema": {"type": "boolean", "default": False},
+}
+LIMIT_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {JSON: {"schema": _ref("schemas", "LimitRequest")}},
+}
+CHANGE_RESPONSES: dict[str, Any] = {
+    "200": _json(
+        "The limit after the change and the pending jobs whose slots it moved (or, with "
+        "dry_run, would move).",
+        _ref("schemas", "LimitChange"),
+    ),
+    "400": _ref("responses", "BadRequest"),
+    "404": _ref("responses", "NoSuchLimit"),
+    **COMMON,
+}
+BODY_ERRORS: dict[str, Any] = {
+    "408": _ref("responses", "RequestTimeout"),
+    "413": _ref("responses", "ContentTooLarge"),
+    "415": _ref("responses", "UnsupportedMediaType"),
+    "422": _problem("Well-formed JSON, but not a limit: a field out of its bounds or unknown."),
+}
 
 PATHS: dict[str, Any] = {
     "/jobs": {
@@ -265,6 +304,133 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/limits": {
+        "get": {
+            "operationId": "listLimits",
+            "summary": "Every kind's limit: those set, and the kinds the replicas run",
+            "responses": {"200": _json("By kind.", _ref("schemas", "LimitList")), **COMMON},
+        }
+    },
+    "/limits/{kind}": {
+        "parameters": [KIND_PATH],
+        "get": {
+            "operationId": "getKindLimit",
+            "summary": "A kind's limit, as its objects without an override have it",
+            "responses": {
+                "200": _json("The limit.", LIMIT),
+                "404": _ref("responses", "NoSuchLimit"),
+                **COMMON,
+            },
+        },
+        "put": {
+            "operationId": "putKindLimit",
+            "summary": "Set a kind's limit; its waiting jobs' slots follow at once",
+            "parameters": [DRY_RUN],
+            "requestBody": LIMIT_BODY,
+            "responses": {**CHANGE_RESPONSES, **BODY_ERRORS},
+        },
+        "delete": {
+            "operationId": "deleteKindLimit",
+            "summary": "Drop a kind's own limit: it inherits the default kind's",
+            "parameters": [DRY_RUN],
+            "responses": {
+                **CHANGE_RESPONSES,
+                "409": _problem("The default kind's limit cannot be dropped."),
+            },
+        },
+    },
+    "/limits/{kind}/pause": {
+        "parameters": [KIND_PATH],
+        "post": {
+            "operationId": "pauseKind",
+            "summary": "Pause a kind: none of its jobs starts; running ones finish",
+            "parameters": [DRY_RUN],
+            "responses": CHANGE_RESPONSES,
+        },
+    },
+    "/limits/{kind}/resume": {
+        "parameters": [KIND_PATH],
+        "post": {
+            "operationId": "resumeKind",
+            "summary": "Resume a kind: its waiting jobs are planned from now, by the limit",
+            "parameters": [DRY_RUN],
+            "responses": CHANGE_RESPONSES,
+        },
+    },
+    "/limits/{kind}/objects": {
+        "parameters": [KIND_PATH],
+        "get": {
+            "operationId": "listLimitOverrides",
+            "summary": "A kind's per-object overrides in object order",
+            "parameters": [
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "The `next_cursor` of the previous page.",
+                    "schema": INT64,
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": MAX_PAGE,
+                        "default": DEFAULT_PAGE,
+                    },
+                },
+            ],
+            "responses": {
+                "200": _json("One page.", _ref("schemas", "OverridePage")),
+                "400": _ref("responses", "BadRequest"),
+                "404": _ref("responses", "NoSuchLimit"),
+                **COMMON,
+            },
+        },
+    },
+    "/limits/{kind}/objects/{object_id}": {
+        "parameters": [KIND_PATH, OBJECT_PATH],
+        "get": {
+            "operationId": "getObjectLimit",
+            "summary": "One (kind, object)'s limit: its override over its kind's",
+            "responses": {
+                "200": _json("The limit.", LIMIT),
+                "404": _ref("responses", "NoSuchLimit"),
+                **COMMON,
+            },
+        },
+        "put": {
+            "operationId": "putObjectLimit",
+            "summary": "Override one object's limit; its waiting jobs' slots follow at once",
+            "parameters": [DRY_RUN],
+            "requestBody": LIMIT_BODY,
+            "responses": {**CHANGE_RESPONSES, **BODY_ERRORS},
+        },
+        "delete": {
+            "operationId": "deleteObjectLimit",
+            "summary": "Drop one object's override: it has its kind's limit again",
+            "parameters": [DRY_RUN],
+            "responses": CHANGE_RESPONSES,
+        },
+    },
+    "/limits/{kind}/objects/{object_id}/pause": {
+        "parameters": [KIND_PATH, OBJECT_PATH],
+        "post": {
+            "operationId": "pauseObject",
+            "summary": "Pause one (kind, object); its kind's other objects go on",
+            "parameters": [DRY_RUN],
+            "responses": CHANGE_RESPONSES,
+        },
+    },
+    "/limits/{kind}/objects/{object_id}/resume": {
+        "parameters": [KIND_PATH, OBJECT_PATH],
+        "post": {
+            "operationId": "resumeObject",
+            "summary": "Resume one (kind, object): planned from now, spaced by the limit",
+            "parameters": [DRY_RUN],
+            "responses": CHANGE_RESPONSES,
+        },
+    },
     "/healthz": {
         "get": {
             "operationId": "healthz",
@@ -348,6 +514,14 @@ PATHS: dict[str, Any] = {
         }
     },
 }
+
+# A path's shared `parameters` (the limits' kind and object id) are written once per path above
+# and moved into each of its operations: every path item then holds operations only, which is
+# how the tests and simple clients walk the document.
+for _item in PATHS.values():
+    _shared = _item.pop("parameters", [])
+    for _operation in _item.values():
+        _operation["parameters"] = [*_shared, *_operation.get("parameters", [])]
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

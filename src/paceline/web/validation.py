@@ -37,8 +37,10 @@ __all__ = [
     "parse_idempotency_key",
     "parse_job_id",
     "parse_jobs_body",
+    "parse_json",
     "parse_list_query",
     "read_body",
+    "refuse_repeated_keys",
 ]
 
 # A job request is a few bytes; a body still arriving after this long is a slow-loris, not a
@@ -221,7 +223,7 @@ def payload_json(raw: msgspec.Raw | msgspec.UnsetType) -> str | None:
 def _explained(body: bytes) -> JobBody | list[NewJob]:
     """The hand-written reading of a body: the exact sentence for whatever is wrong with it,
     and integral numbers such as 768.0 or 7.68e2 read (exactly) as the integers they are."""
-    document = _parse_json(body)
+    document = parse_json(body)
     if isinstance(document, list):
         return _batch(document, body)
     return _job_request(document, body)
@@ -239,7 +241,7 @@ def _batch(items: list[Any], body: bytes) -> list[NewJob]:
                 "queue are per request, not per batch.",
                 name=f"[{position}]",
             )
-        _refuse_repeated_keys(item)
+        refuse_repeated_keys(item)
         if item.get("on_busy") not in (None, "queue"):
             raise invalid(
                 f"Batch item {position}: every job of a batch queues (on_busy queue or null); "
@@ -264,7 +266,7 @@ def _batch(items: list[Any], body: bytes) -> list[NewJob]:
 def _job_request(document: Any, body: bytes) -> JobBody:
     if not isinstance(document, dict):
         raise invalid(f"The body must be a JSON object (or an array of them); {_EXAMPLE}.")
-    _refuse_repeated_keys(document)
+    refuse_repeated_keys(document)
     unknown = sorted(set(document) - JOB_FIELDS)
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
@@ -340,7 +342,7 @@ def json_integer(value: Any) -> int | None:
 
     JSON Schema's `integer` is any number without a fractional part, so `768.0` and `7.68e2`
     are the integer 768 (clients whose encoder writes integral floats so are within the
-    document). Numbers with a fraction or exponent arrive as Decimal (see `_parse_json`), so
+    document). Numbers with a fraction or exponent arrive as Decimal (see `parse_json`), so
     the test is exact, also beyond a float's 53 bits.
     """
     # bool is an int in Python; in JSON it is not a number.
@@ -438,9 +440,11 @@ def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int:
     return number
 
 
-def _parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, *, example: str = _EXAMPLE) -> Any:
+    """A request's JSON document, numbers with a fraction as Decimal (exact); a 400 for
+    anything that is not one JSON text, `example` saying what to send."""
     if not body.strip():
-        raise invalid(f"The body is empty; {_EXAMPLE}.", status=400)
+        raise invalid(f"The body is empty; {example}.", status=400)
     try:
         text = body.decode("utf-8")
         return json.loads(
@@ -471,7 +475,7 @@ class _Repeated(dict[str, Any]):
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Refused for the request's own objects only (`_refuse_repeated_keys`): inside a payload a
+    # Refused for the request's own objects only (`refuse_repeated_keys`): inside a payload a
     # repeated key keeps its last value, as the fast path and jsonb both do.
     document: dict[str, Any] = {}
     for key, value in pairs:
@@ -483,7 +487,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
-def _refuse_repeated_keys(document: dict[str, Any]) -> None:
+def refuse_repeated_keys(document: dict[str, Any]) -> None:
     if isinstance(document, _Repeated):
         key = document.repeated
         raise invalid(f"The field {key!r} appears twice.", name=key, status=400)
