@@ -104,7 +104,7 @@ SELECT now() AS now,
 
 -- name: timeline_waiting
 -- $1 kind, $2 object_id, $3 how many. The key's pending jobs in the order they will start
--- (slot order, I4), each holding its reserved slot: ix_jobs_pending_kind_object_id_run_at_id.
+-- (slot order, I4'), each holding its reserved slot: ix_jobs_pending_kind_object_id_run_at_id.
 SELECT id, created_at, run_at, not_before, attempts, error
 FROM jobs
 WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'

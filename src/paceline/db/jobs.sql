@@ -125,7 +125,7 @@ WITH due AS (
       AND j.run_at <= now()
       AND j.kind = ANY ($4::text[])
       AND NOT lim.paused
-      -- I4: only the key's first pending job in slot order may start. This also means a
+      -- I4': only the key's first pending job in slot order may start. This also means a
       -- claim never takes two jobs of one key, and while another worker holds the head
       -- locked (SKIP LOCKED skips it), the jobs behind it wait too.
       --
