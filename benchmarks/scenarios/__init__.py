@@ -12,6 +12,7 @@ from benchmarks.scenarios import (
     experiments,
     hot,
     lateness,
+    limits,
     memory,
     scale,
     stale,
@@ -28,5 +29,6 @@ SCENARIOS: dict[str, Scenario] = {
     "scale": scale.run,
     "memory": memory.run,
     "stale": stale.run,
+    "limits": limits.run,
     "experiments": experiments.run,
 }

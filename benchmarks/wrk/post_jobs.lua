@@ -11,6 +11,8 @@
 --                       its array, so the slots of repeats inside one batch are exercised too
 --   BENCH_PAYLOAD_BYTES every job carries the payload {"customer": <its object id>, "note": "xx.."}
 --                       of exactly this many bytes as compact JSON (default: no payload)
+--   BENCH_SCHEDULED     this share of the jobs (0..1) asks "not_before" an hour ahead (a
+--                       scheduled job, which the exact planner places)
 -- At the end it prints one line, `WRK_JSON {...}`, that the harness parses.
 
 local ports = {}
@@ -23,6 +25,7 @@ local limit = tonumber(os.getenv("BENCH_LIMIT") or "")
 local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
 local batch = tonumber(os.getenv("BENCH_BATCH") or "")
 local payload_bytes = tonumber(os.getenv("BENCH_PAYLOAD_BYTES") or "")
+local scheduled = tonumber(os.getenv("BENCH_SCHEDULED") or "")
 
 local created = 0
 function setup(thread)
@@ -52,6 +55,9 @@ end
 local notes = {}
 local function job(id)
     local digits = string.format("%.0f", id)
+    if scheduled and math.random() < scheduled then
+        return '{"object_id": ' .. digits .. ', "not_before": ' .. (os.time() + 3600) .. '}'
+    end
     if not payload_bytes then
         return '{"object_id": ' .. digits .. '}'
     end

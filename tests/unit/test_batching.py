@@ -20,12 +20,13 @@ class Doubler(BatchWriter[int, int]):
         self.gate.set()
         self.fail_with: Exception | None = None
 
-    async def _write(self, items: list[int]) -> Sequence[int]:
+    async def _write(self, items: list[int]) -> Sequence[int | Exception]:
         self.batches.append(list(items))
         await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
-        return [item * 2 for item in items]
+        # A negative item is refused alone, as the group commit refuses one request.
+        return [ValueError(f"{item} refused") if item < 0 else item * 2 for item in items]
 
 
 async def test_with_no_backlog_each_item_is_written_at_once() -> None:
@@ -90,3 +91,19 @@ async def test_stop_returns_once_everything_queued_is_written() -> None:
     writer.gate.set()
     await asyncio.wait_for(writer.wait(), 1)
     assert [future.result() for future in waiting] == [0, 2, 4]
+
+
+async def test_an_item_refused_alone_fails_only_its_own_submitter() -> None:
+    writer = Doubler()
+    writer.gate.clear()
+    writer.start()
+    waiting = [asyncio.ensure_future(writer.submit(n)) for n in (1, -2, 3)]
+    await asyncio.sleep(0.01)
+    writer.gate.set()
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert outcomes[0] == 2
+    assert outcomes[2] == 6
+    assert isinstance(outcomes[1], ValueError)
+    assert str(outcomes[1]) == "-2 refused"
+    writer.stop()
+    await writer.wait()

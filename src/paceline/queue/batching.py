@@ -25,8 +25,9 @@ class BatchWriter(Service, Generic[ItemT, ResultT]):
     """`submit()` an item and wait for its result; `run()` (or `start()`) writes; `stop()`
     ends it once everything queued is written.
 
-    A subclass writes a batch in `_write`, returning one result per item in order; what it
-    raises is raised to every submitter of that batch (the writer goes on).
+    A subclass writes a batch in `_write`, returning one result per item in order, or the
+    exception that refused that item alone; what it raises is raised to every submitter of
+    that batch (the writer goes on).
     """
 
     name = "paceline-batch-writer"
@@ -74,8 +75,12 @@ class BatchWriter(Service, Generic[ItemT, ResultT]):
                         result.set_exception(exc)
                 continue
             for (_, result), value in zip(batch, results, strict=True):
-                if not result.done():
+                if result.done():
+                    continue
+                if isinstance(value, Exception):
+                    result.set_exception(value)
+                else:
                     result.set_result(value)
 
-    async def _write(self, items: list[ItemT]) -> Sequence[ResultT]:
+    async def _write(self, items: list[ItemT]) -> Sequence[ResultT | Exception]:
         raise NotImplementedError

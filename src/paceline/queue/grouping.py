@@ -14,7 +14,7 @@ import asyncpg
 
 from paceline.queue.batching import BatchWriter
 from paceline.queue.jobs import Job, NewJob
-from paceline.queue.scheduling import create_many
+from paceline.queue.scheduling import create_each
 
 MAX_GROUP = 1000
 
@@ -32,7 +32,8 @@ class EnqueueGrouper(BatchWriter[NewJob, Job]):
         """Create the job in its key's next free slot; raises what the statement raised."""
         return await self.submit(new)
 
-    async def _write(self, items: list[NewJob]) -> list[Job]:
+    async def _write(self, items: list[NewJob]) -> list[Job | Exception]:
         # Jobs of keys one statement cannot plan (their limit, a pause, a scheduled job in the
-        # way) are placed by the exact planner after it, each in its own transaction.
-        return await create_many(self._pool, items)
+        # way) are placed by the exact planner after it, each in its own transaction: each
+        # request gets its own job, or its own error.
+        return await create_each(self._pool, items)

@@ -1,0 +1,154 @@
+"""Scenario 10: limits — the plain path (kind `default`, N = 1, no `not_before`) beside N = 10,
+a table of 100k per-object overrides, and 10% scheduled jobs: POST /jobs at 16 connections
+and a drain, 1 replica, each variant as a ratio to the plain one measured in the same run.
+
+Every variant gets a fresh database and replica; in each run the variants take turns on their
+order, so a drift of the machine's speed weighs on each alike. The POST load draws its objects
+from 200k ids (the overrides cover half of them); the drain's objects all have an override in
+that variant, N = 10 makes the claim count the last window's starts of each key, and 10% of
+the drained jobs carry a `not_before`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from benchmarks.context import Bench
+from benchmarks.procs import Replica
+from benchmarks.report import Goal, Row, median
+from benchmarks.scenarios.common import (
+    DRAIN_BASE,
+    drain,
+    quiesce,
+    tuned_unless_fixed,
+    turns,
+)
+from paceline.client import PacelineClient
+
+SCENARIO = "10 limits"
+CONNECTIONS = 16
+OBJECTS = 200_000
+OVERRIDES = 100_000
+# Issue 16's goal for the features' rows: each within 15% of the plain figure.
+WITHIN = Goal(">=", 0.85, on="ratio")
+
+Setup = Callable[[str, list[Replica]], Awaitable[None]]
+
+
+async def _plain(url: str, replicas: list[Replica]) -> None:
+    """Nothing: the default kind's limit as the replica seeded it (N = 1)."""
+
+
+async def _ten_per_window(url: str, replicas: list[Replica]) -> None:
+    async with PacelineClient(replicas[0].url) as paceline:
+        await paceline.set_limit("default", limit=10)
+
+
+async def _overrides(url: str, replicas: list[Replica]) -> None:
+    """100k overrides for the POST load's objects 1..100k, and as many for the drain's."""
+    conn = await asyncpg.connect(url)
+    try:
+        for base in (0, DRAIN_BASE):
+            await conn.execute(
+                "INSERT INTO key_limits (kind, object_id, per_window) "
+                "SELECT 'default', $1::bigint + g, 1 FROM generate_series(1, $2::int) AS g",
+                base,
+                OVERRIDES,
+            )
+        # As the slot rows of overridden keys are (see paceline.queue.scheduling).
+        await conn.execute(
+            "INSERT INTO object_slots (kind, object_id, next_slot, open_until) "
+            "SELECT kind, object_id, now(), '-infinity' FROM key_limits"
+        )
+        await conn.execute("VACUUM ANALYZE key_limits")
+        await conn.execute("VACUUM ANALYZE object_slots")
+    finally:
+        await conn.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    setup: Setup
+    wrk_env: dict[str, str]
+    scheduled_share: float = 0.0
+
+
+VARIANTS = [
+    Variant("plain", _plain, {}),
+    Variant("N = 10", _ten_per_window, {}),
+    Variant(f"{OVERRIDES:,} overrides", _overrides, {}),
+    Variant("10% not_before", _plain, {"BENCH_SCHEDULED": "0.1"}, scheduled_share=0.1),
+]
+
+
+async def run(bench: Bench) -> None:
+    """`runs` rounds of every variant; medians, each variant against the plain one."""
+    posts: dict[str, list[float]] = {variant.name: [] for variant in VARIANTS}
+    drains: dict[str, list[float]] = {variant.name: [] for variant in VARIANTS}
+    for index in range(bench.config.runs):
+        for name in turns([variant.name for variant in VARIANTS], index):
+            variant = next(v for v in VARIANTS if v.name == name)
+            rps, rate = await _measure(bench, variant, index)
+            posts[name].append(rps)
+            drains[name].append(rate)
+    plain = VARIANTS[0].name
+    for variant in VARIANTS:
+        for figure, samples, unit in (
+            (f"POST req/s, {CONNECTIONS} connections", posts, "req/s"),
+            (f"drain jobs/s, {bench.config.drain_jobs:,} due jobs", drains, "jobs/s"),
+        ):
+            is_plain = variant.name == plain
+            bench.report.add(
+                Row(
+                    SCENARIO,
+                    f"{figure}, 1 replica, {variant.name}",
+                    median(samples[variant.name]),
+                    unit,
+                    ceiling=None if is_plain else median(samples[plain]),
+                    ceiling_label="" if is_plain else "plain, same run",
+                    goal=None if is_plain else WITHIN,
+                    samples=samples[variant.name],
+                )
+            )
+
+
+async def _measure(bench: Bench, variant: Variant, index: int) -> tuple[float, float]:
+    slug = variant.name.replace(" ", "_").replace("%", "").replace(",", "").replace("=", "")
+    env = {"BENCH_OBJECTS": str(OBJECTS), **variant.wrk_env}
+    async with (
+        bench.cluster.database(f"limits_{slug}_{index}") as url,
+        bench.replicas(
+            url, 1, name=f"limits-{slug}-{index}", env=tuned_unless_fixed(bench)
+        ) as replicas,
+    ):
+        await variant.setup(url, replicas)
+        runs = await bench.http_runs(replicas, CONNECTIONS, runs=1, env=env)
+        await quiesce(url)
+        if variant.scheduled_share:
+            await _schedule_share_of_drain(url, variant.scheduled_share)
+        result = await drain(bench, url, replicas)
+    return median([run.rps for run in runs]), result.rate
+
+
+async def _schedule_share_of_drain(url: str, share: float) -> None:
+    """The next drain's jobs are preloaded plain; a trigger gives `share` of them a due
+    `not_before`, as a client that scheduled them for now would."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            f"""
+            CREATE FUNCTION bench_not_before() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF random() < {share} THEN NEW.not_before := NEW.run_at; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER bench_not_before BEFORE INSERT ON jobs
+            FOR EACH ROW EXECUTE FUNCTION bench_not_before();
+            """
+        )
+    finally:
+        await conn.close()
