@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from paceline.db.queries import QUERIES
+from paceline.observability.audit import RUNNING_LOOKBACK
 from paceline.observability.overview import COUNT_CAP, FAILURES_SHOWN, MINUTES
 from paceline.observability.timeline import RUNS_SHOWN, WAITING_CAP, WAITING_SHOWN
 from tests.conftest import _admin, with_database
@@ -22,7 +23,6 @@ HISTORY = 60_000  # started jobs, one every 3 s over 50 hours, on HISTORY_OBJECT
 HISTORY_OBJECTS = 1_000
 PENDING = 2_000  # half past their slot
 BUSY_OBJECT = 7
-WINDOW = 300.0
 
 
 async def _seed(dsn: str) -> None:
@@ -184,10 +184,13 @@ async def test_timeline_reads_are_probes_of_one_object(history: asyncpg.Connecti
 
 async def test_the_audit_reads_only_the_newest_starts(history: asyncpg.Connection) -> None:
     now = await history.fetchval("SELECT now()")
-    nodes = summary(
-        await explain(history, "audit_window", now - timedelta(seconds=15), now, WINDOW)
-    )
-    assert_no_full_scan(nodes)
-    assert {"ix_job_attempts_started_at", "ix_job_attempts_kind_object_id_started_at"} <= indexes(
-        nodes
-    ), nodes
+    for name, args in (
+        ("audit_window", ()),
+        ("audit_running", (RUNNING_LOOKBACK,)),
+    ):
+        nodes = summary(await explain(history, name, now - timedelta(seconds=15), now, *args))
+        assert_no_full_scan(nodes)
+        assert {
+            "ix_job_attempts_started_at",
+            "ix_job_attempts_kind_object_id_started_at",
+        } <= indexes(nodes), (name, nodes)

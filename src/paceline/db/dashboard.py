@@ -1,4 +1,4 @@
-"""What the page, /metrics, /readyz and the window auditor read: the queries of `dashboard.sql`.
+"""What the page, /metrics, /readyz and the limit auditor read: the queries of `dashboard.sql`.
 
 Typed, keyword-argument functions, one per named query; `dashboard.sql` says which index keeps
 each read small. Callers pass a pool or a connection (a snapshot transaction, say).
@@ -90,11 +90,17 @@ async def audit_horizon(db: Executor, *, margin: float) -> datetime:
     return horizon
 
 
-async def audit_window(
-    db: Executor, *, after: datetime, up_to: datetime, window: float
+async def audit_window(db: Executor, *, after: datetime, up_to: datetime) -> list[asyncpg.Record]:
+    """Starts in (after, up_to] less than their key's window after its N-th previous start."""
+    return await db.fetch(QUERIES["audit_window"], after, up_to)
+
+
+async def audit_running(
+    db: Executor, *, after: datetime, up_to: datetime, lookback: int
 ) -> list[asyncpg.Record]:
-    """Starts in (after, up_to] less than `window` after the previous start of their object."""
-    return await db.fetch(QUERIES["audit_window"], after, up_to, window)
+    """Starts in (after, up_to] made while their key's max_running attempts (or more) ran,
+    judged from the key's `lookback` previous starts."""
+    return await db.fetch(QUERIES["audit_running"], after, up_to, lookback)
 
 
 async def schema_revisions(db: Executor) -> set[str]:

@@ -1,4 +1,4 @@
--- What the page, /metrics, /readyz and the window auditor read. Loaded by paceline.db.queries.
+-- What the page, /metrics, /readyz and the limit auditor read. Loaded by paceline.db.queries.
 -- None of these may read the history of finished jobs row by row: with a million of them, a
 -- refresh a second would be a full scan a second. Each query says which index keeps it small;
 -- tests/test_dashboard_sql.py proves the plans on a large history.
@@ -138,28 +138,65 @@ LIMIT $3;
 SELECT now() - make_interval(secs => $1) AS horizon;
 
 -- name: audit_window
--- $1 after, $2 up to (both start times), $3 W. Starts in ($1, $2] that came less than W after
--- the previous start of the same (kind, object): violations of I1, which must never exist.
--- The starts come from ix_job_attempts_started_at (a few seconds' worth per call); each
--- previous start is one backwards probe of ix_job_attempts_kind_object_id_started_at.
+-- $1 after, $2 up to (both start times). Starts in ($1, $2] that came less than W after the
+-- N-th previous start of the same (kind, object), W and N being the key's limit: N + 1 starts
+-- in an interval shorter than W, a violation of I1' (N = 1: two starts less than W apart).
+-- The limit is the one in force now: a start made just before a limit was tightened may show
+-- here. The starts come from ix_job_attempts_started_at (a few seconds' worth per call); the
+-- limit is three primary-key probes; the N-th previous start is one backwards range of
+-- ix_job_attempts_kind_object_id_started_at, N entries long.
 SELECT a.kind, a.object_id, a.job_id, a.attempt, a.started_at,
+       lim.window_seconds, lim.per_window,
        p.job_id AS previous_job_id, p.attempt AS previous_attempt,
        p.started_at AS previous_started_at
 FROM job_attempts AS a
+CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS lim
 CROSS JOIN LATERAL (
     SELECT p.job_id, p.attempt, p.started_at
     FROM job_attempts AS p
     WHERE p.kind = a.kind
       AND p.object_id = a.object_id
       AND p.started_at <= a.started_at
-      -- Two starts at the same instant are one pair, reported once.
+      -- Starts at the same instant are counted once each, in one order.
       AND (p.started_at, p.job_id, p.attempt) < (a.started_at, a.job_id, a.attempt)
     ORDER BY p.started_at DESC, p.job_id DESC, p.attempt DESC
+    OFFSET lim.per_window - 1
     LIMIT 1
 ) AS p
 WHERE a.started_at > $1
   AND a.started_at <= $2
-  AND p.started_at > a.started_at - make_interval(secs => $3)
+  AND p.started_at > a.started_at - make_interval(secs => lim.window_seconds)
+ORDER BY a.started_at;
+
+-- name: audit_running
+-- $1 after, $2 up to (both start times), $3 how many earlier starts of its key to look at.
+-- Starts in ($1, $2] made while M or more attempts of the same key ran (started before it,
+-- unfinished at its start): violations of I7, M being the key's max_running now. Bounded per
+-- start: the key's $3 previous starts, one backwards range of
+-- ix_job_attempts_kind_object_id_started_at; an attempt that overlapped it but started more
+-- than $3 starts of its key earlier is not seen.
+SELECT a.kind, a.object_id, a.job_id, a.attempt, a.started_at, lim.max_running,
+       o.running_job_ids
+FROM job_attempts AS a
+CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS lim
+CROSS JOIN LATERAL (
+    SELECT array_agg(e.job_id ORDER BY e.started_at, e.job_id) AS running_job_ids
+    FROM (
+        SELECT p.job_id, p.started_at, p.finished_at
+        FROM job_attempts AS p
+        WHERE p.kind = a.kind
+          AND p.object_id = a.object_id
+          AND p.started_at <= a.started_at
+          AND (p.started_at, p.job_id, p.attempt) < (a.started_at, a.job_id, a.attempt)
+        ORDER BY p.started_at DESC, p.job_id DESC, p.attempt DESC
+        LIMIT $3
+    ) AS e
+    -- Still running when `a` started: unfinished (finished_at NULL) or finished after it.
+    WHERE e.finished_at IS NULL OR e.finished_at > a.started_at
+) AS o
+WHERE a.started_at > $1
+  AND a.started_at <= $2
+  AND cardinality(o.running_job_ids) >= lim.max_running
 ORDER BY a.started_at;
 
 -- name: schema_revisions

@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 
 from paceline.contract import DEFAULT_KIND
-from paceline.observability.audit import Violation
+from paceline.observability.audit import Violation, WindowViolation
 from paceline.observability.overview import Overview
 from paceline.queue.events import JobEvents
 from paceline.queue.jobs import Job, Status
@@ -110,7 +110,14 @@ class JobMetrics(JobEvents):
         )
         self.window_violations = Counter(
             "paceline_window_violations",
-            "Starts of one object less than a window apart, found by the auditor. Must stay 0.",
+            "Starts of one key more than its limit N in less than its window W, found by the "
+            "auditor. Must stay 0.",
+            registry=r,
+        )
+        self.running_violations = Counter(
+            "paceline_running_violations",
+            "Starts of one key made while its max_running attempts ran, found by the auditor. "
+            "Must stay 0.",
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -185,8 +192,11 @@ class JobMetrics(JobEvents):
         self.claim.observe(seconds)
 
     def violation(self, violation: Violation) -> None:
-        """The auditor found two starts of one object less than a window apart."""
-        self.window_violations.inc()
+        """The auditor found a start that broke its key's window or max_running."""
+        if isinstance(violation, WindowViolation):
+            self.window_violations.inc()
+        else:
+            self.running_violations.inc()
 
     def observe_queue(self, overview: Overview | None) -> None:
         """Set the gauges from a fresh overview; None: the database could not be read."""
