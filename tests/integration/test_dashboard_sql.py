@@ -177,9 +177,20 @@ async def test_timeline_reads_are_probes_of_one_object(history: asyncpg.Connecti
         nodes = summary(await explain(history, name, *args))
         assert_no_full_scan(nodes)
         assert indexes(nodes) == {"ix_jobs_pending_kind_object_id_run_at_id"}, (name, nodes)
-    runs = summary(await explain(history, "timeline_runs", "default", BUSY_OBJECT, RUNS_SHOWN + 1))
-    assert_no_full_scan(runs)
-    assert "ix_job_attempts_kind_object_id_started_at" in indexes(runs), runs
+    history_reads: list[tuple[str, tuple[object, ...]]] = [
+        ("timeline_runs", ("default", BUSY_OBJECT, RUNS_SHOWN * 2)),
+        ("timeline_window_starts", ("default", BUSY_OBJECT, 300.0, 3)),
+    ]
+    for read, read_args in history_reads:
+        nodes = summary(await explain(history, read, *read_args))
+        assert_no_full_scan(nodes)
+        assert "ix_job_attempts_kind_object_id_started_at" in indexes(nodes), (read, nodes)
+    # The key's limit and its running jobs (the limits' own queries, read by the timeline).
+    limit = summary(await explain(history, "key_limit", "default", BUSY_OBJECT))
+    assert indexes(limit) <= {"pk_kind_limits", "pk_key_limits"}, limit
+    running = summary(await explain(history, "running_jobs_of_key", "default", BUSY_OBJECT))
+    assert_no_full_scan(running)
+    assert indexes(running) == {"ix_jobs_running_kind_object_id"}, running
 
 
 async def test_the_audit_reads_only_the_newest_starts(history: asyncpg.Connection) -> None:

@@ -64,6 +64,14 @@ async def timeline_windows(db: Executor, *, kind: str, object_id: int) -> asyncp
     return record
 
 
+async def timeline_window_starts(
+    db: Executor, *, kind: str, object_id: int, window: float, limit: int
+) -> list[datetime]:
+    """The key's starts within the last `window` seconds, newest first, at most `limit`."""
+    rows = await db.fetch(QUERIES["timeline_window_starts"], kind, object_id, window, limit)
+    return [row["started_at"] for row in rows]
+
+
 async def timeline_waiting(
     db: Executor, *, kind: str, object_id: int, limit: int
 ) -> list[asyncpg.Record]:

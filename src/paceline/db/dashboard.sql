@@ -102,6 +102,16 @@ SELECT now() AS now,
            AS last_started_at,
        (SELECT next_slot FROM object_slots WHERE kind = $1 AND object_id = $2) AS next_slot;
 
+-- name: timeline_window_starts
+-- $1 kind, $2 object_id, $3 W, $4 N. The key's newest starts within the last W, at most N (what
+-- the claim counts for a limit of N > 1): the newest entries of
+-- ix_job_attempts_kind_object_id_started_at for the key.
+SELECT started_at
+FROM job_attempts
+WHERE kind = $1 AND object_id = $2 AND started_at > now() - make_interval(secs => $3)
+ORDER BY started_at DESC
+LIMIT $4;
+
 -- name: timeline_waiting
 -- $1 kind, $2 object_id, $3 how many. The key's pending jobs in the order they will start
 -- (slot order, I4), each holding its reserved slot: ix_jobs_pending_kind_object_id_run_at_id.

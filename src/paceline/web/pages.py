@@ -13,10 +13,13 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from paceline.contract import DEFAULT_KIND
+from paceline.db.pool import is_unavailable
 from paceline.observability.overview import MINUTES
+from paceline.observability.timeline import limit_sentence
 from paceline.queue.jobs import Status
+from paceline.queue.scheduling import read_limit
 from paceline.web.dashboard import parse_object_id
-from paceline.web.keys import KINDS, SETTINGS
+from paceline.web.keys import KINDS, POOL, SETTINGS
 from paceline.web.validation import kind_value
 
 routes = web.RouteTableDef()
@@ -48,15 +51,23 @@ async def index(request: web.Request) -> dict[str, Any]:
 @routes.get("/objects/{object_id}", name="object")
 @aiohttp_jinja2.template("object.html")
 async def object_page(request: web.Request) -> dict[str, Any]:
-    """One (kind, object)'s timeline (`?kind=`, default `default`): past runs, reserved slots,
-    and why each waiting job waits."""
+    """One (kind, object)'s timeline (`?kind=`, default `default`): its limit, past runs,
+    reserved slots, and why each waiting job waits."""
     object_id = parse_object_id(request.match_info["object_id"])
     kind = kind_value(request.query.get("kind"), status=400)
     router = request.app.router
+    try:
+        limit_text = limit_sentence(kind, await read_limit(request.app[POOL], kind, object_id))
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        # The page still opens; its script fills the limit in once the database answers.
+        limit_text = None
     return {
         **await _common(request),
         "object_id": str(object_id),
         "kind": kind,
+        "limit_text": limit_text,
         "object_url": str(router["object"].url_for(object_id=str(object_id))),
         "timeline_url": str(
             router["timeline"].url_for(object_id=str(object_id)).with_query(kind=kind)
