@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -346,3 +347,44 @@ async def test_the_object_page_says_why_a_job_waits_under_its_keys_limit(
     assert said == "not before <time> (scheduled for then)"
     [job] = (await get_json(client, "/objects/24/timeline"))["waiting"]
     assert job["wait"]["reason"][1] == {"time": job["run_at"]} == {"time": job["not_before"]}
+
+
+def text_of(page: str, start: str, end: str) -> str:
+    """The text from the element that opens with `start` up to `end`, as a browser lays it out:
+    inline tags dropped, the others (cells, items) apart."""
+    found = page[page.index(start) :]
+    inline = re.sub(r"</?(a|em|small)\b[^>]*>", "", found[: found.index(end)])
+    return " ".join(re.sub(r"<[^>]+>", " ", inline).split())
+
+
+async def test_the_index_page_shows_the_limits_in_the_database(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    client = await make_client(
+        concurrency=0, rate_window=60, handlers="notify=tests.handlers:shout"
+    )
+    pool = client.app[POOL]
+    await set_limit(pool, "notify", None, LimitFields(10, 5, 2))
+    await set_limit(pool, "default", 31, LimitFields(3600, 2))
+    await insert_job(db, 32, run_at=30)
+    await pause(pool, "default", 32)
+
+    page = html.unescape(await (await client.get("/")).text())
+
+    # Each kind's limit: notify's own, and default's from PACELINE_RATE_WINDOW, with its two
+    # overrides, one of which pauses its object.
+    assert text_of(page, '<tr data-kind="notify">', "</tr>") == "notify 10 5 2 running 0 0"
+    assert text_of(page, '<tr data-kind="default">', "</tr>") == "default 60 1 1 running 2 1"
+    assert text_of(page, '<ul id="overrides">', "</ul>") == (
+        "default object 31: 2 per 3600 s, 1 at once default object 32: 1 per 60 s, 1 at once, "
+        "paused"
+    )
+    assert text_of(page, '<ul id="paused-keys">', "</ul>") == (
+        "default object 32: 1 job waiting for the resume"
+    )
+    assert 'href="/objects/32?kind=default"' in page
+    # The overview says the same to scripts, and its first slot is the paused job's: none.
+    overview = await get_json(client, "/overview")
+    assert [kind["kind"] for kind in overview["limits"]["kinds"]] == ["default", "notify"]
+    assert overview["limits"]["paused_keys"][0]["object_id"] == 32
+    assert overview["first_due"]["run_at"] is None

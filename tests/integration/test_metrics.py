@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from paceline.observability.audit import Audit, LimitAuditor
-from paceline.queue.limits import LimitFields, set_limit
+from paceline.queue.limits import LimitFields, pause, set_limit
 from paceline.web.keys import METRICS, POOL
 from tests.conftest import MakeClient
 from tests.queue_data import insert_attempt, insert_job, insert_worker
@@ -151,6 +151,38 @@ async def test_gauges_describe_the_whole_queue(client: Client, db: asyncpg.Conne
     assert 9 < samples["paceline_oldest_due_seconds"] < 60
     assert samples['paceline_replicas{state="alive"}'] == 1
     assert samples['paceline_replicas{state="dead"}'] == 1
+
+
+async def test_gauges_show_each_kinds_limit_its_overrides_and_paused_keys(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    client = await make_client(
+        concurrency=0, rate_window=60, handlers="notify=tests.handlers:shout"
+    )
+    pool = client.app[POOL]
+    await set_limit(pool, "notify", None, LimitFields(10, 5, 2))
+    await pause(pool, "notify", None)
+    for object_id in (1, 2, 3):
+        await set_limit(pool, "default", object_id, LimitFields(3600))
+    await pause(pool, "default", 3)
+
+    samples = await scrape(client)
+
+    limits = {
+        kind: [
+            samples[f'paceline_{name}{{kind="{kind}"}}']
+            for name in (
+                "limit_window_seconds",
+                "limit_per_window",
+                "limit_max_running",
+                "limit_paused",
+                "limit_overrides",
+                "paused_keys",
+            )
+        ]
+        for kind in ("default", "notify")
+    }
+    assert limits == {"default": [60, 1, 1, 0, 3, 1], "notify": [10, 5, 2, 1, 0, 0]}
 
 
 async def test_metrics_answer_without_the_database(make_client: MakeClient) -> None:

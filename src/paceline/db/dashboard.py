@@ -52,6 +52,21 @@ async def overview_recent_failures(db: Executor, *, limit: int) -> list[asyncpg.
     return await db.fetch(QUERIES["overview_recent_failures"], limit)
 
 
+async def overview_kind_limits(db: Executor, *, count_cap: int, limit: int) -> list[asyncpg.Record]:
+    """Per kind: its limit in force, own_row, and its overrides and paused keys (capped)."""
+    return await db.fetch(QUERIES["overview_kind_limits"], count_cap, limit)
+
+
+async def overview_overrides(db: Executor, *, limit: int) -> list[asyncpg.Record]:
+    """The first per-key overrides by (kind, object_id), with each key's limit in force."""
+    return await db.fetch(QUERIES["overview_overrides"], limit)
+
+
+async def overview_paused_keys(db: Executor, *, limit: int, count_cap: int) -> list[asyncpg.Record]:
+    """The first paused keys (kind, object_id, updated_at) and their waiting jobs (capped)."""
+    return await db.fetch(QUERIES["overview_paused_keys"], limit, count_cap)
+
+
 async def replicas(db: Executor, *, dead_after: float) -> list[asyncpg.Record]:
     """Every registered replica, with `alive` = a heartbeat within `dead_after` seconds."""
     return await db.fetch(QUERIES["replicas"], dead_after)

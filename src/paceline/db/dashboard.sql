@@ -86,6 +86,56 @@ WHERE status = 'FAILED'
 ORDER BY id DESC
 LIMIT $1;
 
+-- name: overview_kind_limits
+-- $1 the most overrides one kind's counts read, $2 how many kinds. Each kind's limit in force
+-- (paceline_limit with no object: what a key without an override has), whether the kind has
+-- a row of its own, and its overrides and paused keys among its first $1 overrides (a prefix
+-- range of pk_key_limits, capped). The kinds: those with a limit row, `default`, and those a
+-- replica that beat in the last minute runs (a handful of rows each).
+SELECT k.kind, l.window_seconds, l.per_window, l.max_running, l.paused,
+       own.kind IS NOT NULL AS own_row, o.overrides, o.paused_keys
+FROM (
+    SELECT kind FROM kind_limits
+    UNION SELECT 'default'
+    UNION SELECT unnest(kinds) FROM workers WHERE last_heartbeat > now() - interval '1 minute'
+) AS k (kind)
+LEFT JOIN kind_limits AS own ON own.kind = k.kind
+CROSS JOIN LATERAL paceline_limit(k.kind, NULL) AS l
+CROSS JOIN LATERAL (
+    SELECT count(*) AS overrides, count(*) FILTER (WHERE first.paused) AS paused_keys
+    -- In pk order, so the plan is that range even where the kind has most overrides.
+    FROM (
+        SELECT paused FROM key_limits WHERE kind = k.kind ORDER BY object_id LIMIT $1
+    ) AS first
+) AS o
+ORDER BY k.kind
+LIMIT $2;
+
+-- name: overview_overrides
+-- $1 how many. The first overrides in (kind, object) order with the limit each key has in
+-- force: the first entries of pk_key_limits, each limit three primary-key probes.
+SELECT o.kind, o.object_id, l.window_seconds, l.per_window, l.max_running, l.paused,
+       o.updated_at
+FROM key_limits AS o
+CROSS JOIN LATERAL paceline_limit(o.kind, o.object_id) AS l
+ORDER BY o.kind, o.object_id
+LIMIT $1;
+
+-- name: overview_paused_keys
+-- $1 how many. The first paused keys, with when they were paused and how many jobs wait for
+-- the resume (capped at $2): ix_key_limits_paused holds only paused keys; each count is a
+-- range of ix_jobs_pending_kind_object_id_run_at_id.
+SELECT p.kind, p.object_id, p.updated_at,
+       (SELECT count(*) FROM (
+           SELECT 1 FROM jobs AS j
+           WHERE j.kind = p.kind AND j.object_id = p.object_id AND j.status = 'PENDING'
+           LIMIT $2
+       ) AS waiting) AS waiting
+FROM key_limits AS p
+WHERE p.paused
+ORDER BY p.kind, p.object_id
+LIMIT $1;
+
 -- name: replicas
 -- $1 seconds without a heartbeat after which a replica counts as dead. One row per process
 -- with workers (a handful); dead ones stay until the janitor forgets them.

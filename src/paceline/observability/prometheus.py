@@ -23,7 +23,7 @@ from prometheus_client import (
 
 from paceline.contract import DEFAULT_KIND
 from paceline.observability.audit import Violation, WindowViolation
-from paceline.observability.overview import Overview
+from paceline.observability.overview import LIMITS_COUNT_CAP, Overview
 from paceline.queue.events import JobEvents
 from paceline.queue.jobs import Job, Status
 
@@ -142,6 +142,42 @@ class JobMetrics(JobEvents):
             ["state"],
             registry=r,
         )
+        self.limit_window = Gauge(
+            "paceline_limit_window_seconds",
+            "The window W of each kind's limit (its keys without an override).",
+            KIND,
+            registry=r,
+        )
+        self.limit_per_window = Gauge(
+            "paceline_limit_per_window",
+            "How many starts N of one key each kind's limit allows in its window.",
+            KIND,
+            registry=r,
+        )
+        self.limit_max_running = Gauge(
+            "paceline_limit_max_running",
+            "How many jobs M of one key each kind's limit lets run at once.",
+            KIND,
+            registry=r,
+        )
+        self.limit_paused = Gauge(
+            "paceline_limit_paused",
+            "1 while the kind is paused (none of its jobs start), else 0.",
+            KIND,
+            registry=r,
+        )
+        self.limit_overrides = Gauge(
+            "paceline_limit_overrides",
+            f"Keys of the kind with a limit of their own (counted up to {LIMITS_COUNT_CAP:,}).",
+            KIND,
+            registry=r,
+        )
+        self.paused_keys = Gauge(
+            "paceline_paused_keys",
+            f"Keys of the kind paused by an override (among its first {LIMITS_COUNT_CAP:,}).",
+            KIND,
+            registry=r,
+        )
         self.database_up = Gauge(
             "paceline_database_up",
             "1 when the last scrape could read the queue from the database.",
@@ -200,6 +236,17 @@ class JobMetrics(JobEvents):
 
     def observe_queue(self, overview: Overview | None) -> None:
         """Set the gauges from a fresh overview; None: the database could not be read."""
+        per_kind = (
+            self.limit_window,
+            self.limit_per_window,
+            self.limit_max_running,
+            self.limit_paused,
+            self.limit_overrides,
+            self.paused_keys,
+        )
+        # Only the kinds the database has now: a dropped kind leaves no stale series.
+        for gauge in per_kind:
+            gauge.clear()
         if overview is None:
             self.database_up.set(0)
             for gauge in (self.due, self.oldest_due):
@@ -212,11 +259,22 @@ class JobMetrics(JobEvents):
         self.queue_depth.labels("PROCESSING").set(overview.processing)
         self.due.set(overview.due)
         first = overview.first_due
-        overdue = 0.0 if first is None else (overview.now - first.run_at).total_seconds()
+        overdue = (
+            0.0
+            if first is None or first.run_at is None
+            else (overview.now - first.run_at).total_seconds()
+        )
         self.oldest_due.set(max(0.0, overdue))
         alive = sum(replica.alive for replica in overview.replicas)
         self.replicas.labels("alive").set(alive)
         self.replicas.labels("dead").set(len(overview.replicas) - alive)
+        for limit in overview.limits:
+            self.limit_window.labels(limit.kind).set(limit.window_seconds)
+            self.limit_per_window.labels(limit.kind).set(limit.per_window)
+            self.limit_max_running.labels(limit.kind).set(limit.max_running)
+            self.limit_paused.labels(limit.kind).set(int(limit.paused))
+            self.limit_overrides.labels(limit.kind).set(limit.overrides)
+            self.paused_keys.labels(limit.kind).set(limit.paused_keys)
 
     def render(self) -> bytes:
         """Everything in the Prometheus text format."""
