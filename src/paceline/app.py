@@ -65,7 +65,7 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
     # Cleanup runs in reverse: workers stop (and finish their jobs) before the pool closes.
     app.cleanup_ctx.append(_pool_ctx)
     app.cleanup_ctx.append(_notifier_ctx)
-    # The page's overview reader and the window auditor use the pool.
+    # The page's overview reader and the limit auditor use the pool.
     dashboard.setup(app)
     metrics.setup(app)
     if settings.concurrency > 0:

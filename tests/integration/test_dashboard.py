@@ -4,9 +4,11 @@ replicas. In-process apps on a real PostgreSQL; rows written as the queue would 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -14,7 +16,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from paceline.observability.timeline import explain_waits
+from paceline.observability.timeline import KeyActivity, Reason, explain_waits, reason
+from paceline.queue.limits import LimitFields, pause, set_limit
+from paceline.queue.scheduling import KeyLimit
+from paceline.web.keys import POOL
 from tests.conftest import MakeClient
 from tests.queue_data import insert_attempt, insert_job, insert_worker
 from tests.support import eventually, parse_time
@@ -26,6 +31,11 @@ async def get_json(client: Client, path: str, status: int = 200) -> Any:
     response = await client.get(path)
     assert response.status == status, await response.text()
     return await response.json(content_type=None)
+
+
+def words(said: Reason) -> str:
+    """A reason as the page shows it, each time as `<time>`."""
+    return "".join(part if isinstance(part, str) else "<time>" for part in said)
 
 
 async def next_event(stream: aiohttp.StreamReader) -> tuple[str, Any]:
@@ -167,6 +177,15 @@ async def test_timeline_explains_why_each_job_waits(
     assert head["kind"] == "window"
     assert head["slot"] == jobs[1]["run_at"] == head["starts_at"]
     assert parse_time(head["slot"]) - parse_time(head["last_start"]) == timedelta(seconds=60)
+    assert words(head["reason"]) == (
+        "window: 1 start in the last 60 s (at most 1), the last at <time>; slot <time>"
+    )
+    assert behind.pop("reason") == [
+        f"after job {jobs[1]['id']} (slot ",
+        {"time": jobs[1]["run_at"]},
+        "): jobs of an object start in slot order; slot ",
+        {"time": jobs[2]["run_at"]},
+    ]
     assert behind == {
         "kind": "queue",
         "slot": jobs[2]["run_at"],
@@ -186,14 +205,20 @@ async def test_timeline_explains_why_each_job_waits(
 def test_a_late_start_holds_the_next_job_past_its_slot() -> None:
     """Workers fell behind: the last run started 30 s after its slot, so the next job, whose
     slot has come, still waits a full window after that start (I1)."""
-    now = datetime(2026, 11, 29, 12, 0, 0)
+    now = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
     slot = now - timedelta(seconds=5)
     late_start = now - timedelta(seconds=35)  # its own slot was 65 s ago
-    [wait] = explain_waits([{"id": 2, "run_at": slot}], now=now, last_start=late_start, window=60)
+    limit = KeyLimit(window=60)
+    late = KeyActivity(now, limit, late_start, [late_start], running=[])
+    [wait] = explain_waits([{"id": 2, "run_at": slot}], late)
     assert (wait.kind, wait.slot) == ("window", slot)
     assert wait.starts_at == late_start + timedelta(seconds=60) > slot
+    assert words(reason(wait, late, attempts=0)).endswith(
+        "; the last starts were late, so not before <time>"
+    )
 
-    [due] = explain_waits([{"id": 2, "run_at": slot}], now=now, last_start=None, window=60)
+    idle = KeyActivity(now, limit, None, [], running=[])
+    [due] = explain_waits([{"id": 2, "run_at": slot}], idle)
     assert (due.kind, due.starts_at) == ("due", slot)
 
 
@@ -266,3 +291,100 @@ async def test_the_timeline_page_is_about_the_kind_in_its_address(client: Client
     assert 'action="/objects/-42"' in page
     problem = await get_json(client, "/objects/-42?kind=%3Cb%3E", status=400)
     assert "kind must be a name" in problem["detail"]
+
+
+async def reason_on_page(client: Client, object_id: int) -> tuple[str, str]:
+    """The object page's limit sentence, and the reason of its first waiting job."""
+    page = await (await client.get(f"/objects/{object_id}")).text()
+    timeline = await get_json(client, f"/objects/{object_id}/timeline")
+    limit = timeline["limit"]["text"]
+    assert f'<p id="limit">{limit}</p>' in html.unescape(page)
+    return limit, words(timeline["waiting"][0]["wait"]["reason"])
+
+
+async def test_the_object_page_says_why_a_job_waits_under_its_keys_limit(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    client = await make_client(concurrency=0, rate_window=60)
+    pool = client.app[POOL]
+    # Object 21 has a limit of its own, 2 starts a minute; both were used in the last 10 s.
+    await set_limit(pool, "default", 21, LimitFields(60, 2, 1))
+    for ago in (10, 5):
+        started = await insert_job(db, 21, "SUCCESS", run_at=-ago, started=-ago)
+        await insert_attempt(db, started, 1, started=-ago, finished=-ago + 1)
+    await insert_job(db, 21, run_at=50)
+    # Object 22's slot has come, but its one running job (M = 1) has not finished.
+    running = await insert_job(db, 22, "PROCESSING", run_at=-120, started=-120, attempts=1)
+    await insert_job(db, 22, run_at=-1)
+    # Object 23 is paused.
+    await insert_job(db, 23, run_at=30)
+    await pause(pool, "default", 23)
+    # Object 24's job was scheduled for two minutes from now.
+    scheduled = await insert_job(db, 24, run_at=120)
+    await db.execute("UPDATE jobs SET not_before = run_at WHERE id = $1", scheduled)
+
+    limit, said = await reason_on_page(client, 21)
+    assert limit == (
+        "At most 2 starts every 60 seconds and 1 running at once: this object's own limit "
+        "(an override)."
+    )
+    assert said == "window: 2 starts in the last 60 s (at most 2); slot <time>"  # no last start
+
+    limit, said = await reason_on_page(client, 22)
+    assert (
+        limit
+        == "At most 1 start every 60 seconds and 1 running at once: the limit of kind default."
+    )
+    assert said == f"waits for job {running} to finish: 1 running, at most 1 at once"
+
+    limit, said = await reason_on_page(client, 23)
+    assert limit.startswith("Paused: nothing starts until it is resumed. At most 1 start")
+    assert said == "paused (starts after resume)"
+    paused = (await get_json(client, "/objects/23/timeline"))["waiting"][0]
+    assert (paused["run_at"], paused["wait"]["slot"]) == (None, None)
+
+    _, said = await reason_on_page(client, 24)
+    assert said == "not before <time> (scheduled for then)"
+    [job] = (await get_json(client, "/objects/24/timeline"))["waiting"]
+    assert job["wait"]["reason"][1] == {"time": job["run_at"]} == {"time": job["not_before"]}
+
+
+def text_of(page: str, start: str, end: str) -> str:
+    """The text from the element that opens with `start` up to `end`, as a browser lays it out:
+    inline tags dropped, the others (cells, items) apart."""
+    found = page[page.index(start) :]
+    inline = re.sub(r"</?(a|em|small)\b[^>]*>", "", found[: found.index(end)])
+    return " ".join(re.sub(r"<[^>]+>", " ", inline).split())
+
+
+async def test_the_index_page_shows_the_limits_in_the_database(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    client = await make_client(
+        concurrency=0, rate_window=60, handlers="notify=tests.handlers:shout"
+    )
+    pool = client.app[POOL]
+    await set_limit(pool, "notify", None, LimitFields(10, 5, 2))
+    await set_limit(pool, "default", 31, LimitFields(3600, 2))
+    await insert_job(db, 32, run_at=30)
+    await pause(pool, "default", 32)
+
+    page = html.unescape(await (await client.get("/")).text())
+
+    # Each kind's limit: notify's own, and default's from PACELINE_RATE_WINDOW, with its two
+    # overrides, one of which pauses its object.
+    assert text_of(page, '<tr data-kind="notify">', "</tr>") == "notify 10 5 2 running 0 0"
+    assert text_of(page, '<tr data-kind="default">', "</tr>") == "default 60 1 1 running 2 1"
+    assert text_of(page, '<ul id="overrides">', "</ul>") == (
+        "default object 31: 2 per 3600 s, 1 at once default object 32: 1 per 60 s, 1 at once, "
+        "paused"
+    )
+    assert text_of(page, '<ul id="paused-keys">', "</ul>") == (
+        "default object 32: 1 job waiting for the resume"
+    )
+    assert 'href="/objects/32?kind=default"' in page
+    # The overview says the same to scripts, and its first slot is the paused job's: none.
+    overview = await get_json(client, "/overview")
+    assert [kind["kind"] for kind in overview["limits"]["kinds"]] == ["default", "notify"]
+    assert overview["limits"]["paused_keys"][0]["object_id"] == 32
+    assert overview["first_due"]["run_at"] is None

@@ -13,7 +13,16 @@ import asyncpg
 import pytest
 
 from paceline.db.queries import QUERIES
-from paceline.observability.overview import COUNT_CAP, FAILURES_SHOWN, MINUTES
+from paceline.observability.audit import RUNNING_LOOKBACK
+from paceline.observability.overview import (
+    COUNT_CAP,
+    FAILURES_SHOWN,
+    KINDS_SHOWN,
+    LIMITS_COUNT_CAP,
+    MINUTES,
+    OVERRIDES_SHOWN,
+    PAUSED_SHOWN,
+)
 from paceline.observability.timeline import RUNS_SHOWN, WAITING_CAP, WAITING_SHOWN
 from tests.conftest import _admin, with_database
 from tests.integration.test_sql import PlanNode, explain, summary
@@ -23,6 +32,8 @@ HISTORY_OBJECTS = 1_000
 PENDING = 2_000  # half past their slot
 BUSY_OBJECT = 7
 WINDOW = 300.0
+OVERRIDES = 20_000  # per-object limits, half of each kind
+PAUSED_KEYS = 100  # of them paused
 
 
 async def _seed(dsn: str) -> None:
@@ -55,8 +66,15 @@ async def _seed(dsn: str) -> None:
             SELECT object_id, max(started_at) FROM jobs WHERE started_at IS NOT NULL GROUP BY 1;
             INSERT INTO object_slots (object_id, next_slot)
             SELECT object_id, max(run_at) + interval '5 minutes' FROM jobs GROUP BY 1;
-            INSERT INTO workers (id, host, pid, concurrency, running)
-            SELECT gen_random_uuid(), 'web-' || g, g, 8, 4 FROM generate_series(1, 3) AS g;
+            INSERT INTO workers (id, host, pid, concurrency, running, kinds)
+            SELECT gen_random_uuid(), 'web-' || g, g, 8, 4, ARRAY['default', 'notify']
+            FROM generate_series(1, 3) AS g;
+            INSERT INTO kind_limits (kind, window_seconds, per_window, max_running)
+            VALUES ('default', {WINDOW}, 1, 1), ('notify', 60, 5, 2);
+            INSERT INTO key_limits (kind, object_id, per_window, paused)
+            SELECT CASE WHEN g % 2 = 0 THEN 'default' ELSE 'notify' END, g, 2,
+                   g <= {PAUSED_KEYS}
+            FROM generate_series(1, {OVERRIDES}) AS g;
             ANALYZE;
             """
         )
@@ -167,6 +185,25 @@ async def test_replicas_read_only_the_workers_table(history: asyncpg.Connection)
     assert tables(nodes) == {"workers"}, nodes
 
 
+async def test_the_limits_read_only_the_first_overrides_and_the_paused_keys(
+    history: asyncpg.Connection,
+) -> None:
+    for name, args, index in (
+        ("overview_kind_limits", (LIMITS_COUNT_CAP, KINDS_SHOWN), "pk_key_limits"),
+        ("overview_overrides", (OVERRIDES_SHOWN,), "pk_key_limits"),
+        ("overview_paused_keys", (PAUSED_SHOWN, LIMITS_COUNT_CAP), "ix_key_limits_paused"),
+    ):
+        nodes = summary(await explain(history, name, *args))
+        assert_no_full_scan(nodes)
+        assert PlanNode("Seq Scan", "key_limits", None) not in nodes, (name, nodes)
+        assert index in indexes(nodes), (name, nodes)
+    rows = await history.fetch(QUERIES["overview_kind_limits"], LIMITS_COUNT_CAP, KINDS_SHOWN)
+    assert [(row["kind"], row["overrides"], row["paused_keys"]) for row in rows] == [
+        ("default", OVERRIDES // 2, PAUSED_KEYS // 2),
+        ("notify", OVERRIDES // 2, PAUSED_KEYS // 2),
+    ]
+
+
 async def test_timeline_reads_are_probes_of_one_object(history: asyncpg.Connection) -> None:
     windows = summary(await explain(history, "timeline_windows", "default", BUSY_OBJECT))
     assert indexes(windows) == {"pk_object_starts", "pk_object_slots"}, windows
@@ -177,17 +214,31 @@ async def test_timeline_reads_are_probes_of_one_object(history: asyncpg.Connecti
         nodes = summary(await explain(history, name, *args))
         assert_no_full_scan(nodes)
         assert indexes(nodes) == {"ix_jobs_pending_kind_object_id_run_at_id"}, (name, nodes)
-    runs = summary(await explain(history, "timeline_runs", "default", BUSY_OBJECT, RUNS_SHOWN + 1))
-    assert_no_full_scan(runs)
-    assert "ix_job_attempts_kind_object_id_started_at" in indexes(runs), runs
+    history_reads: list[tuple[str, tuple[object, ...]]] = [
+        ("timeline_runs", ("default", BUSY_OBJECT, RUNS_SHOWN * 2)),
+        ("timeline_window_starts", ("default", BUSY_OBJECT, 300.0, 3)),
+    ]
+    for read, read_args in history_reads:
+        nodes = summary(await explain(history, read, *read_args))
+        assert_no_full_scan(nodes)
+        assert "ix_job_attempts_kind_object_id_started_at" in indexes(nodes), (read, nodes)
+    # The key's limit and its running jobs (the limits' own queries, read by the timeline).
+    limit = summary(await explain(history, "key_limit", "default", BUSY_OBJECT))
+    assert indexes(limit) <= {"pk_kind_limits", "pk_key_limits"}, limit
+    running = summary(await explain(history, "running_jobs_of_key", "default", BUSY_OBJECT))
+    assert_no_full_scan(running)
+    assert indexes(running) == {"ix_jobs_running_kind_object_id"}, running
 
 
 async def test_the_audit_reads_only_the_newest_starts(history: asyncpg.Connection) -> None:
     now = await history.fetchval("SELECT now()")
-    nodes = summary(
-        await explain(history, "audit_window", now - timedelta(seconds=15), now, WINDOW)
-    )
-    assert_no_full_scan(nodes)
-    assert {"ix_job_attempts_started_at", "ix_job_attempts_kind_object_id_started_at"} <= indexes(
-        nodes
-    ), nodes
+    for name, args in (
+        ("audit_window", ()),
+        ("audit_running", (RUNNING_LOOKBACK,)),
+    ):
+        nodes = summary(await explain(history, name, now - timedelta(seconds=15), now, *args))
+        assert_no_full_scan(nodes)
+        assert {
+            "ix_job_attempts_started_at",
+            "ix_job_attempts_kind_object_id_started_at",
+        } <= indexes(nodes), (name, nodes)

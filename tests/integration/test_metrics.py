@@ -1,5 +1,5 @@
 """GET /metrics: parseable by Prometheus's own parser, counters that move as jobs run, gauges of
-the whole queue, and the window auditor's violation counter."""
+the whole queue, and the limit auditor's violation counters."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from paceline.observability.audit import WindowAuditor
-from paceline.web.keys import METRICS, POOL, SETTINGS
+from paceline.observability.audit import Audit, LimitAuditor
+from paceline.queue.limits import LimitFields, pause, set_limit
+from paceline.web.keys import METRICS, POOL
 from tests.conftest import MakeClient
 from tests.queue_data import insert_attempt, insert_job, insert_worker
 from tests.support import eventually, wait_until_finished
@@ -39,11 +40,10 @@ def counters(samples: dict[str, float], kind: str = "default") -> dict[str, floa
     return {name: samples[f'paceline_jobs_{name}_total{{kind="{kind}"}}'] for name in COUNTERS}
 
 
-def auditor_of(client: Client, since: datetime) -> WindowAuditor:
-    """An auditor like the app's own (its counter, its pool), but looking from `since` and now."""
-    return WindowAuditor(
+def auditor_of(client: Client, since: datetime) -> LimitAuditor:
+    """An auditor like the app's own (its counters, its pool), but looking from `since` and now."""
+    return LimitAuditor(
         client.app[POOL],
-        window=client.app[SETTINGS].rate_window,
         on_violation=client.app[METRICS].violation,
         margin=0,
         since=since,
@@ -153,6 +153,38 @@ async def test_gauges_describe_the_whole_queue(client: Client, db: asyncpg.Conne
     assert samples['paceline_replicas{state="dead"}'] == 1
 
 
+async def test_gauges_show_each_kinds_limit_its_overrides_and_paused_keys(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    client = await make_client(
+        concurrency=0, rate_window=60, handlers="notify=tests.handlers:shout"
+    )
+    pool = client.app[POOL]
+    await set_limit(pool, "notify", None, LimitFields(10, 5, 2))
+    await pause(pool, "notify", None)
+    for object_id in (1, 2, 3):
+        await set_limit(pool, "default", object_id, LimitFields(3600))
+    await pause(pool, "default", 3)
+
+    samples = await scrape(client)
+
+    limits = {
+        kind: [
+            samples[f'paceline_{name}{{kind="{kind}"}}']
+            for name in (
+                "limit_window_seconds",
+                "limit_per_window",
+                "limit_max_running",
+                "limit_paused",
+                "limit_overrides",
+                "paused_keys",
+            )
+        ]
+        for kind in ("default", "notify")
+    }
+    assert limits == {"default": [60, 1, 1, 0, 3, 1], "notify": [10, 5, 2, 1, 0, 0]}
+
+
 async def test_metrics_answer_without_the_database(make_client: MakeClient) -> None:
     """A scrape during an outage still returns this process's counters, and says so."""
     client = await make_client(
@@ -175,13 +207,16 @@ async def test_the_auditor_counts_starts_less_than_a_window_apart(
             job_id = await insert_job(db, object_id, "SUCCESS", run_at=start, started=start)
             await insert_attempt(db, job_id, 1, started=start, finished=start + 1)
 
-    [violation] = await auditor.check()
+    audit = await auditor.check()
 
+    [violation] = audit.window
     assert violation.object_id == 5
     assert 9 < violation.gap < 11
+    assert (violation.window_seconds, violation.per_window) == (60, 1)
+    assert audit.running == []
     assert (await scrape(client))["paceline_window_violations_total"] == 1
     # A later look does not count the same pair again.
-    assert await auditor.check() == []
+    assert await auditor.check() == Audit([], [])
     assert (await scrape(client))["paceline_window_violations_total"] == 1
 
 
@@ -203,5 +238,57 @@ async def test_the_auditor_finds_nothing_in_real_runs(
     starts = await db.fetchval("SELECT count(*) FROM job_attempts")
     assert starts == 7  # each job of object 3 ran twice
 
-    assert await auditor.check() == []
-    assert (await scrape(client))["paceline_window_violations_total"] == 0
+    assert await auditor.check() == Audit([], [])
+    samples = await scrape(client)
+    assert samples["paceline_window_violations_total"] == 0
+    assert samples["paceline_running_violations_total"] == 0
+
+
+async def insert_starts(
+    db: asyncpg.Connection, object_id: int, starts: list[tuple[float, float | None]]
+) -> list[int]:
+    """One finished (or, finish None, running) attempt per (start, finish); the job ids."""
+    job_ids = []
+    for start, finish in starts:
+        job_id = await insert_job(db, object_id, "SUCCESS", run_at=start, started=start)
+        await insert_attempt(db, job_id, 1, started=start, finished=finish)
+        job_ids.append(job_id)
+    return job_ids
+
+
+async def test_the_auditor_judges_each_key_by_its_own_limit(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    """N starts per window and M running, from the key's limit in the database: three starts
+    in one window obey N = 3, a fourth within the window does not; a start while M attempts
+    of the key run breaks max_running."""
+    client = await make_client(concurrency=0, rate_window=60)
+    auditor = auditor_of(client, since=await db.fetchval("SELECT now() - interval '1 hour'"))
+    for object_id in (11, 12, 13):
+        await set_limit(client.app[POOL], "default", object_id, LimitFields(60, 3, 2))
+    # Object 11 obeys: three starts in 20 s, then each next one a window after the third
+    # before it; never more than one running.
+    await insert_starts(
+        db, 11, [(-300, -299), (-290, -289), (-280, -279), (-240, -239), (-230, -229), (-220, -219)]
+    )
+    # Object 12: a fourth start 50 s after the first of three.
+    first, *_, fourth = await insert_starts(
+        db, 12, [(-300, -299), (-290, -289), (-280, -279), (-250, -249)]
+    )
+    # Object 13: two overlap (allowed: M = 2), then a third starts while both run.
+    still_running, long_one, third = await insert_starts(
+        db, 13, [(-100, None), (-90, -10), (-80, -70)]
+    )
+
+    audit = await auditor.check()
+
+    [window] = audit.window
+    assert (window.object_id, window.job_id, window.previous_job_id) == (12, fourth, first)
+    assert 49 < window.gap < 51
+    assert (window.window_seconds, window.per_window) == (60, 3)
+    [running] = audit.running
+    assert (running.object_id, running.job_id, running.max_running) == (13, third, 2)
+    assert running.running_job_ids == [still_running, long_one]
+    samples = await scrape(client)
+    assert samples["paceline_window_violations_total"] == 1
+    assert samples["paceline_running_violations_total"] == 1

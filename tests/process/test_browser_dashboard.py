@@ -103,7 +103,8 @@ def test_the_timeline_shows_the_reserved_slot_and_why_it_waits(
         assert slot.get_attribute("title") == second["run_at"]
         started = api(server, f"/jobs/{first['id']}")["started_at"]
         reason = (
-            f"window: last start {shown_time(datetime.fromisoformat(started), zone)}, "
+            "window: 1 start in the last 60 s (at most 1), the last at "
+            f"{shown_time(datetime.fromisoformat(started), zone)}; "
             f"slot {shown_time(datetime.fromisoformat(second['run_at']), zone)}"
         )
         expect(waiting.locator("td.reason")).to_have_text(reason)
@@ -203,10 +204,10 @@ def check_a_busy_timeline(page: Page) -> None:
     expect(page.get_by_role("heading", name=f"Object {object_id}, kind default")).to_be_visible()
     runs = page.locator("#runs tbody tr")
     expect(runs.filter(has_text=DEMO_ERRORS[2])).to_have_count(1)
-    expect(runs.filter(has_text="less than the window")).to_have_count(0)
+    expect(runs.filter(has_text="over the limit")).to_have_count(0)
     reasons = page.locator("#waiting td.reason")
-    expect(reasons.first).to_have_text(re.compile(r"^window: last start .+, slot "))
-    expect(reasons.nth(1)).to_have_text(re.compile(r"^window: after job \d+ \(slot "))
+    expect(reasons.first).to_have_text(re.compile(r"^window: \d+ starts? in the last .+; slot "))
+    expect(reasons.nth(1)).to_have_text(re.compile(r"^after job \d+ \(slot "))
     if os.environ.get("PACELINE_SCREENSHOT"):
         page.screenshot(path=SCREENSHOTS / "timeline.png", full_page=True)
 

@@ -1,4 +1,4 @@
-"""What the page, /metrics, /readyz and the window auditor read: the queries of `dashboard.sql`.
+"""What the page, /metrics, /readyz and the limit auditor read: the queries of `dashboard.sql`.
 
 Typed, keyword-argument functions, one per named query; `dashboard.sql` says which index keeps
 each read small. Callers pass a pool or a connection (a snapshot transaction, say).
@@ -52,6 +52,21 @@ async def overview_recent_failures(db: Executor, *, limit: int) -> list[asyncpg.
     return await db.fetch(QUERIES["overview_recent_failures"], limit)
 
 
+async def overview_kind_limits(db: Executor, *, count_cap: int, limit: int) -> list[asyncpg.Record]:
+    """Per kind: its limit in force, own_row, and its overrides and paused keys (capped)."""
+    return await db.fetch(QUERIES["overview_kind_limits"], count_cap, limit)
+
+
+async def overview_overrides(db: Executor, *, limit: int) -> list[asyncpg.Record]:
+    """The first per-key overrides by (kind, object_id), with each key's limit in force."""
+    return await db.fetch(QUERIES["overview_overrides"], limit)
+
+
+async def overview_paused_keys(db: Executor, *, limit: int, count_cap: int) -> list[asyncpg.Record]:
+    """The first paused keys (kind, object_id, updated_at) and their waiting jobs (capped)."""
+    return await db.fetch(QUERIES["overview_paused_keys"], limit, count_cap)
+
+
 async def replicas(db: Executor, *, dead_after: float) -> list[asyncpg.Record]:
     """Every registered replica, with `alive` = a heartbeat within `dead_after` seconds."""
     return await db.fetch(QUERIES["replicas"], dead_after)
@@ -62,6 +77,14 @@ async def timeline_windows(db: Executor, *, kind: str, object_id: int) -> asyncp
     record = await db.fetchrow(QUERIES["timeline_windows"], kind, object_id)
     assert record is not None
     return record
+
+
+async def timeline_window_starts(
+    db: Executor, *, kind: str, object_id: int, window: float, limit: int
+) -> list[datetime]:
+    """The key's starts within the last `window` seconds, newest first, at most `limit`."""
+    rows = await db.fetch(QUERIES["timeline_window_starts"], kind, object_id, window, limit)
+    return [row["started_at"] for row in rows]
 
 
 async def timeline_waiting(
@@ -90,11 +113,17 @@ async def audit_horizon(db: Executor, *, margin: float) -> datetime:
     return horizon
 
 
-async def audit_window(
-    db: Executor, *, after: datetime, up_to: datetime, window: float
+async def audit_window(db: Executor, *, after: datetime, up_to: datetime) -> list[asyncpg.Record]:
+    """Starts in (after, up_to] less than their key's window after its N-th previous start."""
+    return await db.fetch(QUERIES["audit_window"], after, up_to)
+
+
+async def audit_running(
+    db: Executor, *, after: datetime, up_to: datetime, lookback: int
 ) -> list[asyncpg.Record]:
-    """Starts in (after, up_to] less than `window` after the previous start of their object."""
-    return await db.fetch(QUERIES["audit_window"], after, up_to, window)
+    """Starts in (after, up_to] made while their key's max_running attempts (or more) ran,
+    judged from the key's `lookback` previous starts."""
+    return await db.fetch(QUERIES["audit_running"], after, up_to, lookback)
 
 
 async def schema_revisions(db: Executor) -> set[str]:

@@ -1,4 +1,4 @@
--- What the page, /metrics, /readyz and the window auditor read. Loaded by paceline.db.queries.
+-- What the page, /metrics, /readyz and the limit auditor read. Loaded by paceline.db.queries.
 -- None of these may read the history of finished jobs row by row: with a million of them, a
 -- refresh a second would be a full scan a second. Each query says which index keeps it small;
 -- tests/test_dashboard_sql.py proves the plans on a large history.
@@ -86,6 +86,56 @@ WHERE status = 'FAILED'
 ORDER BY id DESC
 LIMIT $1;
 
+-- name: overview_kind_limits
+-- $1 the most overrides one kind's counts read, $2 how many kinds. Each kind's limit in force
+-- (paceline_limit with no object: what a key without an override has), whether the kind has
+-- a row of its own, and its overrides and paused keys among its first $1 overrides (a prefix
+-- range of pk_key_limits, capped). The kinds: those with a limit row, `default`, and those a
+-- replica that beat in the last minute runs (a handful of rows each).
+SELECT k.kind, l.window_seconds, l.per_window, l.max_running, l.paused,
+       own.kind IS NOT NULL AS own_row, o.overrides, o.paused_keys
+FROM (
+    SELECT kind FROM kind_limits
+    UNION SELECT 'default'
+    UNION SELECT unnest(kinds) FROM workers WHERE last_heartbeat > now() - interval '1 minute'
+) AS k (kind)
+LEFT JOIN kind_limits AS own ON own.kind = k.kind
+CROSS JOIN LATERAL paceline_limit(k.kind, NULL) AS l
+CROSS JOIN LATERAL (
+    SELECT count(*) AS overrides, count(*) FILTER (WHERE first.paused) AS paused_keys
+    -- In pk order, so the plan is that range even where the kind has most overrides.
+    FROM (
+        SELECT paused FROM key_limits WHERE kind = k.kind ORDER BY object_id LIMIT $1
+    ) AS first
+) AS o
+ORDER BY k.kind
+LIMIT $2;
+
+-- name: overview_overrides
+-- $1 how many. The first overrides in (kind, object) order with the limit each key has in
+-- force: the first entries of pk_key_limits, each limit three primary-key probes.
+SELECT o.kind, o.object_id, l.window_seconds, l.per_window, l.max_running, l.paused,
+       o.updated_at
+FROM key_limits AS o
+CROSS JOIN LATERAL paceline_limit(o.kind, o.object_id) AS l
+ORDER BY o.kind, o.object_id
+LIMIT $1;
+
+-- name: overview_paused_keys
+-- $1 how many. The first paused keys, with when they were paused and how many jobs wait for
+-- the resume (capped at $2): ix_key_limits_paused holds only paused keys; each count is a
+-- range of ix_jobs_pending_kind_object_id_run_at_id.
+SELECT p.kind, p.object_id, p.updated_at,
+       (SELECT count(*) FROM (
+           SELECT 1 FROM jobs AS j
+           WHERE j.kind = p.kind AND j.object_id = p.object_id AND j.status = 'PENDING'
+           LIMIT $2
+       ) AS waiting) AS waiting
+FROM key_limits AS p
+WHERE p.paused
+ORDER BY p.kind, p.object_id
+LIMIT $1;
+
 -- name: replicas
 -- $1 seconds without a heartbeat after which a replica counts as dead. One row per process
 -- with workers (a handful); dead ones stay until the janitor forgets them.
@@ -101,6 +151,16 @@ SELECT now() AS now,
        (SELECT last_started_at FROM object_starts WHERE kind = $1 AND object_id = $2)
            AS last_started_at,
        (SELECT next_slot FROM object_slots WHERE kind = $1 AND object_id = $2) AS next_slot;
+
+-- name: timeline_window_starts
+-- $1 kind, $2 object_id, $3 W, $4 N. The key's newest starts within the last W, at most N (what
+-- the claim counts for a limit of N > 1): the newest entries of
+-- ix_job_attempts_kind_object_id_started_at for the key.
+SELECT started_at
+FROM job_attempts
+WHERE kind = $1 AND object_id = $2 AND started_at > now() - make_interval(secs => $3)
+ORDER BY started_at DESC
+LIMIT $4;
 
 -- name: timeline_waiting
 -- $1 kind, $2 object_id, $3 how many. The key's pending jobs in the order they will start
@@ -138,28 +198,65 @@ LIMIT $3;
 SELECT now() - make_interval(secs => $1) AS horizon;
 
 -- name: audit_window
--- $1 after, $2 up to (both start times), $3 W. Starts in ($1, $2] that came less than W after
--- the previous start of the same (kind, object): violations of I1, which must never exist.
--- The starts come from ix_job_attempts_started_at (a few seconds' worth per call); each
--- previous start is one backwards probe of ix_job_attempts_kind_object_id_started_at.
+-- $1 after, $2 up to (both start times). Starts in ($1, $2] that came less than W after the
+-- N-th previous start of the same (kind, object), W and N being the key's limit: N + 1 starts
+-- in an interval shorter than W, a violation of I1' (N = 1: two starts less than W apart).
+-- The limit is the one in force now: a start made just before a limit was tightened may show
+-- here. The starts come from ix_job_attempts_started_at (a few seconds' worth per call); the
+-- limit is three primary-key probes; the N-th previous start is one backwards range of
+-- ix_job_attempts_kind_object_id_started_at, N entries long.
 SELECT a.kind, a.object_id, a.job_id, a.attempt, a.started_at,
+       lim.window_seconds, lim.per_window,
        p.job_id AS previous_job_id, p.attempt AS previous_attempt,
        p.started_at AS previous_started_at
 FROM job_attempts AS a
+CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS lim
 CROSS JOIN LATERAL (
     SELECT p.job_id, p.attempt, p.started_at
     FROM job_attempts AS p
     WHERE p.kind = a.kind
       AND p.object_id = a.object_id
       AND p.started_at <= a.started_at
-      -- Two starts at the same instant are one pair, reported once.
+      -- Starts at the same instant are counted once each, in one order.
       AND (p.started_at, p.job_id, p.attempt) < (a.started_at, a.job_id, a.attempt)
     ORDER BY p.started_at DESC, p.job_id DESC, p.attempt DESC
+    OFFSET lim.per_window - 1
     LIMIT 1
 ) AS p
 WHERE a.started_at > $1
   AND a.started_at <= $2
-  AND p.started_at > a.started_at - make_interval(secs => $3)
+  AND p.started_at > a.started_at - make_interval(secs => lim.window_seconds)
+ORDER BY a.started_at;
+
+-- name: audit_running
+-- $1 after, $2 up to (both start times), $3 how many earlier starts of its key to look at.
+-- Starts in ($1, $2] made while M or more attempts of the same key ran (started before it,
+-- unfinished at its start): violations of I7, M being the key's max_running now. Bounded per
+-- start: the key's $3 previous starts, one backwards range of
+-- ix_job_attempts_kind_object_id_started_at; an attempt that overlapped it but started more
+-- than $3 starts of its key earlier is not seen.
+SELECT a.kind, a.object_id, a.job_id, a.attempt, a.started_at, lim.max_running,
+       o.running_job_ids
+FROM job_attempts AS a
+CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS lim
+CROSS JOIN LATERAL (
+    SELECT array_agg(e.job_id ORDER BY e.started_at, e.job_id) AS running_job_ids
+    FROM (
+        SELECT p.job_id, p.started_at, p.finished_at
+        FROM job_attempts AS p
+        WHERE p.kind = a.kind
+          AND p.object_id = a.object_id
+          AND p.started_at <= a.started_at
+          AND (p.started_at, p.job_id, p.attempt) < (a.started_at, a.job_id, a.attempt)
+        ORDER BY p.started_at DESC, p.job_id DESC, p.attempt DESC
+        LIMIT $3
+    ) AS e
+    -- Still running when `a` started: unfinished (finished_at NULL) or finished after it.
+    WHERE e.finished_at IS NULL OR e.finished_at > a.started_at
+) AS o
+WHERE a.started_at > $1
+  AND a.started_at <= $2
+  AND cardinality(o.running_job_ids) >= lim.max_running
 ORDER BY a.started_at;
 
 -- name: schema_revisions

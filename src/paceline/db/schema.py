@@ -270,6 +270,8 @@ key_limits = Table(
     *_limit_columns(),
     *_limit_checks(),
     PrimaryKeyConstraint("kind", "object_id"),
+    # The paused keys (the dashboard lists them, /metrics counts them): few among many.
+    Index("ix_key_limits_paused", "kind", "object_id", postgresql_where=text("paused")),
 )
 
 # What the replicas agree on across restarts, e.g. the window the pending slots were planned

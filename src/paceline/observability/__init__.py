@@ -1,4 +1,4 @@
-"""Seeing the queue: what the page and /metrics show, the window auditor, transition logs.
+"""Seeing the queue: what the page and /metrics show, the limit auditor, transition logs.
 
 Everything here reads the database through `paceline.db` and never the history row by row;
 `web` serves it.

@@ -1,9 +1,12 @@
-"""The window auditor: checks, after the fact, that starts of one object were a window apart.
+"""The limit auditor: checks, after the fact, that the starts of each key obeyed its limit.
 
-The claim enforces I1; the auditor is the independent witness. Every few seconds it reads the
+The claim enforces I1' (at most N starts of a key in any window W) and I7 (at most M of its
+attempts at once); the auditor is the independent witness. Every few seconds it reads the
 attempts that started since its last look (from `job_attempts`, the record of every start) and
-compares each with the previous start of its object. A violation is logged and counted
-(`paceline_window_violations_total`, which must stay 0). Every replica audits the whole
+checks each against its key's limit in the database: the N-th previous start of the key must be
+a window or more before it, and fewer than M of the key's attempts may have been running when
+it started. A violation is logged and counted (`paceline_window_violations_total` and
+`paceline_running_violations_total`, which must stay 0). Every replica audits the whole
 database, so alert on the maximum across replicas, not the sum.
 """
 
@@ -23,39 +26,68 @@ log = logging.getLogger(__name__)
 
 # Starts younger than this may belong to a claim not committed yet; they wait for the next look.
 COMMIT_MARGIN = 5.0
+# How many earlier starts of its key a start is compared with for I7: an attempt still running
+# after this many later starts of its key is not seen (the read per start stays bounded).
+RUNNING_LOOKBACK = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Violation:
-    """Two starts of one (kind, object) less than a window apart."""
+class WindowViolation:
+    """A start less than its key's window after the key's N-th previous start: N + 1 starts
+    in less than W."""
 
     kind: str
     object_id: int
     job_id: int
     attempt: int
     started_at: datetime
+    window_seconds: float
+    per_window: int
     previous_job_id: int
     previous_attempt: int
     previous_started_at: datetime
 
     @property
     def gap(self) -> float:
-        """Seconds between the two starts."""
+        """Seconds from the N-th previous start to this one (less than the window)."""
         return (self.started_at - self.previous_started_at).total_seconds()
 
 
-class WindowAuditor(Service):
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunningViolation:
+    """A start made while its key already had `max_running` attempts (or more) running."""
+
+    kind: str
+    object_id: int
+    job_id: int
+    attempt: int
+    started_at: datetime
+    max_running: int
+    running_job_ids: list[int]
+
+
+Violation = WindowViolation | RunningViolation
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Audit:
+    """What one look found."""
+
+    window: list[WindowViolation]
+    running: list[RunningViolation]
+
+
+class LimitAuditor(Service):
     """Audits new starts every `interval` seconds until `stop()`; an unreachable database
     only delays the next look."""
 
     name = "paceline-auditor"
-    failure = "the window audit failed"
+    failure = "the limit audit failed"
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         *,
-        window: float,
         on_violation: Callable[[Violation], None],
         interval: float = 10.0,
         margin: float = COMMIT_MARGIN,
@@ -63,12 +95,11 @@ class WindowAuditor(Service):
     ) -> None:
         super().__init__(logger=log, retry=Backoff(interval, interval))
         self._pool = pool
-        self._window = window
         self._on_violation = on_violation
         self._interval = interval
         self._margin = margin
         # Starts up to here are audited. None: from the first look on (a replica audits what
-        # happens while it lives; the previous start it compares with may be older).
+        # happens while it lives; the previous starts it compares with may be older).
         self.audited_to = since
 
     async def step(self) -> float:
@@ -76,23 +107,26 @@ class WindowAuditor(Service):
         await self.check()
         return self._interval
 
-    async def check(self) -> list[Violation]:
+    async def check(self) -> Audit:
         """Audit the starts since the last check; report and return the violations found."""
         horizon = await dashboard.audit_horizon(self._pool, margin=self._margin)
         if self.audited_to is None:
             self.audited_to = horizon
-            return []
         if horizon <= self.audited_to:
-            return []
-        rows = await dashboard.audit_window(
-            self._pool, after=self.audited_to, up_to=horizon, window=self._window
+            return Audit([], [])
+        after, self.audited_to = self.audited_to, horizon
+        window = await dashboard.audit_window(self._pool, after=after, up_to=horizon)
+        running = await dashboard.audit_running(
+            self._pool, after=after, up_to=horizon, lookback=RUNNING_LOOKBACK
         )
-        self.audited_to = horizon
-        violations = [Violation(**dict(row)) for row in rows]
-        for violation in violations:
+        found = Audit(
+            window=[WindowViolation(**dict(row)) for row in window],
+            running=[RunningViolation(**dict(row)) for row in running],
+        )
+        for violation in found.window:
             log.error(
                 "window violated: %s object %d started job %d (attempt %d) %.6fs after job %d "
-                "(attempt %d); the window is %gs",
+                "(attempt %d), %d start(s) earlier; the limit is %d per %gs",
                 violation.kind,
                 violation.object_id,
                 violation.job_id,
@@ -100,13 +134,32 @@ class WindowAuditor(Service):
                 violation.gap,
                 violation.previous_job_id,
                 violation.previous_attempt,
-                self._window,
-                extra={
-                    "job_id": violation.job_id,
-                    "kind": violation.kind,
-                    "object_id": violation.object_id,
-                    "attempt": violation.attempt,
-                },
+                violation.per_window,
+                violation.per_window,
+                violation.window_seconds,
+                extra=_fields(violation),
             )
             self._on_violation(violation)
-        return violations
+        for overlap in found.running:
+            log.error(
+                "max_running violated: %s object %d started job %d (attempt %d) while jobs %s "
+                "ran; at most %d may run at once",
+                overlap.kind,
+                overlap.object_id,
+                overlap.job_id,
+                overlap.attempt,
+                ", ".join(map(str, overlap.running_job_ids)),
+                overlap.max_running,
+                extra=_fields(overlap),
+            )
+            self._on_violation(overlap)
+        return found
+
+
+def _fields(violation: Violation) -> dict[str, object]:
+    return {
+        "job_id": violation.job_id,
+        "kind": violation.kind,
+        "object_id": violation.object_id,
+        "attempt": violation.attempt,
+    }

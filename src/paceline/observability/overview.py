@@ -1,4 +1,5 @@
-"""The queue at a glance, as the page and /metrics show it, read without touching the history.
+"""The queue at a glance, as the page and /metrics show it, read without touching the history:
+its counts, the last minutes, the newest failures, the replicas, and the limits in force.
 
 Exact where the rows are few (pending and running jobs, the last minutes, the newest
 failures), estimated where they are many (all finished jobs). `dashboard.sql` says which
@@ -19,7 +20,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from paceline.db import dashboard
-from paceline.queue.jobs import isoformat
+from paceline.queue.jobs import finite, isoformat
 
 # A count stops reading here; the page says "at least" beyond it.
 COUNT_CAP = 100_000
@@ -28,6 +29,12 @@ MINUTES = 15
 FAILURES_SHOWN = 10
 # A replica whose heartbeat is older than this is dead (it beats every ~5 s).
 DEAD_AFTER = 15.0
+# Limits: at most this many kinds, the first overrides and paused keys shown, and a kind's
+# overrides (and a paused key's waiting jobs) counted up to a cap ("at least" beyond it).
+KINDS_SHOWN = 100
+OVERRIDES_SHOWN = 10
+PAUSED_SHOWN = 10
+LIMITS_COUNT_CAP = 10_000
 FINISHED = ("SUCCESS", "FAILED", "CANCELLED")
 
 
@@ -39,7 +46,7 @@ class QueuedJob:
     kind: str
     object_id: int
     created_at: datetime
-    run_at: datetime
+    run_at: datetime | None  # None: its key is paused
 
     def to_json(self) -> dict[str, Any]:
         """For the page."""
@@ -49,6 +56,78 @@ class QueuedJob:
             "object_id": self.object_id,
             "created_at": isoformat(self.created_at),
             "run_at": isoformat(self.run_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KindLimit:
+    """A kind's limit in force (what its keys without an override have), and its overrides."""
+
+    kind: str
+    window_seconds: float
+    per_window: int
+    max_running: int
+    paused: bool
+    own_row: bool  # False: everything inherited from the default kind
+    overrides: int  # counted up to LIMITS_COUNT_CAP
+    paused_keys: int  # among those
+
+    def to_json(self) -> dict[str, Any]:
+        """For the page; field names as the /limits API's."""
+        return {
+            "kind": self.kind,
+            "window": self.window_seconds,
+            "limit": self.per_window,
+            "max_running": self.max_running,
+            "paused": self.paused,
+            "inherited": not self.own_row,
+            "overrides": self.overrides,
+            "paused_keys": self.paused_keys,
+            "capped": self.overrides >= LIMITS_COUNT_CAP,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyOverride:
+    """A key with a limit of its own, and the limit it has in force."""
+
+    kind: str
+    object_id: int
+    window_seconds: float
+    per_window: int
+    max_running: int
+    paused: bool
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """For the page."""
+        return {
+            "kind": self.kind,
+            "object_id": self.object_id,
+            "window": self.window_seconds,
+            "limit": self.per_window,
+            "max_running": self.max_running,
+            "paused": self.paused,
+            "updated_at": isoformat(self.updated_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PausedKey:
+    """A paused key: since when (its override's last change), and its jobs waiting."""
+
+    kind: str
+    object_id: int
+    updated_at: datetime
+    waiting: int  # counted up to LIMITS_COUNT_CAP
+
+    def to_json(self) -> dict[str, Any]:
+        """For the page."""
+        return {
+            "kind": self.kind,
+            "object_id": self.object_id,
+            "updated_at": isoformat(self.updated_at),
+            "waiting": self.waiting,
         }
 
 
@@ -96,6 +175,9 @@ class Overview:
     per_minute: Sequence[tuple[datetime, Mapping[str, int]]]
     recent_failures: Sequence[Mapping[str, Any]]
     replicas: Sequence[Replica]
+    limits: Sequence[KindLimit]
+    overrides: Sequence[KeyOverride]  # the first OVERRIDES_SHOWN
+    paused_keys: Sequence[PausedKey]  # the first PAUSED_SHOWN
 
     @property
     def waiting(self) -> int:
@@ -136,6 +218,11 @@ class Overview:
             },
             "recent_failures": [dict(failure) for failure in self.recent_failures],
             "replicas": [replica.to_json() for replica in self.replicas],
+            "limits": {
+                "kinds": [limit.to_json() for limit in self.limits],
+                "overrides": [override.to_json() for override in self.overrides],
+                "paused_keys": [key.to_json() for key in self.paused_keys],
+            },
         }
 
 
@@ -153,6 +240,13 @@ async def read_overview(pool: asyncpg.Pool) -> Overview:
         minutes = await dashboard.overview_finished_per_minute(conn, minutes=MINUTES)
         failures = await dashboard.overview_recent_failures(conn, limit=FAILURES_SHOWN)
         replicas = await read_replicas(conn)
+        limits = await dashboard.overview_kind_limits(
+            conn, count_cap=LIMITS_COUNT_CAP, limit=KINDS_SHOWN
+        )
+        overrides = await dashboard.overview_overrides(conn, limit=OVERRIDES_SHOWN)
+        paused = await dashboard.overview_paused_keys(
+            conn, limit=PAUSED_SHOWN, count_cap=LIMITS_COUNT_CAP
+        )
     finished = _finished_estimate(live_rows, counts["pending"] + counts["processing"])
     return Overview(
         now=counts["now"],
@@ -176,6 +270,9 @@ async def read_overview(pool: asyncpg.Pool) -> Overview:
             for row in failures
         ],
         replicas=replicas,
+        limits=[KindLimit(**dict(row)) for row in limits],
+        overrides=[KeyOverride(**dict(row)) for row in overrides],
+        paused_keys=[PausedKey(**dict(row)) for row in paused],
     )
 
 
@@ -207,7 +304,9 @@ class OverviewCache:
 
 
 def _queued(row: asyncpg.Record | None) -> QueuedJob | None:
-    return None if row is None else QueuedJob(**dict(row))
+    if row is None:
+        return None
+    return QueuedJob(**{**dict(row), "run_at": finite(row["run_at"])})
 
 
 def _finished_estimate(live_rows: float | None, unfinished: int) -> int | None:

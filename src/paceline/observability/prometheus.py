@@ -22,8 +22,8 @@ from prometheus_client import (
 )
 
 from paceline.contract import DEFAULT_KIND
-from paceline.observability.audit import Violation
-from paceline.observability.overview import Overview
+from paceline.observability.audit import Violation, WindowViolation
+from paceline.observability.overview import LIMITS_COUNT_CAP, Overview
 from paceline.queue.events import JobEvents
 from paceline.queue.jobs import Job, Status
 
@@ -110,7 +110,14 @@ class JobMetrics(JobEvents):
         )
         self.window_violations = Counter(
             "paceline_window_violations",
-            "Starts of one object less than a window apart, found by the auditor. Must stay 0.",
+            "Starts of one key more than its limit N in less than its window W, found by the "
+            "auditor. Must stay 0.",
+            registry=r,
+        )
+        self.running_violations = Counter(
+            "paceline_running_violations",
+            "Starts of one key made while its max_running attempts ran, found by the auditor. "
+            "Must stay 0.",
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -133,6 +140,42 @@ class JobMetrics(JobEvents):
             "paceline_replicas",
             "Replicas with workers by heartbeat: alive, or dead (silent for 15 s).",
             ["state"],
+            registry=r,
+        )
+        self.limit_window = Gauge(
+            "paceline_limit_window_seconds",
+            "The window W of each kind's limit (its keys without an override).",
+            KIND,
+            registry=r,
+        )
+        self.limit_per_window = Gauge(
+            "paceline_limit_per_window",
+            "How many starts N of one key each kind's limit allows in its window.",
+            KIND,
+            registry=r,
+        )
+        self.limit_max_running = Gauge(
+            "paceline_limit_max_running",
+            "How many jobs M of one key each kind's limit lets run at once.",
+            KIND,
+            registry=r,
+        )
+        self.limit_paused = Gauge(
+            "paceline_limit_paused",
+            "1 while the kind is paused (none of its jobs start), else 0.",
+            KIND,
+            registry=r,
+        )
+        self.limit_overrides = Gauge(
+            "paceline_limit_overrides",
+            f"Keys of the kind with a limit of their own (counted up to {LIMITS_COUNT_CAP:,}).",
+            KIND,
+            registry=r,
+        )
+        self.paused_keys = Gauge(
+            "paceline_paused_keys",
+            f"Keys of the kind paused by an override (among its first {LIMITS_COUNT_CAP:,}).",
+            KIND,
             registry=r,
         )
         self.database_up = Gauge(
@@ -185,11 +228,25 @@ class JobMetrics(JobEvents):
         self.claim.observe(seconds)
 
     def violation(self, violation: Violation) -> None:
-        """The auditor found two starts of one object less than a window apart."""
-        self.window_violations.inc()
+        """The auditor found a start that broke its key's window or max_running."""
+        if isinstance(violation, WindowViolation):
+            self.window_violations.inc()
+        else:
+            self.running_violations.inc()
 
     def observe_queue(self, overview: Overview | None) -> None:
         """Set the gauges from a fresh overview; None: the database could not be read."""
+        per_kind = (
+            self.limit_window,
+            self.limit_per_window,
+            self.limit_max_running,
+            self.limit_paused,
+            self.limit_overrides,
+            self.paused_keys,
+        )
+        # Only the kinds the database has now: a dropped kind leaves no stale series.
+        for gauge in per_kind:
+            gauge.clear()
         if overview is None:
             self.database_up.set(0)
             for gauge in (self.due, self.oldest_due):
@@ -202,11 +259,22 @@ class JobMetrics(JobEvents):
         self.queue_depth.labels("PROCESSING").set(overview.processing)
         self.due.set(overview.due)
         first = overview.first_due
-        overdue = 0.0 if first is None else (overview.now - first.run_at).total_seconds()
+        overdue = (
+            0.0
+            if first is None or first.run_at is None
+            else (overview.now - first.run_at).total_seconds()
+        )
         self.oldest_due.set(max(0.0, overdue))
         alive = sum(replica.alive for replica in overview.replicas)
         self.replicas.labels("alive").set(alive)
         self.replicas.labels("dead").set(len(overview.replicas) - alive)
+        for limit in overview.limits:
+            self.limit_window.labels(limit.kind).set(limit.window_seconds)
+            self.limit_per_window.labels(limit.kind).set(limit.per_window)
+            self.limit_max_running.labels(limit.kind).set(limit.max_running)
+            self.limit_paused.labels(limit.kind).set(int(limit.paused))
+            self.limit_overrides.labels(limit.kind).set(limit.overrides)
+            self.paused_keys.labels(limit.kind).set(limit.paused_keys)
 
     def render(self) -> bytes:
         """Everything in the Prometheus text format."""

@@ -1,8 +1,11 @@
-"""One object's timeline: its past runs, its reserved slots, and why each waiting job waits.
+"""One key's timeline: its limit, its past runs, its reserved slots, and why each waiting job
+waits.
 
-"Why is my job not running?" is what users of a rate-limited queue ask most; the answer is
-always one of: its slot has not come (the window since the object's last start), it queues
-behind an older job of its object (FIFO, each a window apart), or it is due and waits for a
+"Why is my job not running?" is what users of a rate-limited queue ask most. The answer, as the
+claim decides it (db/jobs.sql, claim_due_jobs), is one of: the key is paused; its slot has not
+come (the key's limit of N starts per window W, counted from its recent starts); it was
+scheduled for later (`not_before`); it queues behind an earlier job of its key (jobs of a key
+start in slot order); the key already runs its M jobs at once; or it is due and waits for a
 free worker.
 """
 
@@ -18,23 +21,31 @@ import asyncpg
 
 from paceline.contract import DEFAULT_KIND
 from paceline.db import dashboard
-from paceline.queue.jobs import isoformat
+from paceline.db import limits as limits_store
+from paceline.queue.jobs import finite, isoformat
+from paceline.queue.scheduling import KeyLimit, read_limit
 
 RUNS_SHOWN = 50
 WAITING_SHOWN = 50
 WAITING_CAP = 10_000
+
+# A reason in words: text, and times ({"time": ISO 8601}) the page shows in the viewer's zone.
+Reason = list[str | dict[str, str | None]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Wait:
     """Why a pending job has not started, and from when it may."""
 
-    # "window": its slot (or the window since the last start) has not come;
-    # "queue": an older job of the object goes first, a window before it;
+    # "paused": the key is paused, the job starts after the resume (no slot);
+    # "window": its slot, or the key's recent starts (N in the last W), hold it;
+    # "not_before": it was scheduled for later, and its slot is that time;
+    # "queue": an earlier job of the key goes first;
+    # "running": due, but the key runs its M jobs at once (after_job: the oldest of them);
     # "due": nothing holds it but a free worker.
     kind: str
-    slot: datetime
-    starts_at: datetime
+    slot: datetime | None
+    starts_at: datetime | None
     last_start: datetime | None = None
     after_job: int | None = None
     after_slot: datetime | None = None
@@ -52,15 +63,37 @@ class Wait:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class KeyActivity:
+    """What holds a key's next start besides its slots, read in the timeline's snapshot."""
+
+    now: datetime
+    limit: KeyLimit
+    last_start: datetime | None
+    # The key's starts in the last W that count against its limit, newest first, at most N.
+    window_starts: Sequence[datetime]
+    # The key's running jobs, oldest start first.
+    running: Sequence[int]
+
+    @property
+    def window_opens(self) -> datetime | None:
+        """When the recent starts let one more start: the N-th newest plus W (None: now)."""
+        n = self.limit.per_window
+        if len(self.window_starts) < n:
+            return None
+        return self.window_starts[n - 1] + timedelta(seconds=self.limit.window)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Timeline:
     """What the object page shows."""
 
     kind: str
     object_id: int
-    window: float
+    limit: KeyLimit
     now: datetime
     last_start: datetime | None
     next_free_slot: datetime | None
+    running: Sequence[int]
     waiting: list[dict[str, Any]]
     waiting_total: int
     runs: list[dict[str, Any]]
@@ -70,10 +103,19 @@ class Timeline:
         return {
             "kind": self.kind,
             "object_id": self.object_id,
-            "window": self.window,
+            "window": self.limit.window,
+            "limit": {
+                "window": self.limit.window,
+                "limit": self.limit.per_window,
+                "max_running": self.limit.max_running,
+                "paused": self.limit.paused,
+                "overridden": self.limit.overridden,
+                "text": limit_sentence(self.kind, self.limit),
+            },
             "now": isoformat(self.now),
             "last_start": isoformat(self.last_start),
             "next_free_slot": isoformat(self.next_free_slot),
+            "running": list(self.running),
             "waiting": self.waiting,
             "waiting_total": self.waiting_total,
             "waiting_capped": self.waiting_total >= WAITING_CAP,
@@ -81,14 +123,26 @@ class Timeline:
         }
 
 
-async def read_timeline(
-    pool: asyncpg.Pool, object_id: int, window: float, kind: str = DEFAULT_KIND
-) -> Timeline:
-    """The object's timeline now; every read is an index probe of this object's rows."""
+def limit_sentence(kind: str, limit: KeyLimit) -> str:
+    """The key's limit in words, and where it comes from."""
+    starts = f"{limit.per_window} start{'' if limit.per_window == 1 else 's'}"
+    source = (
+        "this object's own limit (an override)" if limit.overridden else f"the limit of kind {kind}"
+    )
+    sentence = (
+        f"At most {starts} every {limit.window:g} seconds and {limit.max_running} running at "
+        f"once: {source}."
+    )
+    return f"Paused: nothing starts until it is resumed. {sentence}" if limit.paused else sentence
+
+
+async def read_timeline(pool: asyncpg.Pool, object_id: int, kind: str = DEFAULT_KIND) -> Timeline:
+    """The key's timeline now; every read is an index probe of this key's rows."""
     async with (
         pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
+        limit = await read_limit(conn, kind, object_id)
         windows = await dashboard.timeline_windows(conn, kind=kind, object_id=object_id)
         pending = [
             dict(row)
@@ -99,79 +153,148 @@ async def read_timeline(
         total = await dashboard.timeline_waiting_count(
             conn, kind=kind, object_id=object_id, cap=WAITING_CAP
         )
-        # One more than shown: the oldest run shown still gets its gap to the one before.
+        running = await limits_store.running_jobs_of_key(conn, kind=kind, object_id=object_id)
+        now, last_start = windows["now"], windows["last_started_at"]
+        if limit.per_window == 1:
+            # What the claim reads for N = 1: the key's last start (it outlives the history).
+            recent = last_start is not None and last_start > now - timedelta(seconds=limit.window)
+            window_starts = [last_start] if recent else []
+        else:
+            window_starts = await dashboard.timeline_window_starts(
+                conn, kind=kind, object_id=object_id, window=limit.window, limit=limit.per_window
+            )
+        # Enough earlier starts that each run shown can be checked against its key's limit.
         runs = await dashboard.timeline_runs(
-            conn, kind=kind, object_id=object_id, limit=RUNS_SHOWN + 1
+            conn,
+            kind=kind,
+            object_id=object_id,
+            limit=RUNS_SHOWN + min(limit.per_window, RUNS_SHOWN),
         )
-    now, last_start = windows["now"], windows["last_started_at"]
-    waits = explain_waits(pending, now=now, last_start=last_start, window=window)
+    activity = KeyActivity(now, limit, last_start, window_starts, running)
+    waits = explain_waits(pending, activity)
     next_slot = windows["next_slot"]
     return Timeline(
         kind=kind,
         object_id=object_id,
-        window=window,
+        limit=limit,
         now=now,
         last_start=last_start,
         # A slot in the past is no reservation: a new job would start at once.
         next_free_slot=next_slot if next_slot is not None and next_slot > now else None,
+        running=running,
         waiting=[
             {
                 "id": row["id"],
                 "created_at": isoformat(row["created_at"]),
-                "run_at": isoformat(row["run_at"]),
+                "run_at": isoformat(finite(row["run_at"])),
+                "not_before": isoformat(row["not_before"]),
                 "attempts": row["attempts"],
                 "error": row["error"],
-                "wait": wait.to_json(),
+                "wait": {**wait.to_json(), "reason": reason(wait, activity, row["attempts"])},
             }
             for row, wait in zip(pending, waits, strict=True)
         ],
         waiting_total=total,
-        runs=_runs_with_gaps(runs, window),
+        runs=_runs_with_gaps(runs, limit),
     )
 
 
-def explain_waits(
-    pending: Sequence[Mapping[str, Any]],
-    *,
-    now: datetime,
-    last_start: datetime | None,
-    window: float,
-) -> list[Wait]:
-    """Why each of an object's pending jobs (oldest first) waits.
+def explain_waits(pending: Sequence[Mapping[str, Any]], key: KeyActivity) -> list[Wait]:
+    """Why each of a key's pending jobs (in slot order) waits.
 
-    Only the oldest may start next (FIFO); it waits for its slot and for a window since the
-    object's last actual start, which is later than the slot when that start was late.
-    Every job behind it holds a slot a window after the one before.
+    Only the first may start next (slot order); it waits for its slot, and for the key's
+    recent starts to leave room for one more, which is later than the slot when those starts
+    were late; once both have come, for one of the key's M running jobs to finish. Every job
+    behind it waits for the one before, unless its slot is the later time it was scheduled
+    for.
     """
     waits: list[Wait] = []
     previous: Mapping[str, Any] | None = None
     for row in pending:
-        slot = row["run_at"]
-        if previous is not None:
+        slot = finite(row["run_at"])
+        not_before = row.get("not_before")
+        if key.limit.paused or slot is None:
+            waits.append(Wait("paused", slot=None, starts_at=None, last_start=key.last_start))
+        elif not_before is not None and slot == not_before and slot > key.now:
+            waits.append(Wait("not_before", slot=slot, starts_at=slot))
+        elif previous is not None:
             waits.append(
                 Wait(
                     "queue",
                     slot=slot,
                     starts_at=slot,
-                    last_start=last_start,
+                    last_start=key.last_start,
                     after_job=previous["id"],
-                    after_slot=previous["run_at"],
+                    after_slot=finite(previous["run_at"]),
                 )
             )
         else:
-            window_opens = last_start + timedelta(seconds=window) if last_start else slot
-            starts_at = max(slot, window_opens)
-            kind = "due" if starts_at <= now else "window"
-            waits.append(Wait(kind, slot=slot, starts_at=starts_at, last_start=last_start))
+            opens = key.window_opens
+            starts_at = slot if opens is None else max(slot, opens)
+            if starts_at > key.now:
+                wait = Wait("window", slot=slot, starts_at=starts_at, last_start=key.last_start)
+            elif len(key.running) >= key.limit.max_running:
+                wait = Wait("running", slot=slot, starts_at=None, after_job=key.running[0])
+            else:
+                wait = Wait("due", slot=slot, starts_at=starts_at, last_start=key.last_start)
+            waits.append(wait)
         previous = row
     return waits
 
 
-def _runs_with_gaps(rows: list[asyncpg.Record], window: float) -> list[dict[str, Any]]:
-    """Newest first, each with the seconds since the object's start before it (I1: >= W)."""
+def reason(wait: Wait, key: KeyActivity, attempts: int) -> Reason:
+    """Why the job waits, in words (what the page shows)."""
+    words: Reason = [f"retry, attempt {attempts + 1} · "] if attempts > 0 else []
+    limit = key.limit
+    if wait.kind == "paused":
+        words.append("paused (starts after resume)")
+    elif wait.kind == "not_before":
+        words += ["not before ", _time(wait.slot), " (scheduled for then)"]
+    elif wait.kind == "queue":
+        words += [
+            f"after job {wait.after_job} (slot ",
+            _time(wait.after_slot),
+            "): jobs of an object start in slot order; slot ",
+            _time(wait.slot),
+        ]
+    elif wait.kind == "running":
+        words.append(
+            f"waits for job {wait.after_job} to finish: {len(key.running)} running, at most "
+            f"{limit.max_running} at once"
+        )
+    elif wait.kind == "window":
+        starts = len(key.window_starts)
+        words.append(
+            f"window: {starts} start{'' if starts == 1 else 's'} in the last {limit.window:g} s "
+            f"(at most {limit.per_window})"
+        )
+        if key.last_start is not None:
+            words += [", the last at ", _time(key.last_start)]
+        words += ["; slot ", _time(wait.slot)]
+        # Only a start late by a second or more moves the time shown (shown to the second).
+        late = wait.starts_at and wait.slot and wait.starts_at - wait.slot >= timedelta(seconds=1)
+        if late:
+            words += ["; the last starts were late, so not before ", _time(wait.starts_at)]
+    else:
+        words += ["due since ", _time(wait.starts_at), ": waiting for a free worker"]
+    return words
+
+
+def _time(moment: datetime | None) -> dict[str, str | None]:
+    return {"time": isoformat(moment)}
+
+
+def _runs_with_gaps(rows: list[asyncpg.Record], limit: KeyLimit) -> list[dict[str, Any]]:
+    """Newest first, each with the seconds since the key's start before it, and whether it came
+    less than W after the N-th start before it (I1'); rows holds that many earlier starts
+    where the key has them (N at most RUNS_SHOWN)."""
+    n, window = limit.per_window, timedelta(seconds=limit.window)
     runs = []
-    for row, before in itertools.zip_longest(rows[:RUNS_SHOWN], rows[1 : RUNS_SHOWN + 1]):
+    for index, (row, before) in enumerate(
+        itertools.zip_longest(rows[:RUNS_SHOWN], rows[1 : RUNS_SHOWN + 1])
+    ):
         gap = None if before is None else (row["started_at"] - before["started_at"]).total_seconds()
+        nth_before = rows[index + n] if index + n < len(rows) else None
         runs.append(
             {
                 "job_id": row["job_id"],
@@ -183,7 +306,8 @@ def _runs_with_gaps(rows: list[asyncpg.Record], window: float) -> list[dict[str,
                 "error": row["error"],
                 "replica": _replica(row),
                 "gap": gap,
-                "too_soon": gap is not None and gap < window,
+                "too_soon": nth_before is not None
+                and row["started_at"] - nth_before["started_at"] < window,
             }
         )
     return runs

@@ -16,7 +16,7 @@ from paceline.observability.overview import OverviewCache, read_replicas
 from paceline.observability.timeline import read_timeline
 from paceline.queue.jobs import INT64_MAX, INT64_MIN
 from paceline.web.api import json_response
-from paceline.web.keys import CLOSING, OVERVIEW, POOL, SETTINGS
+from paceline.web.keys import CLOSING, OVERVIEW, POOL
 from paceline.web.problems import not_found
 from paceline.web.validation import kind_value
 
@@ -99,12 +99,11 @@ async def _next_event(app: web.Application) -> bytes:
 
 @routes.get("/objects/{object_id}/timeline", name="timeline")
 async def timeline(request: web.Request) -> web.Response:
-    """One (kind, object)'s past runs and reserved slots, with why each waiting job waits
+    """One (kind, object)'s limit, past runs and reserved slots, with why each waiting job waits
     (`?kind=`, default `default`)."""
     object_id = parse_object_id(request.match_info["object_id"])
     kind = kind_value(request.query.get("kind"), status=400)
-    window = request.app[SETTINGS].rate_window
-    found = await read_timeline(request.app[POOL], object_id, window, kind)
+    found = await read_timeline(request.app[POOL], object_id, kind)
     return json_response(found.to_json())
 
 

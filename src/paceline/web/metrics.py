@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from paceline.db.pool import is_unavailable
-from paceline.observability.audit import WindowAuditor
+from paceline.observability.audit import LimitAuditor
 from paceline.observability.overview import Overview
 from paceline.observability.prometheus import JobMetrics
 from paceline.observability.transitions import EnqueueLog
@@ -17,7 +17,7 @@ from paceline.web.keys import METRICS, OVERVIEW, POOL, SETTINGS
 
 routes = web.RouteTableDef()
 
-# How often the window auditor looks at new starts.
+# How often the limit auditor looks at new starts.
 AUDIT_INTERVAL = 10.0
 
 
@@ -31,12 +31,11 @@ def observe(app: web.Application, events: JobEvents | None) -> JobEvents:
 
 
 def setup(app: web.Application) -> None:
-    """Run the window auditor while the app runs (after the pool opens, before it closes)."""
+    """Run the limit auditor while the app runs (after the pool opens, before it closes)."""
 
     async def auditor_ctx(app: web.Application) -> AsyncIterator[None]:
-        auditor = WindowAuditor(
+        auditor = LimitAuditor(
             app[POOL],
-            window=app[SETTINGS].rate_window,
             on_violation=app[METRICS].violation,
             interval=AUDIT_INTERVAL,
         )
