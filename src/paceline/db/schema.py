@@ -274,8 +274,8 @@ key_limits = Table(
     Index("ix_key_limits_paused", "kind", "object_id", postgresql_where=text("paused")),
 )
 
-# What the replicas agree on across restarts, e.g. the window the pending slots were planned
-# with (a restart with another PACELINE_RATE_WINDOW re-plans them).
+# What the replicas agree on across restarts (a name, a value). Until 0009 it held the window
+# the pending slots were planned with; the limits tables hold that now, and nothing writes it.
 service_state = Table(
     "service_state",
     metadata,
