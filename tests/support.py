@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -49,6 +50,11 @@ def assert_starts_apart(
             f"object {object_id}: starts {earlier} and {later} are {later - earlier} apart, "
             f"{per_window + 1} starts in less than W = {window}s"
         )
+
+
+def gaps(times: Iterable[datetime]) -> list[timedelta]:
+    """The distances between consecutive instants, in the order given."""
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
 
 
 async def all_jobs(dsn: str) -> list[asyncpg.Record]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import dataclasses
-import itertools
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -28,7 +27,7 @@ from paceline.queue.limits import LimitFields
 from paceline.queue.requeue import requeue
 from paceline.web.keys import POOL
 from tests.conftest import MakeClient
-from tests.support import assert_starts_apart, eventually, parse_time, post
+from tests.support import assert_starts_apart, eventually, gaps, parse_time, post
 
 Client = TestClient[Any, Any]
 
@@ -74,11 +73,6 @@ async def slots_of(db: asyncpg.Connection, object_id: int) -> dict[int, datetime
 async def status_of(db: asyncpg.Connection, job_id: int) -> str:
     status: str = await db.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
     return status
-
-
-def gaps(times: list[datetime]) -> list[timedelta]:
-    """The distances between consecutive instants."""
-    return [later - earlier for earlier, later in itertools.pairwise(times)]
 
 
 async def snapshot(db: asyncpg.Connection) -> dict[str, list[asyncpg.Record]]:
