@@ -39,13 +39,22 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-def assert_starts_apart(object_id: int, starts: Iterable[datetime], window: float) -> None:
-    """I1 for one object: its starts, in time order, are at least `window` seconds apart."""
-    for earlier, later in itertools.pairwise(sorted(starts)):
+def assert_starts_apart(
+    object_id: int, starts: Iterable[datetime], window: float, *, per_window: int = 1
+) -> None:
+    """I1' for one object: no `window` seconds hold more than `per_window` of its starts (for
+    N = 1: its starts, in time order, are at least `window` seconds apart)."""
+    ordered = sorted(starts)
+    for earlier, later in zip(ordered, ordered[per_window:], strict=False):
         assert later - earlier >= timedelta(seconds=window), (
             f"object {object_id}: starts {earlier} and {later} are {later - earlier} apart, "
-            f"less than W = {window}s"
+            f"{per_window + 1} starts in less than W = {window}s"
         )
+
+
+def gaps(times: Iterable[datetime]) -> list[timedelta]:
+    """The distances between consecutive instants, in the order given."""
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
 
 
 async def all_jobs(dsn: str) -> list[asyncpg.Record]:
@@ -80,10 +89,11 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-async def post(client: TestClient[Any, Any], object_id: int) -> dict[str, Any]:
-    """Create a job through an in-process app's API; it must be accepted (201)."""
-    response = await client.post("/jobs", json={"object_id": object_id})
-    assert response.status == 201
+async def post(client: TestClient[Any, Any], object_id: int, **fields: Any) -> dict[str, Any]:
+    """Create a job through an in-process app's API (`fields`: more of the body, such as
+    `not_before`); it must be accepted (201)."""
+    response = await client.post("/jobs", json={"object_id": object_id, **fields})
+    assert response.status == 201, await response.text()
     job: dict[str, Any] = await response.json()
     return job
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -314,3 +315,65 @@ async def test_a_database_with_jobs_in_every_status_upgrades_to_kinds_in_place(
     with pytest.raises(Exception, match="kinds other than default"):
         await asyncio.to_thread(migrate.downgrade, dsn, "0007")
     assert await versions(dsn) == {"0008"}
+
+
+async def test_a_database_in_use_upgrades_to_limits_keeping_its_window_and_slots(
+    empty_database_url: str,
+) -> None:
+    """0009 (limits in the database) on a database whose replicas planned with a 7.5 s window:
+    that window becomes the default kind's limit, the waiting jobs keep their slots, and the
+    next plain submit goes a window after the last; a downgrade is refused while limits,
+    overrides or scheduled jobs exist that the older code would ignore, and otherwise gives
+    the window back to service_state."""
+    dsn = empty_database_url
+    await asyncio.to_thread(migrate.upgrade, dsn, "0008")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO service_state (name, value) VALUES ('rate_window', '7.5');
+            INSERT INTO jobs (object_id, run_at)
+            SELECT 1, now() + n * interval '7.5 seconds' FROM generate_series(0, 2) AS n;
+            INSERT INTO object_slots (object_id, next_slot)
+            SELECT 1, max(run_at) + interval '7.5 seconds' FROM jobs;
+            """
+        )
+        before = await conn.fetch("SELECT id, run_at FROM jobs ORDER BY id")
+
+        await asyncio.to_thread(migrate.upgrade, dsn, "0009")
+        limit = await conn.fetchrow("SELECT * FROM kind_limits WHERE kind = 'default'")
+        assert limit is not None, "the stored window became no limit"
+        assert (limit["window_seconds"], limit["per_window"], limit["max_running"]) == (7.5, 1, 1)
+        assert not limit["paused"]
+        assert await conn.fetchval("SELECT count(*) FROM service_state") == 0
+        assert await conn.fetch("SELECT id, run_at FROM jobs ORDER BY id") == before
+        await asyncio.to_thread(migrate.upgrade, dsn, "head")
+        [job] = await conn.fetch(QUERIES["enqueue"], "default", 1, None, None)
+        assert job["run_at"] == before[-1]["run_at"] + timedelta(seconds=7.5)
+
+        refused = [
+            "INSERT INTO key_limits (kind, object_id, per_window) VALUES ('default', 1, 3)",
+            "UPDATE kind_limits SET per_window = 2 WHERE kind = 'default'",
+            "INSERT INTO kind_limits (kind, max_running) VALUES ('notify', 4)",
+            "INSERT INTO jobs (object_id, run_at, not_before) VALUES (2, now(), now())",
+        ]
+        for change in refused:
+            async with conn.transaction():
+                await conn.execute(change)
+            with pytest.raises(Exception, match="limits, overrides or scheduled jobs exist"):
+                await asyncio.to_thread(migrate.downgrade, dsn, "0008")
+            assert await versions(dsn) == {head(dsn)}, change
+            await conn.execute(
+                """
+                DELETE FROM key_limits; DELETE FROM kind_limits WHERE kind <> 'default';
+                UPDATE kind_limits SET per_window = 1 WHERE kind = 'default';
+                DELETE FROM jobs WHERE not_before IS NOT NULL;
+                """
+            )
+        await asyncio.to_thread(migrate.downgrade, dsn, "0008")
+        assert await conn.fetchval(
+            "SELECT value FROM service_state WHERE name = 'rate_window'"
+        ) == str(7.5)
+        assert await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'PENDING'") == 4
+    finally:
+        await conn.close()

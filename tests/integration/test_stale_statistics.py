@@ -18,7 +18,9 @@ import asyncpg
 import pytest
 
 from paceline.db import jobs as store
+from paceline.queue.jobs import NewJob
 from paceline.queue.requeue import requeue
+from paceline.queue.scheduling import create_in
 
 KINDS = ["default"]
 WINDOW = 300.0
@@ -29,17 +31,18 @@ LIMIT = 64
 # A claim with the right plan takes milliseconds here; the cached plan of the issue takes
 # minutes. The bound leaves room for a slow, shared CI machine.
 BOUND = 2.0
-TABLES = ("jobs", "object_slots", "object_starts", "job_attempts")
+TABLES = ("jobs", "object_slots", "object_starts", "job_attempts", "key_limits")
 # Rows of `jobs` one call may read. The index path reads the first due heads and one probe
 # each (a few hundred); a plan that scans the table reads all OBJECTS * PER_OBJECT rows.
 MAX_ROWS_READ = 5_000
 
 
-async def rows_read(db: asyncpg.Connection) -> int:
-    """Rows of `jobs` this transaction has read so far, by any scan."""
+async def rows_read(db: asyncpg.Connection, table: str = "jobs") -> int:
+    """Rows of `table` this transaction has read so far, by any scan."""
     value = await db.fetchval(
         "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
-        "FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
+        "FROM pg_stat_xact_user_tables WHERE relname = $1",
+        table,
     )
     return int(value)
 
@@ -206,3 +209,54 @@ async def test_outcomes_leases_and_requeues_stay_bounded_on_stale_statistics(
         "SELECT status, count(*) FROM jobs WHERE id = ANY ($1) GROUP BY 1 ORDER BY 1", running
     )
     assert [tuple(row) for row in statuses] == [("PENDING", 1), ("SUCCESS", LIMIT - 1)]
+
+
+async def test_overrides_for_many_objects_keep_submit_and_claim_on_index_probes(
+    stale: asyncpg.Connection,
+) -> None:
+    """Thousands of per-object limits arrive after the plans were cached on an empty
+    `key_limits`: the claim still probes each due head's limit, and a submit for an object with
+    an override reads its own jobs and limit, not the tables."""
+    # Every other odd object (free to start) may start two per window; each has its slot row
+    # marked for the exact planner, as setting an override does.
+    await stale.execute(
+        "INSERT INTO key_limits (kind, object_id, per_window) "
+        "SELECT 'default', o, 2 FROM generate_series(1, $1::int - 1, 4) AS o",
+        OBJECTS,
+    )
+    await stale.execute(
+        "INSERT INTO object_slots (kind, object_id, next_slot, open_until) "
+        "SELECT kind, object_id, now(), '-infinity' FROM key_limits"
+    )
+    assert await stale.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'key_limits'") <= 0
+    claimed: set[int] = set()
+    for _ in range(3):
+        async with stale.transaction():
+            before = await rows_read(stale), await rows_read(stale, "key_limits")
+            jobs = await store.claim_due_jobs(
+                stale, limit=LIMIT, lease=LEASE, worker_id=uuid.UUID(int=3), kinds=KINDS
+            )
+            read = await rows_read(stale) - before[0]
+            limits_read = await rows_read(stale, "key_limits") - before[1]
+        assert read < MAX_ROWS_READ, f"a claim read {read} rows of jobs"
+        assert limits_read < MAX_ROWS_READ, f"a claim read {limits_read} rows of key_limits"
+        assert len(jobs) == LIMIT
+        assert all(job["object_id"] % 2 == 1 for job in jobs)
+        claimed |= {job["object_id"] for job in jobs}
+    assert any(object_id % 4 == 1 for object_id in claimed), "no overridden object was claimed"
+
+    for object_id in (OBJECTS - 3, OBJECTS - 2):  # with an override, and without
+        async with stale.transaction():
+            before = await rows_read(stale), await rows_read(stale, "key_limits")
+            job = await create_in(stale, NewJob(object_id))
+            read = await rows_read(stale) - before[0]
+            limits_read = await rows_read(stale, "key_limits") - before[1]
+        assert read < MAX_ROWS_READ, f"a submit read {read} rows of jobs"
+        assert limits_read < MAX_ROWS_READ, f"a submit read {limits_read} rows of key_limits"
+        # Its objects' PER_OBJECT jobs are pending: the new one goes behind them.
+        pending = await stale.fetch(
+            "SELECT run_at FROM jobs WHERE object_id = $1 AND status = 'PENDING' ORDER BY run_at",
+            object_id,
+        )
+        assert job.run_at == pending[-1]["run_at"]
+        assert len(pending) == PER_OBJECT + 1

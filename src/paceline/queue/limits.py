@@ -24,6 +24,7 @@ import asyncpg
 from paceline.contract import DEFAULT_KIND, MAX_LIMIT_CHANGES_SHOWN
 from paceline.db import jobs as jobs_store
 from paceline.db import limits as store
+from paceline.db import slots
 from paceline.db.pool import Connection, is_unavailable
 from paceline.queue.jobs import finite, isoformat
 from paceline.queue.scheduling import KeyLimit, SlotChange, read_limit, replan_key
@@ -297,6 +298,11 @@ async def _change(
                     if object_id is not None
                     else await store.kinds_inheriting(conn, kind=kind)
                 )
+                if object_id is not None:
+                    # The key may have no slot row yet (no job so far, or pruned): make one,
+                    # or plan_exactly has nothing to mark and the one-statement enqueue would
+                    # place the key's jobs under its kind's limit, ignoring the override.
+                    await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
                 # Until each key is re-planned, the one-statement enqueue leaves them be.
                 await store.plan_exactly(conn, kinds=kinds, object_id=object_id)
                 if park:
