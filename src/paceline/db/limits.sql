@@ -103,11 +103,19 @@ DELETE FROM key_limits WHERE kind = $1 AND object_id = $2 RETURNING kind;
 -- name: plan_exactly
 -- $1 kinds (NULL: every kind), $2 object_id (NULL: every object of them). The one-statement
 -- enqueue stops planning these keys (open_until '-infinity'): after a limit change, until the
--- planner has placed their next job and written next_slot and open_until anew.
-UPDATE object_slots
+-- planner has placed their next job and written next_slot and open_until anew. The rows are
+-- locked in key order, as a batch enqueue locks them: two statements that lock several slot
+-- rows in different orders could deadlock.
+UPDATE object_slots AS s
 SET open_until = '-infinity'
-WHERE ($1::text[] IS NULL OR kind = ANY ($1::text[]))
-  AND ($2::bigint IS NULL OR object_id = $2);
+FROM (
+    SELECT kind, object_id FROM object_slots
+    WHERE ($1::text[] IS NULL OR kind = ANY ($1::text[]))
+      AND ($2::bigint IS NULL OR object_id = $2)
+    ORDER BY kind, object_id
+    FOR UPDATE
+) AS locked
+WHERE s.kind = locked.kind AND s.object_id = locked.object_id;
 
 -- name: keys_with_pending
 -- $1 kinds (NULL: every kind), $2 object_id (NULL: every object). Keys with pending jobs.
