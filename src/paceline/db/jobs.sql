@@ -50,8 +50,8 @@ SELECT * FROM job;
 -- repeats allowed. Many jobs in one statement, each in its (kind, object)'s next free slot:
 -- the k-th occurrence of a key in the batch takes the k-th slot after the key's next free
 -- one, so repeats are a window apart as if sent one by one. Like enqueue, only for keys the
--- one-statement path may plan; the jobs of other keys are left out of the answer (each
--- returned row has its position in the batch, `ord`), and the caller places them.
+-- one-statement path may plan; the jobs of other keys are left out of the answer, and the
+-- caller places them.
 WITH items AS (
     -- $1 or $3 may be NULL: every job of the default kind, none with a payload (the plain
     -- batch, the group commit's). unnest pads the missing arrays with NULLs, so 2,000 elements
@@ -97,18 +97,12 @@ created AS (
     JOIN slots AS sl ON sl.kind = i.kind AND sl.object_id = i.object_id
     ORDER BY i.ord
     RETURNING {job_columns}
-),
--- Positions by key and order: the n jobs of a key were inserted in batch order, so their
--- ids ascend with it.
-numbered AS (
-    SELECT id, kind, object_id, row_number() OVER (PARTITION BY kind, object_id ORDER BY id) AS k
-    FROM created
 )
-SELECT c.*, i.ord
-FROM created AS c
-JOIN numbered AS n ON n.id = c.id
-JOIN items AS i ON i.kind = n.kind AND i.object_id = n.object_id AND i.k = n.k
-ORDER BY i.ord;
+-- In id order, which is batch order: the rows were inserted in it (ORDER BY i.ord above), so
+-- the caller pairs them with the items of the keys that came back without a join here (with
+-- the planner's guess of one row for `created`, a join by id was a nested loop: 1000 x 1000
+-- rows, 90 ms of a 110 ms batch).
+SELECT * FROM created ORDER BY id;
 
 -- name: claim_due_jobs
 -- $1 how many (the worker's free capacity), $2 lease seconds, $3 worker id, $4 the kinds this

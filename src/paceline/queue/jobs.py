@@ -176,7 +176,14 @@ async def enqueue_batch(db: Executor, new: list[NewJob]) -> dict[int, Job]:
         object_ids=[job.object_id for job in new],
         payloads=[job.payload_json for job in new],
     )
-    return {record["ord"] - 1: Job.from_record(record) for record in records}
+    # The rows come in batch order, only those of the keys the statement planned; every job of
+    # such a key is among them.
+    planned = {(record["kind"], record["object_id"]) for record in records}
+    positions = [n for n, job in enumerate(new) if (job.kind, job.object_id) in planned]
+    return {
+        position: Job.from_record(record)
+        for position, record in zip(positions, records, strict=True)
+    }
 
 
 async def get_job(db: Executor, job_id: int) -> Job | None:
