@@ -41,13 +41,19 @@ def sample_args(
     kind's jobs without a payload)."""
     worker = uuid.UUID(int=1)
     return {
-        "enqueue": [(object_id, window), (kind, object_id, window, None, None)],
+        # Since the limits (0009) the window is read from the database, not passed.
+        "enqueue": [
+            (object_id, window),
+            (kind, object_id, window, None, None),
+            (kind, object_id, None, None),
+        ],
         "claim_due_jobs": [
             (8, window),
             (8, window, 30.0, worker),
             (8, window, 30.0, worker, [kind]),
+            (8, 30.0, worker, [kind]),
         ],
-        "seconds_until_next_due": [(window,), (window, [kind])],
+        "seconds_until_next_due": [(window,), (window, [kind]), ([kind],)],
         "finish_jobs": [
             ([job_id], [1], ["SUCCESS"], [0.001], [None]),
             ([job_id], [1], ["SUCCESS"], [0.001], [None], [None]),

@@ -304,6 +304,8 @@ _ENQUEUE_PARAMETERS: dict[tuple[str, ...], tuple[str, ...]] = {
         "NULLIF(:payload, 'null')",
         "NULL",
     ),
+    # Since the limits (0009) the window is the database's: kind, object_id, payload, absorbed.
+    ("text", "int8", "jsonb", "int4"): (":kind", ":object_id", "NULLIF(:payload, 'null')", "NULL"),
 }
 
 
