@@ -342,7 +342,7 @@ class QueuedJob(msgspec.Struct, frozen=True):
     kind: Kind
     object_id: Int64
     created_at: UtcTime
-    run_at: UtcTime
+    run_at: Annotated[NullableUtcTime, Meta(description="Null while its key is paused.")]
 
 
 class Replica(msgspec.Struct, frozen=True):
@@ -396,10 +396,11 @@ class Overview(msgspec.Struct, frozen=True):
 
 
 class WaitingJob(msgspec.Struct, frozen=True):
-    """A pending job of the object, with `wait`: why it waits (`window`, `queue`, `due`)."""
+    """A pending job of the object, with `wait`: why it waits (its window, a running job, a
+    pause, its not_before, the jobs before it, a free worker)."""
 
     id: JobId
-    run_at: UtcTime
+    run_at: Annotated[NullableUtcTime, Meta(description="Null while its key is paused.")]
     wait: dict[str, Any]
 
 

@@ -248,12 +248,7 @@ async def pause(
     """Pause a kind or a key: it starts nothing (running jobs finish); its pending jobs, and
     those submitted meanwhile, wait for the resume (run_at null)."""
 
-    async def write(conn: Connection) -> None:
-        if object_id is None:
-            await store.set_kind_paused(conn, kind=kind, paused=True)
-        else:
-            await store.set_key_paused(conn, kind=kind, object_id=object_id, paused=True)
-
+    write = _paused_writer(kind, object_id, paused=True)
     return await _change(pool, kind, object_id, write, dry_run=dry_run, park=True)
 
 
@@ -262,13 +257,22 @@ async def resume(
 ) -> Replanned:
     """Resume a kind or a key: its pending jobs are planned from now, spaced by the limit."""
 
+    write = _paused_writer(kind, object_id, paused=False)
+    return await _change(pool, kind, object_id, write, dry_run=dry_run, from_now=True)
+
+
+def _paused_writer(
+    kind: str, object_id: int | None, *, paused: bool
+) -> Callable[[Connection], Awaitable[None]]:
+    """The write of a pause or a resume: the kind's row, or the key's."""
+
     async def write(conn: Connection) -> None:
         if object_id is None:
-            await store.set_kind_paused(conn, kind=kind, paused=False)
+            await store.set_kind_paused(conn, kind=kind, paused=paused)
         else:
-            await store.set_key_paused(conn, kind=kind, object_id=object_id, paused=False)
+            await store.set_key_paused(conn, kind=kind, object_id=object_id, paused=paused)
 
-    return await _change(pool, kind, object_id, write, dry_run=dry_run, from_now=True)
+    return write
 
 
 class _DryRun(Exception):

@@ -173,14 +173,18 @@ def _object_id(request: web.Request) -> int:
     raise not_found(f"There is no object {raw!r}; object ids are 64-bit integers.")
 
 
-def _dry_run(query: Mapping[str, str]) -> bool:
-    unknown = sorted(set(query) - _CHANGE_PARAMS)
+def _refuse_unknown(query: Mapping[str, str], known: frozenset[str]) -> None:
+    unknown = sorted(set(query) - known)
     if unknown:
         raise invalid(
-            f"Unknown query parameter(s) {', '.join(unknown)}; a change takes dry_run.",
+            f"Unknown query parameter(s) {', '.join(unknown)}; use {', '.join(sorted(known))}.",
             name=unknown[0],
             status=400,
         )
+
+
+def _dry_run(query: Mapping[str, str]) -> bool:
+    _refuse_unknown(query, _CHANGE_PARAMS)
     value = query.get("dry_run", "false").lower()
     if value not in ("true", "false", "1", "0"):
         raise invalid("dry_run must be true or false.", name="dry_run", status=400)
@@ -188,13 +192,7 @@ def _dry_run(query: Mapping[str, str]) -> bool:
 
 
 def _override_query(query: Mapping[str, str]) -> tuple[int, int]:
-    unknown = sorted(set(query) - _OVERRIDE_PARAMS)
-    if unknown:
-        raise invalid(
-            f"Unknown query parameter(s) {', '.join(unknown)}; use after and limit.",
-            name=unknown[0],
-            status=400,
-        )
+    _refuse_unknown(query, _OVERRIDE_PARAMS)
     after = _query_integer(query, "after", INT64_MIN, INT64_MAX, INT64_MIN)
     page = _query_integer(query, "limit", 1, contract.MAX_PAGE, contract.DEFAULT_PAGE)
     return after, page

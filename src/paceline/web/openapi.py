@@ -97,6 +97,12 @@ RESPONSES: dict[str, Any] = {
     ),
 }
 
+PAGE_SIZE_PARAMETER: dict[str, Any] = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+}
+
 JOB_ID_PARAMETER: dict[str, Any] = {
     "name": "job_id",
     "in": "path",
@@ -242,16 +248,7 @@ PATHS: dict[str, Any] = {
                     "description": "Case-insensitive.",
                     "schema": _ref("schemas", "Status"),
                 },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": MAX_PAGE,
-                        "default": DEFAULT_PAGE,
-                    },
-                },
+                PAGE_SIZE_PARAMETER,
                 {
                     "name": "cursor",
                     "in": "query",
@@ -369,16 +366,7 @@ PATHS: dict[str, Any] = {
                     "description": "The `next_cursor` of the previous page.",
                     "schema": INT64,
                 },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": MAX_PAGE,
-                        "default": DEFAULT_PAGE,
-                    },
-                },
+                PAGE_SIZE_PARAMETER,
             ],
             "responses": {
                 "200": _json("One page.", _ref("schemas", "OverridePage")),
