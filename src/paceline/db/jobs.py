@@ -51,8 +51,8 @@ async def enqueue_batch(
     payloads: Sequence[str | None],
 ) -> list[asyncpg.Record]:
     """One job per (kind, object_id, payload) (parallel sequences), each in its key's next free
-    slot, for the keys the one-statement path may plan; their rows in request order, each with
-    `ord`, its 1-based position in the request. Jobs of other keys are not made."""
+    slot, for the keys the one-statement path may plan; their rows in request order (in id
+    order, which is the request's). Jobs of other keys are not made."""
     # The plain batch sends its ids alone (the statement reads missing arrays as NULLs).
     sent_kinds = None if all(kind == DEFAULT_KIND for kind in kinds) else list(kinds)
     sent_payloads = None if all(p is None for p in payloads) else list(payloads)

@@ -49,13 +49,9 @@ async def key_limit_row(db: Executor, *, kind: str, object_id: int) -> asyncpg.R
 async def key_limit_rows(
     db: Executor, *, kind: str, after: int, limit: int
 ) -> list[asyncpg.Record]:
-    """The kind's overrides with object ids above `after`, in object order."""
+    """The kind's overrides with object ids above `after`, in object order, each with the
+    limit in force for its key (`in_force_*` columns)."""
     return await db.fetch(QUERIES["key_limit_rows"], kind, after, limit)
-
-
-async def count_key_limits(db: Executor) -> list[asyncpg.Record]:
-    """Per kind: overrides and paused keys."""
-    return await db.fetch(QUERIES["count_key_limits"])
 
 
 async def put_kind_limit(

@@ -43,19 +43,18 @@ FROM key_limits
 WHERE kind = $1 AND object_id = $2;
 
 -- name: key_limit_rows
--- $1 kind, $2 after this object_id (cursor), $3 how many. A kind's overrides in object order.
-SELECT kind, object_id, window_seconds, per_window, max_running, paused, updated_at
-FROM key_limits
-WHERE kind = $1 AND object_id > $2
-ORDER BY object_id
+-- $1 kind, $2 after this object_id (cursor), $3 how many. A kind's overrides in object order:
+-- each row as stored, and the limit in force for its key (`in_force_*`), so a page of them is
+-- one statement.
+SELECT o.kind, o.object_id, o.window_seconds, o.per_window, o.max_running, o.paused,
+       o.updated_at, l.window_seconds AS in_force_window_seconds,
+       l.per_window AS in_force_per_window, l.max_running AS in_force_max_running,
+       l.paused AS in_force_paused
+FROM key_limits AS o
+CROSS JOIN LATERAL paceline_limit(o.kind, o.object_id) AS l
+WHERE o.kind = $1 AND o.object_id > $2
+ORDER BY o.object_id
 LIMIT $3;
-
--- name: count_key_limits
--- Overrides and paused keys per kind.
-SELECT kind, count(*) AS overrides, count(*) FILTER (WHERE paused) AS paused
-FROM key_limits
-GROUP BY kind
-ORDER BY kind;
 
 -- name: put_kind_limit
 -- $1 kind, $2 W, $3 N, $4 M (NULL: inherit), $5 paused (NULL: keep, false for a new row).

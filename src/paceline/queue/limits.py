@@ -147,6 +147,13 @@ async def view(db: asyncpg.Pool | Connection, kind: str, object_id: int | None =
     else:
         row = await store.key_limit_row(db, kind=kind, object_id=object_id)
         effective = await read_limit(db, kind, object_id)
+    return _view_of(kind, object_id, row, effective)
+
+
+def _view_of(
+    kind: str, object_id: int | None, row: asyncpg.Record | None, effective: KeyLimit
+) -> LimitView:
+    """The view of a kind's or key's own row (None: it has none) and the limit in force."""
     own = (
         None
         if row is None
@@ -170,9 +177,23 @@ async def kinds_view(pool: asyncpg.Pool, kinds: Sequence[str]) -> list[LimitView
 
 
 async def overrides(pool: asyncpg.Pool, kind: str, *, after: int, limit: int) -> list[LimitView]:
-    """The kind's overrides, object ids above `after`, in object order."""
+    """The kind's overrides, object ids above `after`, in object order (one statement)."""
     rows = await store.key_limit_rows(pool, kind=kind, after=after, limit=limit)
-    return [await view(pool, kind, row["object_id"]) for row in rows]
+    return [
+        _view_of(
+            kind,
+            row["object_id"],
+            row,
+            KeyLimit(
+                window=row["in_force_window_seconds"],
+                per_window=row["in_force_per_window"],
+                max_running=row["in_force_max_running"],
+                paused=row["in_force_paused"],
+                overridden=True,
+            ),
+        )
+        for row in rows
+    ]
 
 
 async def set_limit(
