@@ -14,11 +14,9 @@ from aiohttp import web
 from paceline.db.pool import is_unavailable
 from paceline.observability.overview import OverviewCache, read_replicas
 from paceline.observability.timeline import read_timeline
-from paceline.queue.jobs import INT64_MAX, INT64_MIN
 from paceline.web.api import json_response
 from paceline.web.keys import CLOSING, OVERVIEW, POOL
-from paceline.web.problems import not_found
-from paceline.web.validation import kind_value
+from paceline.web.validation import kind_value, parse_object_id
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -42,17 +40,6 @@ def setup(app: web.Application) -> None:
 
     app.cleanup_ctx.append(overview_ctx)
     app.on_shutdown.append(close_streams)
-
-
-def parse_object_id(raw: str) -> int:
-    """An object id from the path; anything that is not a 64-bit integer is not found."""
-    digits = raw.removeprefix("-")
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
-        raise not_found(f"There is no object {raw!r}; object ids are 64-bit integers.")
-    value = int(raw)
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise not_found(f"There is no object {raw!r}; object ids are 64-bit integers.")
-    return value
 
 
 @routes.get("/overview", name="overview")

@@ -23,8 +23,10 @@ from paceline.web.keys import KINDS, POOL
 from paceline.web.problems import Problem, invalid, not_found
 from paceline.web.validation import (
     check_json_content_type,
+    int_param,
     json_integer,
     parse_json,
+    parse_object_id,
     read_body,
     refuse_repeated_keys,
 )
@@ -164,13 +166,7 @@ def _kind(request: web.Request) -> str:
 
 
 def _object_id(request: web.Request) -> int:
-    raw = request.match_info["object_id"]
-    digits = raw.removeprefix("-")
-    if digits.isascii() and digits.isdigit() and len(digits) <= 19:
-        number = int(raw)
-        if INT64_MIN <= number <= INT64_MAX:
-            return number
-    raise not_found(f"There is no object {raw!r}; object ids are 64-bit integers.")
+    return parse_object_id(request.match_info["object_id"])
 
 
 def _refuse_unknown(query: Mapping[str, str], known: frozenset[str]) -> None:
@@ -193,19 +189,11 @@ def _dry_run(query: Mapping[str, str]) -> bool:
 
 def _override_query(query: Mapping[str, str]) -> tuple[int, int]:
     _refuse_unknown(query, _OVERRIDE_PARAMS)
-    after = _query_integer(query, "after", INT64_MIN, INT64_MAX, INT64_MIN)
-    page = _query_integer(query, "limit", 1, contract.MAX_PAGE, contract.DEFAULT_PAGE)
+    after = int_param(query, "after", INT64_MIN, INT64_MAX) if "after" in query else INT64_MIN
+    page = contract.DEFAULT_PAGE
+    if "limit" in query:
+        page = int_param(query, "limit", 1, contract.MAX_PAGE)
     return after, page
-
-
-def _query_integer(query: Mapping[str, str], name: str, low: int, high: int, absent: int) -> int:
-    if name not in query:
-        return absent
-    raw = query[name].strip()
-    digits = raw.removeprefix("-")
-    if digits.isascii() and digits.isdigit() and len(digits) <= 19 and low <= int(raw) <= high:
-        return int(raw)
-    raise invalid(f"{name} must be an integer from {low} to {high}.", name=name, status=400)
 
 
 async def _no_body(request: web.Request) -> None:

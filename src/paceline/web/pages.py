@@ -23,9 +23,8 @@ from paceline.observability.overview import (
 from paceline.observability.timeline import limit_sentence
 from paceline.queue.jobs import Status
 from paceline.queue.scheduling import read_limit
-from paceline.web.dashboard import parse_object_id
 from paceline.web.keys import KINDS, OVERVIEW, POOL
-from paceline.web.validation import kind_value
+from paceline.web.validation import kind_value, parse_object_id
 
 routes = web.RouteTableDef()
 

@@ -32,6 +32,7 @@ __all__ = [
     "JobBody",
     "JobRequest",
     "check_json_content_type",
+    "int_param",
     "json_integer",
     "object_id_value",
     "parse_idempotency_key",
@@ -39,6 +40,7 @@ __all__ = [
     "parse_jobs_body",
     "parse_json",
     "parse_list_query",
+    "parse_object_id",
     "read_body",
     "refuse_repeated_keys",
 ]
@@ -381,6 +383,17 @@ def parse_job_id(raw: str) -> int:
     return int(raw)
 
 
+def parse_object_id(raw: str) -> int:
+    """An object id from the path; anything that is not a 64-bit integer is not found."""
+    digits = raw.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        raise not_found(f"There is no object {raw!r}; object ids are 64-bit integers.")
+    value = int(raw)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise not_found(f"There is no object {raw!r}; object ids are 64-bit integers.")
+    return value
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ListQuery:
     """`GET /jobs` parameters."""
@@ -404,7 +417,7 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
         )
     object_id = None
     if "object_id" in query:
-        object_id = _int_param(query, "object_id", INT64_MIN, INT64_MAX)
+        object_id = int_param(query, "object_id", INT64_MIN, INT64_MAX)
     status = None
     if "status" in query:
         try:
@@ -415,15 +428,16 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
             ) from None
     limit = contract.DEFAULT_PAGE
     if "limit" in query:
-        limit = _int_param(query, "limit", 1, contract.MAX_PAGE)
+        limit = int_param(query, "limit", 1, contract.MAX_PAGE)
     before = INT64_MAX
     if "cursor" in query:
-        before = _int_param(query, "cursor", 1, INT64_MAX)
+        before = int_param(query, "cursor", 1, INT64_MAX)
     kind = kind_value(query["kind"], status=400) if "kind" in query else None
     return ListQuery(kind, object_id, status, limit, before)
 
 
-def _int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int:
+def int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int:
+    """The integer query parameter `name` (present), within [low, high]; else a 400."""
     raw = query[name].strip()
     digits = raw.removeprefix("-")
     number: int | None = None
