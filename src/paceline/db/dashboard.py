@@ -113,17 +113,13 @@ async def audit_horizon(db: Executor, *, margin: float) -> datetime:
     return horizon
 
 
-async def audit_window(db: Executor, *, after: datetime, up_to: datetime) -> list[asyncpg.Record]:
-    """Starts in (after, up_to] less than their key's window after its N-th previous start."""
-    return await db.fetch(QUERIES["audit_window"], after, up_to)
-
-
-async def audit_running(
+async def audit_starts(
     db: Executor, *, after: datetime, up_to: datetime, lookback: int
 ) -> list[asyncpg.Record]:
-    """Starts in (after, up_to] made while their key's max_running attempts (or more) ran,
-    judged from the key's `lookback` previous starts."""
-    return await db.fetch(QUERIES["audit_running"], after, up_to, lookback)
+    """Starts in (after, up_to] that broke their key's limit: `previous_*` set for N + 1 starts
+    in less than W, `running_job_ids` for a start made while its key's max_running attempts
+    (or more) ran, judged from the key's `lookback` previous starts."""
+    return await db.fetch(QUERIES["audit_starts"], after, up_to, lookback)
 
 
 async def schema_revisions(db: Executor) -> set[str]:

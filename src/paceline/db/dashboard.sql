@@ -197,21 +197,26 @@ LIMIT $3;
 -- longer than any claim transaction, so a start committed late is not skipped.
 SELECT now() - make_interval(secs => $1) AS horizon;
 
--- name: audit_window
--- $1 after, $2 up to (both start times). Starts in ($1, $2] that came less than W after the
--- N-th previous start of the same (kind, object), W and N being the key's limit: N + 1 starts
--- in an interval shorter than W, a violation of I1' (N = 1: two starts less than W apart).
--- The limit is the one in force now: a start made just before a limit was tightened may show
--- here. The starts come from ix_job_attempts_started_at (a few seconds' worth per call); the
--- limit is three primary-key probes; the N-th previous start is one backwards range of
--- ix_job_attempts_kind_object_id_started_at, N entries long.
+-- name: audit_starts
+-- $1 after, $2 up to (both start times), $3 how many earlier starts of its key to look at for
+-- I7. The starts in ($1, $2] that broke their key's limit, each read once with its limit
+-- (the one in force now: a start made just before a limit was tightened may show here):
+-- - `previous_*` set: it came less than W after the N-th previous start of the key, N + 1
+--   starts in an interval shorter than W, a violation of I1' (N = 1: two starts less than W
+--   apart). One backwards range of ix_job_attempts_kind_object_id_started_at, N entries long.
+-- - `running_job_ids` holding M or more: it was made while M or more attempts of the key ran
+--   (started before it, unfinished at its start), a violation of I7. Bounded per start: the
+--   key's $3 previous starts, the same index; an attempt that overlapped it but started more
+--   than $3 starts of its key earlier is not seen.
+-- The starts come from ix_job_attempts_started_at (a few seconds' worth per call); the limit
+-- is three primary-key probes.
 SELECT a.kind, a.object_id, a.job_id, a.attempt, a.started_at,
-       lim.window_seconds, lim.per_window,
+       lim.window_seconds, lim.per_window, lim.max_running,
        p.job_id AS previous_job_id, p.attempt AS previous_attempt,
-       p.started_at AS previous_started_at
+       p.started_at AS previous_started_at, o.running_job_ids
 FROM job_attempts AS a
 CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS lim
-CROSS JOIN LATERAL (
+LEFT JOIN LATERAL (
     SELECT p.job_id, p.attempt, p.started_at
     FROM job_attempts AS p
     WHERE p.kind = a.kind
@@ -222,23 +227,7 @@ CROSS JOIN LATERAL (
     ORDER BY p.started_at DESC, p.job_id DESC, p.attempt DESC
     OFFSET lim.per_window - 1
     LIMIT 1
-) AS p
-WHERE a.started_at > $1
-  AND a.started_at <= $2
-  AND p.started_at > a.started_at - make_interval(secs => lim.window_seconds)
-ORDER BY a.started_at;
-
--- name: audit_running
--- $1 after, $2 up to (both start times), $3 how many earlier starts of its key to look at.
--- Starts in ($1, $2] made while M or more attempts of the same key ran (started before it,
--- unfinished at its start): violations of I7, M being the key's max_running now. Bounded per
--- start: the key's $3 previous starts, one backwards range of
--- ix_job_attempts_kind_object_id_started_at; an attempt that overlapped it but started more
--- than $3 starts of its key earlier is not seen.
-SELECT a.kind, a.object_id, a.job_id, a.attempt, a.started_at, lim.max_running,
-       o.running_job_ids
-FROM job_attempts AS a
-CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS lim
+) AS p ON p.started_at > a.started_at - make_interval(secs => lim.window_seconds)
 CROSS JOIN LATERAL (
     SELECT array_agg(e.job_id ORDER BY e.started_at, e.job_id) AS running_job_ids
     FROM (
@@ -256,7 +245,7 @@ CROSS JOIN LATERAL (
 ) AS o
 WHERE a.started_at > $1
   AND a.started_at <= $2
-  AND cardinality(o.running_job_ids) >= lim.max_running
+  AND (p.job_id IS NOT NULL OR cardinality(o.running_job_ids) >= lim.max_running)
 ORDER BY a.started_at;
 
 -- name: schema_revisions

@@ -115,13 +115,17 @@ class LimitAuditor(Service):
         if horizon <= self.audited_to:
             return Audit([], [])
         after, self.audited_to = self.audited_to, horizon
-        window = await dashboard.audit_window(self._pool, after=after, up_to=horizon)
-        running = await dashboard.audit_running(
+        # One read of the new starts for both rules (each start, and its limit, read once).
+        rows = await dashboard.audit_starts(
             self._pool, after=after, up_to=horizon, lookback=RUNNING_LOOKBACK
         )
         found = Audit(
-            window=[WindowViolation(**dict(row)) for row in window],
-            running=[RunningViolation(**dict(row)) for row in running],
+            window=[_window_violation(row) for row in rows if row["previous_job_id"] is not None],
+            running=[
+                _running_violation(row)
+                for row in rows
+                if len(row["running_job_ids"] or ()) >= row["max_running"]
+            ],
         )
         for violation in found.window:
             log.error(
@@ -154,6 +158,33 @@ class LimitAuditor(Service):
             )
             self._on_violation(overlap)
         return found
+
+
+def _window_violation(row: asyncpg.Record) -> WindowViolation:
+    return WindowViolation(
+        kind=row["kind"],
+        object_id=row["object_id"],
+        job_id=row["job_id"],
+        attempt=row["attempt"],
+        started_at=row["started_at"],
+        window_seconds=row["window_seconds"],
+        per_window=row["per_window"],
+        previous_job_id=row["previous_job_id"],
+        previous_attempt=row["previous_attempt"],
+        previous_started_at=row["previous_started_at"],
+    )
+
+
+def _running_violation(row: asyncpg.Record) -> RunningViolation:
+    return RunningViolation(
+        kind=row["kind"],
+        object_id=row["object_id"],
+        job_id=row["job_id"],
+        attempt=row["attempt"],
+        started_at=row["started_at"],
+        max_running=row["max_running"],
+        running_job_ids=row["running_job_ids"],
+    )
 
 
 def _fields(violation: Violation) -> dict[str, object]:
