@@ -159,6 +159,31 @@ async def test_claim_scans_only_due_pending_jobs(history: asyncpg.Connection) ->
     assert_no_seq_scan_on_jobs(nodes)
 
 
+async def test_claim_of_a_large_backlog_is_not_jit_compiled(db: asyncpg.Connection) -> None:
+    """With 100k due jobs the claim's estimated cost passes `jit_above_cost`; on a server with
+    LLVM (PostgreSQL 15 from Debian) a claim of 50 then compiled for 1.4 s before its 1 ms of
+    work, and every worker poll stalled. As the worker runs it, JIT is off whatever the server
+    says."""
+    await db.execute(
+        "INSERT INTO jobs (object_id, run_at) "
+        "SELECT g, now() - interval '1 minute' FROM generate_series(1, 100000) AS g"
+    )
+    async with db.transaction():
+        await db.execute(INDEX_PATHS_ONLY)  # as the worker runs it
+        assert await db.fetchval("SHOW jit") == "off"
+        raw = await db.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES["claim_due_jobs"],
+            50,
+            30.0,
+            uuid.UUID(int=1),
+            ["default"],
+        )
+        document = json.loads(raw)[0]
+        claimed = document["Plan"]["Actual Rows"]
+    assert claimed == 50
+    assert "JIT" not in document, document["JIT"]
+
+
 async def test_enqueue_finds_the_object_slot_by_its_primary_key(
     history: asyncpg.Connection,
 ) -> None:
