@@ -64,17 +64,26 @@ WITH items AS (
             AS t(kind, object_id, payload, ord)
     ) AS sent
 ),
+kind_windows AS MATERIALIZED (
+    -- The window of each kind in the batch whose limit is one start per window (a batch has
+    -- one kind or a few: read once per kind, not once per key).
+    SELECT b.kind, COALESCE(k.window_seconds, d.window_seconds, 300.0) AS w
+    FROM (SELECT DISTINCT kind FROM items) AS b
+    LEFT JOIN kind_limits AS d ON d.kind = 'default'
+    LEFT JOIN kind_limits AS k ON k.kind = b.kind
+    WHERE COALESCE(k.per_window, d.per_window, 1) = 1 AND NOT COALESCE(k.paused, false)
+),
 counts AS (
-    -- Each key's count and its kind's window, for kinds whose limit is one start per window.
-    SELECT c.kind, c.object_id, c.n, lim.w
-    FROM (SELECT kind, object_id, count(*) AS n FROM items GROUP BY kind, object_id) AS c
-    CROSS JOIN LATERAL (
-        SELECT COALESCE(k.window_seconds, d.window_seconds, 300.0) AS w
-        FROM (VALUES (1)) AS one (x)
-        LEFT JOIN kind_limits AS d ON d.kind = 'default'
-        LEFT JOIN kind_limits AS k ON k.kind = c.kind
-        WHERE COALESCE(k.per_window, d.per_window, 1) = 1 AND NOT COALESCE(k.paused, false)
-    ) AS lim
+    -- Each key's count and its kind's window, for the kinds above. The window is a scalar
+    -- subquery, not a join: the estimate of this CTE stays the items' groups, which is what
+    -- keeps the join of `created` below a hash join.
+    SELECT c.kind, c.object_id, c.n, c.w
+    FROM (
+        SELECT kind, object_id, count(*) AS n,
+               (SELECT kw.w FROM kind_windows AS kw WHERE kw.kind = items.kind) AS w
+        FROM items GROUP BY kind, object_id
+    ) AS c
+    WHERE c.w IS NOT NULL
 ),
 slots AS (
     -- Keys in order: two batches sharing keys lock their rows in the same order, so they
