@@ -122,6 +122,26 @@ async def test_an_override_is_set_listed_and_dropped(client: Client) -> None:
     assert again["status"] == 404
 
 
+async def test_the_timeline_tells_the_next_free_slot_of_an_overridden_key(
+    client: Client,
+) -> None:
+    """Under an override of three starts per window, four jobs fill the first window and one
+    slot of the next: a fifth job would go a window after the second, and the object's
+    timeline says so (it read the slot row, which the planner leaves at its last plan's now)."""
+    window = await five_minutes(client)
+    response = await client.put("/limits/default/objects/8", json={"limit": 3})
+    assert response.status == 200
+    jobs = [await submit(client, 8) for _ in range(4)]
+    first, fourth = parse_time(jobs[0]["run_at"]), parse_time(jobs[3]["run_at"])
+    assert (fourth - first).total_seconds() == window
+
+    timeline = await (await client.get("/objects/8/timeline")).json()
+    promised = parse_time(timeline["next_free_slot"])
+    assert (promised - parse_time(jobs[1]["run_at"])).total_seconds() == window
+    fifth = await submit(client, 8)
+    assert parse_time(fifth["run_at"]) == promised
+
+
 async def test_pause_and_resume_an_object_over_http(client: Client) -> None:
     window = await five_minutes(client)
     first = await submit(client, 8)

@@ -126,9 +126,13 @@ async def kinds_inheriting(db: Executor, *, kind: str) -> list[str]:
     return [row["kind"] for row in await db.fetch(QUERIES["kinds_inheriting"], kind)]
 
 
-async def pending_of_key(conn: Connection, *, kind: str, object_id: int) -> list[asyncpg.Record]:
-    """The key's pending jobs (id, created_at, run_at, not_before) in slot order, locked."""
-    return await conn.fetch(QUERIES["pending_of_key"], kind, object_id)
+async def pending_of_key(
+    conn: Connection, *, kind: str, object_id: int, lock: bool = True
+) -> list[asyncpg.Record]:
+    """The key's pending jobs (id, created_at, run_at, not_before) in slot order, locked
+    unless `lock` is False (a reader's look)."""
+    query = QUERIES["pending_of_key" if lock else "pending_slots_of_key"]
+    return await conn.fetch(query, kind, object_id)
 
 
 async def starts_of_key(

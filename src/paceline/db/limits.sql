@@ -145,6 +145,13 @@ WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
 ORDER BY run_at, id
 FOR UPDATE;
 
+-- name: pending_slots_of_key
+-- $1 kind, $2 object_id. The same as pending_of_key, unlocked: for a reader (the timeline),
+-- which runs in a read-only transaction and moves nothing.
+SELECT id, created_at, run_at, not_before FROM jobs
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
+ORDER BY run_at, id;
+
 -- name: starts_of_key
 -- $1 kind, $2 object_id, $3 since. The key's starts after $3 (its attempts), and the last
 -- start object_starts remembers (it outlives pruned history); the same instant may come twice.

@@ -23,7 +23,7 @@ from paceline.contract import DEFAULT_KIND
 from paceline.db import dashboard
 from paceline.db import limits as limits_store
 from paceline.queue.jobs import finite, isoformat
-from paceline.queue.scheduling import KeyLimit, read_limit
+from paceline.queue.scheduling import KeyLimit, next_free_look, read_limit
 
 RUNS_SHOWN = 50
 WAITING_SHOWN = 50
@@ -164,6 +164,14 @@ async def read_timeline(pool: asyncpg.Pool, object_id: int, kind: str = DEFAULT_
                 conn, kind=kind, object_id=object_id, window=limit.window, limit=limit.per_window
             )
         # Enough earlier starts that each run shown can be checked against its key's limit.
+        # The slot row says where a new job goes only for keys the one-statement enqueue
+        # plans; for the others (N > 1, an override, a pause) the planner keeps it at its
+        # last plan's now, so their next slot is worked out as the planner would place it.
+        next_slot = (
+            windows["next_slot"]
+            if limit.one_statement
+            else await next_free_look(conn, kind, object_id)
+        )
         runs = await dashboard.timeline_runs(
             conn,
             kind=kind,
@@ -172,7 +180,6 @@ async def read_timeline(pool: asyncpg.Pool, object_id: int, kind: str = DEFAULT_
         )
     activity = KeyActivity(now, limit, last_start, window_starts, running)
     waits = explain_waits(pending, activity)
-    next_slot = windows["next_slot"]
     return Timeline(
         kind=kind,
         object_id=object_id,

@@ -124,11 +124,12 @@ class SlotChange:
     after: datetime | None
 
 
-async def read_key(conn: Connection, kind: str, object_id: int) -> KeyState:
-    """The key's limit, pending jobs (locked) and recent starts. Hold its slot-row lock."""
+async def read_key(conn: Connection, kind: str, object_id: int, *, lock: bool = True) -> KeyState:
+    """The key's limit, pending jobs (locked) and recent starts. Hold its slot-row lock; or,
+    with `lock=False`, a reader's look at them that moves nothing."""
     row = await store.key_limit(conn, kind=kind, object_id=object_id)
     limit, now = _limit_of(row), row["now"]
-    rows = await store.pending_of_key(conn, kind=kind, object_id=object_id)
+    rows = await store.pending_of_key(conn, kind=kind, object_id=object_id, lock=lock)
     pending = [
         Pending(row["id"], row["created_at"], finite(row["run_at"]), row["not_before"])
         for row in rows
@@ -222,6 +223,12 @@ async def place(conn: Connection, new: NewJob, *, absorbed: int | None = None) -
     )
     await _write_row(conn, new.kind, new.object_id, after)
     return job
+
+
+async def next_free_look(conn: Connection, kind: str, object_id: int) -> datetime | None:
+    """The slot a plain job of the key would get now, for a reader (read-only, no lock);
+    None while paused."""
+    return slot_for_new(await read_key(conn, kind, object_id, lock=False), None)
 
 
 async def next_free(
