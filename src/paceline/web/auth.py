@@ -21,10 +21,11 @@ from paceline.web.problems import Problem
 routes = web.RouteTableDef()
 
 COOKIE = "paceline_session"
-# Route names anyone may reach: the sign-in form, the probes, and the API's description.
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "login", "sign_in", "openapi"})
+# Route names anyone may reach: the sign-in form (and the style sheet it uses), the probes,
+# and the API's description.
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "login", "sign_in", "openapi", "static"})
 # HTML pages: a visitor who is not signed in is sent to the sign-in form instead of a 401.
-PAGE_ROUTES = frozenset({"index", "object"})
+PAGE_ROUTES = frozenset({"index", "object", "job_page", "limits_page"})
 _MAX_FORM_BYTES = 4096
 
 

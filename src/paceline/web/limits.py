@@ -215,13 +215,13 @@ async def _limit_body(request: web.Request) -> LimitFields:
         raise invalid(
             f"Unknown field(s) {names}: a limit takes {', '.join(_FIELDS)}.", name=unknown[0]
         )
-    window = _window(document.get("window"))
-    per_window = _bounded_integer(document, "limit", contract.MAX_PER_WINDOW)
-    max_running = _bounded_integer(document, "max_running", contract.MAX_RUNNING_LIMIT)
+    window = window_value(document.get("window"))
+    per_window = bounded_integer(document, "limit", contract.MAX_PER_WINDOW)
+    max_running = bounded_integer(document, "max_running", contract.MAX_RUNNING_LIMIT)
     return LimitFields(window, per_window, max_running)
 
 
-def _window(value: Any) -> float | None:
+def window_value(value: Any) -> float | None:
     if value is None:
         return None
     low, high = contract.MIN_WINDOW_SECONDS, contract.MAX_WINDOW_SECONDS
@@ -234,7 +234,7 @@ def _window(value: Any) -> float | None:
     return float(value)
 
 
-def _bounded_integer(document: dict[str, Any], name: str, high: int) -> int | None:
+def bounded_integer(document: dict[str, Any], name: str, high: int) -> int | None:
     value = document.get(name)
     if value is None:
         return None
