@@ -4,7 +4,8 @@ then nothing changes, a cross-site form post is refused, the keyboard alone reac
 action, and no page logs a console error (the pages run under a strict CSP: any inline script
 or style would be one).
 
-PACELINE_SCREENSHOT=1 also saves docs/screenshots/{index,job,object,limits}-{desktop,phone}.png.
+PACELINE_SCREENSHOT=1 also saves docs/screenshots/{index,job,object,limits}-{desktop,phone}.png
+(made smaller with pngquant where it is installed).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -51,6 +54,13 @@ def watched_page(browser: Browser, url: str, **context: Any) -> Iterator[tuple[P
         yield page, problems
     finally:
         page.close()
+
+
+def shrink(png: Path) -> None:
+    """Keep a committed screenshot small: 256 colours with pngquant, where it is installed."""
+    if shutil.which("pngquant"):
+        command = ["pngquant", "--force", "--skip-if-larger", "--quality", "60-90", "--strip"]
+        subprocess.run([*command, "--output", str(png), "--", str(png)], check=False)
 
 
 def flash(page: Page) -> Locator:
@@ -336,9 +346,9 @@ def test_every_page_without_console_errors_at_desktop_and_phone_width(
                     assert width <= viewport["width"], f"{path} is {width}px wide"
                     if os.environ.get("PACELINE_SCREENSHOT"):
                         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                        page.screenshot(
-                            path=SCREENSHOTS / f"{name}-{width_name}.png", full_page=True
-                        )
+                        shot = SCREENSHOTS / f"{name}-{width_name}.png"
+                        page.screenshot(path=shot, full_page=True)
+                        shrink(shot)
                 assert problems == []
         # The index's chart is drawn by the server: a bar per 5 minutes of the last hour.
         with watched_page(browser, server.url) as (page, _):
