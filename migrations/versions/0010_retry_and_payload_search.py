@@ -16,9 +16,10 @@ CONCURRENTLY cannot run in a transaction; Alembic's autocommit block would commi
 releases that lock (a second replica could then run this revision at the same time), and a
 concurrent build that fails leaves an INVALID index behind which a later IF NOT EXISTS would
 take for done. A plain build takes a SHARE lock on `jobs`: reads go on, writes (submits,
-claims, outcomes) wait until it ends. Measured on PostgreSQL 15, 2 cores: 1M jobs with small
-object payloads build in about 2 s (benchmarks/plans.py prints it). Where that pause is too
-long, build the index beforehand, outside any transaction, with exactly this definition:
+claims, outcomes) wait until it ends. Measured on PostgreSQL 15, 2 shared cores: 4.4-9.8 s
+for 1M jobs with small object payloads (benchmarks/scenarios/search.py prints it). Where that
+pause is too long, build the index beforehand, outside any transaction, with exactly this
+definition:
 
     CREATE INDEX CONCURRENTLY ix_jobs_payload ON jobs USING gin (payload jsonb_path_ops);
 

@@ -463,7 +463,7 @@ LIMIT $5;
 -- statistics of a jsonb column). The cursor is `id + 0 < $5` for the same reason: a generic
 -- plan (the cursor unknown) ANDed the GIN's bitmap with a bitmap of the whole primary key,
 -- 60-90 ms at 1M jobs instead of 0.3 ms (benchmarks/scenarios/search.py). A filter that
--- matches much of the table costs a scan: 0.55 s for a third of 1M jobs.
+-- matches much of the table costs a scan: 0.55-0.64 s for a third of 1M jobs.
 SELECT {job_columns}
 FROM jobs
 WHERE payload @> $1::jsonb
