@@ -76,26 +76,28 @@ async def test_a_cross_site_or_tokenless_post_is_refused_and_changes_nothing(
     assert await status_of(db, job) == "CANCELLED"
 
 
-async def test_a_token_is_this_browsers_own(client: Client, db: asyncpg.Connection) -> None:
-    """Another browser's token (another form cookie) does not fit this browser's cookie."""
-    job = await insert_job(db, 7, run_at=60)
-    token = await form_token(client)
-    client.session.cookie_jar.clear()
-    another = {**same_site(client), "Cookie": f"{FORM_COOKIE}=another-browsers-value"}
-    status, _, _ = await post(client, f"/job/{job}/cancel", {"csrf_token": token}, another)
-    assert status == 403
-    assert await status_of(db, job) == "PENDING"
-
-
-async def test_a_referer_of_this_site_stands_in_for_a_missing_origin(
-    client: Client, db: asyncpg.Connection
+@pytest.mark.parametrize(
+    ("case", "status", "after"),
+    [
+        # Another browser's token (another form cookie) does not fit this browser's cookie.
+        ("another browser's cookie", 403, "PENDING"),
+        # Without Origin, a Referer of this site says where the form came from.
+        ("a referer of this site", 303, "CANCELLED"),
+    ],
+)
+async def test_the_token_fits_this_browser_and_a_referer_stands_in_for_origin(
+    client: Client, db: asyncpg.Connection, case: str, status: int, after: str
 ) -> None:
     job = await insert_job(db, 7, run_at=60)
     token = await form_token(client)
-    referer = {"Referer": f"http://{client.host}:{client.port}/job/{job}"}
-    status, _, _ = await post(client, f"/job/{job}/cancel", {"csrf_token": token}, referer)
-    assert status == 303
-    assert await status_of(db, job) == "CANCELLED"
+    if case == "another browser's cookie":
+        client.session.cookie_jar.clear()
+        headers = {**same_site(client), "Cookie": f"{FORM_COOKIE}=another-browsers-value"}
+    else:
+        headers = {"Referer": f"http://{client.host}:{client.port}/job/{job}"}
+    answered, _, _ = await post(client, f"/job/{job}/cancel", {"csrf_token": token}, headers)
+    assert answered == status
+    assert await status_of(db, job) == after
 
 
 async def test_after_an_action_the_page_says_what_was_done_once(
@@ -268,3 +270,63 @@ async def test_the_new_pages_want_a_session_when_a_token_is_set(
     assert refused.status == 401
     # The sign-in form still needs its style sheet.
     assert (await client.get("/static/paceline.css")).status == 200
+
+
+async def test_retry_one_job_and_every_job_shown(client: Client, db: asyncpg.Connection) -> None:
+    failed = [
+        await insert_job(db, object_id, "FAILED", started=-5, finished=-4, attempts=1)
+        for object_id in (1, 2, 3)
+    ]
+    await db.execute(
+        "UPDATE jobs SET payload = $2::jsonb WHERE id = $1", failed[0], '{"customer": 42}'
+    )
+    await db.execute(
+        "UPDATE jobs SET payload = $2::jsonb WHERE id = $1", failed[1], '{"customer": 7}'
+    )
+    token = await form_token(client, f"/job/{failed[2]}")
+
+    # One job: at once, and the page says its new slot.
+    status, _, location = await post(
+        client, f"/job/{failed[2]}/retry", {"csrf_token": token}, same_site(client)
+    )
+    assert (status, location) == (303, f"/job/{failed[2]}")
+    assert await status_of(db, failed[2]) == "PENDING"
+    job_page = f"/job/{failed[2]}"
+    page = await (await client.get(job_page)).text()
+    assert re.search(rf"Job {failed[2]} retried: next slot \d\d:\d\d:\d\d UTC\.", page), page
+    # Again: it is pending now, so nothing is done, and the page says why.
+    await post(client, f"/job/{failed[2]}/retry", {"csrf_token": token}, same_site(client))
+    page = await (await client.get(job_page)).text()
+    assert f"Job {failed[2]} is PENDING; only a FAILED or CANCELLED job can be retried." in page
+
+    # Every FAILED job whose payload contains {"customer": 42}: previewed, then done.
+    form = {
+        "csrf_token": token,
+        "status": "FAILED",
+        "kind": "",
+        "object_id": "",
+        "payload": '{"customer": 42}',
+        "back": "/?status=FAILED",
+    }
+    status, page, _ = await post(client, "/retry-shown", form, same_site(client))
+    assert status == 200
+    assert "Confirm: retry 1 job" in page
+    assert await status_of(db, failed[0]) == "FAILED"
+    status, _, location = await post(
+        client, "/retry-shown", {**form, "step": "apply"}, same_site(client)
+    )
+    assert (status, location) == (303, "/?status=FAILED")
+    assert [await status_of(db, job) for job in failed] == ["PENDING", "FAILED", "PENDING"]
+    page = html.unescape(await (await client.get("/?status=FAILED")).text())
+    assert '1 job retried (FAILED jobs whose payload contains {"customer":42}): slot ' in page
+
+    # Only what can be retried; a payload filter must be a JSON object.
+    for fields, said in (
+        ({"status": "PENDING"}, "Only FAILED or CANCELLED jobs can be retried"),
+        ({"status": "FAILED", "payload": "[1]"}, "The payload filter must be a JSON object"),
+        ({"status": "CANCELLED"}, "No CANCELLED jobs to retry; nothing was done."),
+    ):
+        data = {"csrf_token": token, "back": "/", **fields}
+        await post(client, "/retry-shown", data, same_site(client))
+        assert said in html.unescape(await (await client.get("/")).text()), fields
+    assert await status_of(db, failed[1]) == "FAILED"

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.error
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,9 +36,23 @@ PHONE = {"width": 390, "height": 844}
 EVIL = "http://evil.test"
 
 
+@pytest.fixture
+def queue(
+    chromium: Path, database_url: str, tmp_path: Path
+) -> Iterator[tuple[ServeProcess, Browser]]:
+    """A `paceline serve` whose jobs succeed at once, with a 600 s window (an object's second
+    job waits), and a browser."""
+    with (
+        serve(database_url, tmp_path, "noop", window=600, concurrency=1) as server,
+        launch(chromium) as browser,
+    ):
+        yield server, browser
+
+
 @contextmanager
 def watched_page(browser: Browser, url: str, **context: Any) -> Iterator[tuple[Page, list[str]]]:
-    """A page whose console errors, uncaught exceptions and failed requests are collected."""
+    """A page whose console errors and warnings and uncaught exceptions are collected (a
+    failed load of a resource, a CSP violation and a script error are all console errors)."""
     page = browser.new_page(**{"viewport": DESKTOP, **context})
     problems: list[str] = []
 
@@ -67,15 +81,17 @@ def flash(page: Page) -> Locator:
     return page.locator("#flash")
 
 
-def limit_of(server: ServeProcess, path: str) -> dict[str, Any] | None:
-    """GET /limits/... as JSON, or None if it is not there (404)."""
-    try:
-        found: dict[str, Any] = api(server, path)
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return None
-        raise
+def limit_of(server: ServeProcess, path: str) -> dict[str, Any]:
+    """GET /limits/... as JSON."""
+    found: dict[str, Any] = api(server, path)
     return found
+
+
+def confirmed(page: Page, opener: Locator, confirm: str, said: str) -> None:
+    """Open an action's confirmation, confirm it, and see the page say what it did."""
+    opener.click()
+    page.get_by_role("button", name=confirm, exact=True).click()
+    expect(flash(page)).to_contain_text(said)
 
 
 def job_status(server: ServeProcess, job_id: int) -> str:
@@ -89,115 +105,87 @@ def queued_jobs(server: ServeProcess, object_id: int, count: int) -> list[int]:
 
 
 def test_each_button_does_what_it_says_and_a_cancelled_confirmation_changes_nothing(
-    chromium: Path, database_url: str, tmp_path: Path
+    queue: tuple[ServeProcess, Browser],
 ) -> None:
-    with (
-        serve(database_url, tmp_path, "noop", window=600, concurrency=1) as server,
-        launch(chromium) as browser,
-    ):
-        first, second, third = queued_jobs(server, 7, 3)
-        with watched_page(browser, f"{server.url}/job/{second}") as (page, problems):
-            # Cancel one pending job: the job page says so, and so does the API.
-            expect(page.locator("#job-status")).to_contain_text("PENDING")
-            expect(page.locator("#wait")).to_contain_text("window: 1 start in the last 600 s")
-            page.get_by_role("button", name="Cancel this job").click()
-            expect(flash(page)).to_have_text(
-                f"Job {second} cancelled; the jobs behind it moved up."
-            )
-            assert job_status(server, second) == "CANCELLED"
-            expect(page.locator("#job-status")).to_contain_text("CANCELLED")
-            # The job behind it took its slot.
-            assert api(server, f"/jobs/{third}")["run_at"] > api(server, f"/jobs/{first}")["run_at"]
+    server, browser = queue
+    first, second, third = queued_jobs(server, 7, 3)
+    with watched_page(browser, f"{server.url}/job/{second}") as (page, problems):
+        # Cancel one pending job: the job page says so, and so does the API.
+        expect(page.locator("#job-status")).to_contain_text("PENDING")
+        expect(page.locator("#wait")).to_contain_text("window: 1 start in the last 600 s")
+        page.get_by_role("button", name="Cancel this job").click()
+        expect(flash(page)).to_have_text(f"Job {second} cancelled; the jobs behind it moved up.")
+        assert job_status(server, second) == "CANCELLED"
+        expect(page.locator("#job-status")).to_contain_text("CANCELLED")
+        # The job behind it took its slot.
+        assert api(server, f"/jobs/{third}")["run_at"] > api(server, f"/jobs/{first}")["run_at"]
 
-            # Pause the kind from the limits page; first cancel the confirmation.
-            page.get_by_role("link", name="Limits").click()
-            kind_row = page.locator('#kinds tr[data-kind="default"]')
-            kind_row.get_by_role("button", name="Pause…").click()
-            expect(page.get_by_role("heading", name="Confirm: pause kind default")).to_be_visible()
-            expect(page.locator("#summary")).to_contain_text("This job moves:")
-            expect(page.locator(f'#moves tr[data-job-id="{third}"]')).to_contain_text(
-                "after resume"
-            )
-            page.get_by_role("link", name="Cancel").click()
-            expect(page).to_have_url(f"{server.url}/limits-view")
-            limit = limit_of(server, "/limits/default")
-            assert limit is not None
-            assert limit["paused"] is False
-            assert api(server, f"/jobs/{third}")["run_at"] is not None
+        # Pause the kind from the limits page; first cancel the confirmation.
+        page.get_by_role("link", name="Limits").click()
+        kind_row = page.locator('#kinds tr[data-kind="default"]')
+        pause = kind_row.get_by_role("button", name="Pause…")
+        pause.click()
+        expect(page.get_by_role("heading", name="Confirm: pause kind default")).to_be_visible()
+        expect(page.locator("#summary")).to_contain_text("This job moves:")
+        expect(page.locator(f'#moves tr[data-job-id="{third}"]')).to_contain_text("after resume")
+        page.get_by_role("link", name="Cancel").click()
+        expect(page).to_have_url(f"{server.url}/limits-view")
+        assert limit_of(server, "/limits/default")["paused"] is False
+        assert api(server, f"/jobs/{third}")["run_at"] is not None
 
-            # Now confirmed: the kind is paused, its waiting job has no slot.
-            kind_row.get_by_role("button", name="Pause…").click()
-            page.get_by_role("button", name="Pause", exact=True).click()
-            expect(flash(page)).to_contain_text("Kind default paused")
-            limit = limit_of(server, "/limits/default")
-            assert limit is not None
-            assert limit["paused"] is True
-            assert api(server, f"/jobs/{third}")["run_at"] is None
-
-            # Resume it: the waiting job gets a slot again.
-            kind_row.get_by_role("button", name="Resume…").click()
-            page.get_by_role("button", name="Resume", exact=True).click()
-            expect(flash(page)).to_contain_text("Kind default resumed")
-            limit = limit_of(server, "/limits/default")
-            assert limit is not None
-            assert limit["paused"] is False
-            assert api(server, f"/jobs/{third}")["run_at"] is not None
-
-            assert problems == []
+        # Now confirmed: the kind is paused, its waiting job has no slot; then resumed.
+        confirmed(page, pause, "Pause", "Kind default paused")
+        assert limit_of(server, "/limits/default")["paused"] is True
+        assert api(server, f"/jobs/{third}")["run_at"] is None
+        resume = kind_row.get_by_role("button", name="Resume…")
+        confirmed(page, resume, "Resume", "Kind default resumed")
+        assert limit_of(server, "/limits/default")["paused"] is False
+        assert api(server, f"/jobs/{third}")["run_at"] is not None
+        assert problems == []
 
 
-def test_an_objects_own_limit_and_pause_from_its_page(
-    chromium: Path, database_url: str, tmp_path: Path
-) -> None:
-    with (
-        serve(database_url, tmp_path, "noop", window=600, concurrency=1) as server,
-        launch(chromium) as browser,
-    ):
-        _, third = queued_jobs(server, 7, 2)
-        with watched_page(browser, f"{server.url}/objects/7") as (page, problems):
-            # An object's own limit, from its page: previewed, cancelled, then applied.
-            actions = page.locator("section", has=page.locator("#object-actions-title"))
-            actions.get_by_label("Window (s)").fill("120")
-            actions.get_by_role("button", name="Preview the change").click()
-            expect(page.locator("#summary")).to_contain_text("This job moves:")
-            expect(page.locator(f'#moves tr[data-job-id="{third}"]')).to_have_count(1)
-            page.get_by_role("link", name="Cancel").click()
-            assert limit_of(server, "/limits/default/objects/7") is not None
-            assert limit_of(server, "/limits/default/objects/7")["set"] is None  # type: ignore[index]
+def test_an_objects_own_limit_and_pause_from_its_page(queue: tuple[ServeProcess, Browser]) -> None:
+    server, browser = queue
+    _, third = queued_jobs(server, 7, 2)
+    key = "/limits/default/objects/7"
+    with watched_page(browser, f"{server.url}/objects/7") as (page, problems):
+        # An object's own limit, from its page: previewed, cancelled, then applied.
+        actions = page.locator("section", has=page.locator("#object-actions-title"))
+        actions.get_by_label("Window (s)").fill("120")
+        actions.get_by_role("button", name="Preview the change").click()
+        expect(page.locator("#summary")).to_contain_text("This job moves:")
+        expect(page.locator(f'#moves tr[data-job-id="{third}"]')).to_have_count(1)
+        page.get_by_role("link", name="Cancel").click()
+        assert limit_of(server, key)["set"] is None
 
-            actions.get_by_label("Window (s)").fill("120")
-            actions.get_by_role("button", name="Preview the change").click()
-            page.get_by_role("button", name="Apply the limit").click()
-            expect(flash(page)).to_contain_text(
-                "Object 7 of kind default limit set: 1 start per 120 s"
-            )
-            override = limit_of(server, "/limits/default/objects/7")
-            assert override is not None
-            assert override["set"]["window"] == 120
+        actions.get_by_label("Window (s)").fill("120")
+        preview = actions.get_by_role("button", name="Preview the change")
+        confirmed(
+            page,
+            preview,
+            "Apply the limit",
+            "Object 7 of kind default limit set: 1 start per 120 s",
+        )
+        assert limit_of(server, key)["set"]["window"] == 120
 
-            # Pause that object alone, then drop its override.
-            page.get_by_role("button", name="Pause this object…").click()
-            page.get_by_role("button", name="Pause", exact=True).click()
-            expect(flash(page)).to_contain_text("Object 7 of kind default paused")
-            assert limit_of(server, "/limits/default/objects/7")["paused"] is True  # type: ignore[index]
-            page.get_by_role("button", name="Resume this object…").click()
-            page.get_by_role("button", name="Resume", exact=True).click()
-            assert limit_of(server, "/limits/default/objects/7")["paused"] is False  # type: ignore[index]
-            page.get_by_role("button", name="Drop its own limit…").click()
-            page.get_by_role("button", name="Drop the limit").click()
-            expect(flash(page)).to_contain_text("own limit dropped")
-            assert limit_of(server, "/limits/default/objects/7")["set"] is None  # type: ignore[index]
-            assert problems == []
+        # Pause that object alone, resume it, then drop its override.
+        pause = page.get_by_role("button", name="Pause this object…")
+        confirmed(page, pause, "Pause", "Object 7 of kind default paused")
+        assert limit_of(server, key)["paused"] is True
+        resume = page.get_by_role("button", name="Resume this object…")
+        confirmed(page, resume, "Resume", "Object 7 of kind default resumed")
+        assert limit_of(server, key)["paused"] is False
+        drop = page.get_by_role("button", name="Drop its own limit…")
+        confirmed(page, drop, "Drop the limit", "own limit dropped")
+        assert limit_of(server, key)["set"] is None
+        assert problems == []
 
 
 def test_a_cross_site_form_post_is_refused_and_changes_nothing(
-    chromium: Path, database_url: str, tmp_path: Path
+    queue: tuple[ServeProcess, Browser],
 ) -> None:
-    with (
-        serve(database_url, tmp_path, "noop", window=600, concurrency=1) as server,
-        launch(chromium) as browser,
-        watched_page(browser, server.url) as (page, _),
-    ):
+    server, browser = queue
+    with watched_page(browser, server.url) as (page, _):
         _, waiting = queued_jobs(server, 9, 2)
         cancel_url = f"{server.url}/job/{waiting}/cancel"
         # Even knowing this browser's form token, another site's form is refused: its Origin.
@@ -266,13 +254,10 @@ def press_tab_until(page: Page, target: Locator, presses: int = 200) -> None:
 
 
 def test_the_keyboard_alone_reaches_and_uses_every_action(
-    chromium: Path, database_url: str, tmp_path: Path
+    queue: tuple[ServeProcess, Browser],
 ) -> None:
-    with (
-        serve(database_url, tmp_path, "noop", window=600, concurrency=1) as server,
-        launch(chromium) as browser,
-        watched_page(browser, server.url) as (page, problems),
-    ):
+    server, browser = queue
+    with watched_page(browser, server.url) as (page, problems):
         _, waiting = queued_jobs(server, 11, 2)
         api(server, "/limits/default/objects/11", None)  # readable before any change
         actions = "form.action button, a.button, a[href]"
@@ -356,3 +341,68 @@ def test_every_page_without_console_errors_at_desktop_and_phone_width(
             expect(chart).to_have_count(1)
             expect(chart.locator("g")).to_have_count(12)
             expect(chart.locator("rect.bad")).not_to_have_count(0)
+
+
+def test_retry_one_job_and_all_shown_after_a_payload_search(
+    chromium: Path, database_url: str, tmp_path: Path
+) -> None:
+    with (
+        serve(database_url, tmp_path, "tests.handlers:explode", window=60) as server,
+        launch(chromium) as browser,
+    ):
+        customers = {21: 42, 22: 42, 23: 7}
+        jobs = {
+            object_id: api(server, "/jobs", {"object_id": object_id, "payload": {"customer": c}})[
+                "id"
+            ]
+            for object_id, c in customers.items()
+        }
+        for job in jobs.values():
+            for _ in range(100):
+                if job_status(server, job) == "FAILED":
+                    break
+                time.sleep(0.1)
+            assert job_status(server, job) == "FAILED"
+
+        with watched_page(browser, f"{server.url}/job/{jobs[23]}") as (page, problems):
+            # One job, from its page: it takes its object's next free slot, a window after
+            # its failed start, and the page says when.
+            page.get_by_role("button", name="Retry this job").click()
+            expect(flash(page)).to_have_text(
+                re.compile(rf"^Job {jobs[23]} retried: next slot \d\d:\d\d:\d\d UTC\.$")
+            )
+            retried = api(server, f"/jobs/{jobs[23]}")
+            assert retried["status"] == "PENDING"
+            assert retried["run_at"][11:19] in (flash(page).text_content() or "")
+            expect(page.locator("#job-status")).to_contain_text("PENDING")
+            expect(page.locator("#attempts tbody tr")).to_have_count(1)
+
+            # Search the list by payload and status; retry all it shows, after a confirmation.
+            page.goto(server.url)
+            page.get_by_label("Payload contains").fill('{"customer": 42}')
+            page.get_by_label("Status").select_option("FAILED")
+            expect(page).to_have_url(re.compile(r"status=FAILED"))
+            shown = page.locator("#recent tbody tr[data-job-id]")
+            expect(shown).to_have_count(2)
+            assert {
+                int(row) for row in shown.evaluate_all("rows => rows.map(r => r.dataset.jobId)")
+            } == {
+                jobs[21],
+                jobs[22],
+            }
+            page.get_by_role("button", name="Retry all shown…").click()
+            expect(page.get_by_role("heading", name="Confirm: retry 2 jobs")).to_be_visible()
+            page.get_by_role("link", name="Cancel").click()
+            expect(page.locator("#recent tbody tr[data-job-id]")).to_have_count(2)
+            assert {job_status(server, jobs[21]), job_status(server, jobs[22])} == {"FAILED"}
+
+            page.get_by_role("button", name="Retry all shown…").click()
+            page.get_by_role("button", name="Retry 2 jobs").click()
+            expect(flash(page)).to_contain_text(
+                '2 jobs retried (FAILED jobs whose payload contains {"customer":42})'
+            )
+            assert {job_status(server, jobs[21]), job_status(server, jobs[22])} == {"PENDING"}
+            # The filter came back with the page, and nothing it shows has failed any more.
+            expect(page.get_by_label("Payload contains")).to_have_value('{"customer": 42}')
+            expect(page.locator("#recent tbody tr[data-job-id]")).to_have_count(0)
+            assert problems == []
