@@ -330,3 +330,20 @@ async def test_retry_one_job_and_every_job_shown(client: Client, db: asyncpg.Con
         await post(client, "/retry-shown", data, same_site(client))
         assert said in html.unescape(await (await client.get("/")).text()), fields
     assert await status_of(db, failed[1]) == "FAILED"
+
+
+async def test_another_site_cannot_sign_a_browser_in_or_out(make_client: MakeClient) -> None:
+    token = "s3cret-s3cret-s3cret"
+    client = await make_client(concurrency=0, api_token=token)
+    evil = {"Origin": "https://evil.example"}
+    status, body, _ = await post(client, "/login", {"token": token}, evil)
+    assert status == 403, body
+    assert not list(client.session.cookie_jar)
+    status, _, location = await post(client, "/login", {"token": token}, same_site(client))
+    assert (status, location) == (303, "/")
+    assert (await client.get("/limits-view", allow_redirects=False)).status == 200
+    status, _, _ = await post(client, "/logout", {}, {"Referer": "https://evil.example/x"})
+    assert status == 403
+    assert (await client.get("/limits-view", allow_redirects=False)).status == 200
+    status, _, location = await post(client, "/logout", {}, same_site(client))
+    assert (status, location) == (303, "/login")

@@ -132,6 +132,14 @@ Form = MultiDictProxy[str | Any]
 ActionHandler = Callable[[web.Request, Form], Awaitable[web.StreamResponse]]
 
 
+def foreign_origin(request: web.Request) -> bool:
+    """Whether the request says it comes from another site (an Origin or Referer of another
+    host, or an opaque Origin): what the sign-in and sign-out forms refuse. A request that says
+    nothing (a script, a test client) is let through: those forms carry no token."""
+    said = request.headers.get("Origin") or request.headers.get("Referer")
+    return said is not None and not same_origin(request)
+
+
 class _Refused(Exception):
     """A page action refused before it read or changed anything."""
 
