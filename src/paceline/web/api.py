@@ -208,7 +208,10 @@ async def _no_body(request: web.Request) -> None:
         )
 
 
-@routes.get("/jobs/{job_id}", name="job")
+# Every segment after /jobs/ but `retry`, whose address is POST /jobs/retry's alone: matched
+# here too, an OPTIONS or GET of it would be told GET is allowed. Anything else that is not an
+# id is still this route's 404, which says what a job id is.
+@routes.get(r"/jobs/{job_id:(?!retry$)[^/]+}", name="job")
 async def read_job(request: web.Request) -> web.Response:
     """One job, or 404."""
     job_id = parse_job_id(request.match_info["job_id"])
