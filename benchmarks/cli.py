@@ -89,6 +89,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
             scale=False,
             stale_burst_seconds=10,
             stale_objects=20_000,
+            search_jobs=100_000,
         )
     if args.scale:
         config = dataclasses.replace(

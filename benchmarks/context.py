@@ -61,6 +61,8 @@ class BenchConfig:
     # Scenario 9 (stale statistics): a burst of this many seconds over this many objects.
     stale_burst_seconds: int = 30
     stale_objects: int = 50_000
+    # Scenario 11 (payload search): finished jobs with payloads in the table.
+    search_jobs: int = 1_000_000
     experiments: bool = False
     experiment_drain_runs: int = 2
     profile: bool = False

@@ -118,7 +118,7 @@ def _element(value: Any) -> str:
 
 # The statements paceline runs with cached plans and the planner's defaults (POST /jobs); every
 # other hot path runs planned per call out of index paths only, and is explained that way.
-PLANNED_AS_CACHED = frozenset({"enqueue", "enqueue_batch"})
+PLANNED_AS_CACHED = frozenset({"enqueue", "enqueue_batch", "list_jobs_by_payload"})
 
 
 async def explain(

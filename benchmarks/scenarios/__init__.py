@@ -15,6 +15,7 @@ from benchmarks.scenarios import (
     limits,
     memory,
     scale,
+    search,
     stale,
 )
 
@@ -30,5 +31,6 @@ SCENARIOS: dict[str, Scenario] = {
     "memory": memory.run,
     "stale": stale.run,
     "limits": limits.run,
+    "search": search.run,
     "experiments": experiments.run,
 }

@@ -24,8 +24,9 @@ from paceline.queue.service import Service
 from paceline.queue.wakeup import DueListener, DueNotifier
 from paceline.queue.worker import Worker
 from paceline.resources import templates_dir
-from paceline.web import api, auth, dashboard, health, limits, metrics, openapi, pages
+from paceline.web import actions, api, auth, dashboard, health, limits, metrics, openapi, pages
 from paceline.web.auth import auth_middleware
+from paceline.web.forms import forms_middleware
 from paceline.web.keys import EVENTS, GROUPER, KINDS, NOTIFIER, POOL, SETTINGS, WORKER
 from paceline.web.problems import MAX_BODY_BYTES, problem_middleware
 
@@ -41,18 +42,25 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
         raise ValueError("create_app needs settings.database_url (the CLI starts an embedded one)")
     handlers = resolve_handlers(settings)  # fail at start-up, not at the first job
     # The problem middleware is outermost, so refusals by the auth middleware are problems too.
+    # The forms middleware is innermost: it adds the pages' headers and cookies to what the
+    # handlers answer.
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[problem_middleware, auth_middleware, forms_middleware],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
     # Prometheus counters and the enqueue log line see every transition, then `events`.
     app[EVENTS] = metrics.observe(app, events)
-    aiohttp_jinja2.setup(
+    env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(templates_dir()),
         autoescape=jinja2.select_autoescape(default=True),
     )
+    pages.setup(env)
+    # The pages' scripts and style sheet: no inline script or style, so a strict CSP holds.
+    app.router.add_static("/static", templates_dir() / "static", name="static", append_version=True)
     app.add_routes(pages.routes)
+    app.add_routes(actions.routes)
     app.add_routes(api.routes)
     app.add_routes(limits.routes)
     app.add_routes(health.routes)

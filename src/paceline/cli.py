@@ -1,5 +1,5 @@
-"""`paceline serve`, `migrate`, `limits` and `replan`; every flag of `serve` also has its
-environment variable."""
+"""`paceline serve`, `migrate`, `limits`, `replan` and `retry`; every flag of `serve` also
+has its environment variable."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import sys
 import time
@@ -22,8 +23,8 @@ from paceline.contract import DEFAULT_KIND
 from paceline.db import embedded, migrate
 from paceline.db.pool import CONNECT_TIMEOUT, create_pool, is_unavailable
 from paceline.logs import configure_logging
-from paceline.queue import limits
-from paceline.queue.jobs import isoformat
+from paceline.queue import limits, rerun
+from paceline.queue.jobs import Status, isoformat
 from paceline.queue.service import Backoff
 
 log = logging.getLogger("paceline")
@@ -82,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _database_flag(replan)
     _dry_run_flag(replan)
+
+    retry = commands.add_parser(
+        "retry",
+        help="run a FAILED or CANCELLED job again (by id), or every one that matches --status "
+        "and the filters, each at its object's next free slot",
+    )
+    _database_flag(retry)
+    retry.add_argument("job_id", nargs="?", type=int, help="one job (else: --status)")
+    retry.add_argument(
+        "--status",
+        type=str.upper,
+        choices=[Status.FAILED.value, Status.CANCELLED.value],
+        help="retry every job of this status that matches the filters",
+    )
+    retry.add_argument("--kind", help="only jobs of this kind")
+    retry.add_argument("--object-id", type=int, help="only jobs of this object")
+    retry.add_argument(
+        "--payload", help="only jobs whose payload contains this JSON object: '{\"customer\": 42}'"
+    )
+    retry.add_argument(
+        "--dry-run", action="store_true", help="say how many would be retried; change nothing"
+    )
     return parser
 
 
@@ -137,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.window, args.per_window, args.max_running = settings.rate_window, None, None
             if args.command in ("limits", "replan"):
                 return asyncio.run(_limits(dsn, args))
+            if args.command == "retry":
+                return asyncio.run(_retry(dsn, args))
             return _serve(settings)
     except (ConfigError, embedded.EmbeddedPostgresError) as exc:
         log.error("%s", exc)
@@ -222,6 +247,50 @@ async def _change(pool: asyncpg.Pool, args: argparse.Namespace) -> limits.Replan
     if args.action == "pause":
         return await limits.pause(pool, kind, object_id, dry_run=dry_run)
     return await limits.resume(pool, kind, object_id, dry_run=dry_run)
+
+
+async def _retry(dsn: str, args: argparse.Namespace) -> int:
+    """`paceline retry JOB_ID` or `paceline retry --status FAILED [filters]`."""
+    if (args.job_id is None) == (args.status is None):
+        print("paceline: give a job id, or --status FAILED|CANCELLED (not both)", file=sys.stderr)
+        return 2
+    payload = None
+    if args.payload is not None:
+        try:
+            payload = json.loads(args.payload)
+        except ValueError as exc:
+            print(f"paceline: --payload is not JSON ({exc})", file=sys.stderr)
+            return 2
+        if not isinstance(payload, dict) or not payload:
+            print("paceline: --payload must be a JSON object with a member", file=sys.stderr)
+            return 2
+    pool = await create_pool(dsn, 2)
+    try:
+        if args.job_id is not None:
+            try:
+                job = await rerun.retry_job(pool, args.job_id)
+            except (rerun.JobNotFound, rerun.JobNotRetryable) as exc:
+                print(f"paceline: {exc}", file=sys.stderr)
+                return 1
+            key = f"{job.kind} object {job.object_id}"
+            print(f"job {job.id} ({key}): PENDING, run_at {_slot(job.run_at)}")
+            return 0
+        done = await rerun.retry_jobs(
+            pool,
+            status=Status(args.status),
+            kind=args.kind,
+            object_id=args.object_id,
+            payload=payload,
+            dry_run=args.dry_run,
+        )
+    finally:
+        await pool.close()
+    verb = "would retry" if args.dry_run else "retried"
+    slots = ""
+    if done.first_run_at is not None and done.last_run_at is not None:
+        slots = f", slots {isoformat(done.first_run_at)} to {isoformat(done.last_run_at)}"
+    print(f"{verb} {done.retried} {args.status} job(s){slots}")
+    return 0
 
 
 def _slot(moment: datetime | None) -> str:

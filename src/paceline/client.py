@@ -1,5 +1,5 @@
-"""A small async client for paceline's JSON API: submit, read, list, cancel, wait for a job;
-read and change limits.
+"""A small async client for paceline's JSON API: submit, read, list, search, cancel, retry,
+wait for a job; read and change limits.
 
     async with PacelineClient("http://127.0.0.1:8080", token=token) as paceline:
         job = await paceline.submit(7)
@@ -55,6 +55,9 @@ class Job:
     payload: Any = None  # what it was given to work on (on_busy="append": a list of them)
     result: Any = None  # what its handler returned, once it succeeded
     not_before: datetime | None = None  # the earliest start the client chose, if any
+    # `attempts` when it was last retried by hand (0: never); `attempts` counts every attempt,
+    # PACELINE_MAX_ATTEMPTS those since the retry.
+    attempts_at_retry: int = 0
 
     @property
     def done(self) -> bool:
@@ -87,6 +90,7 @@ class Job:
             payload=document.get("payload"),
             result=document.get("result"),
             not_before=_optional_moment(document.get("not_before")),
+            attempts_at_retry=document.get("attempts_at_retry", 0),
         )
 
 
@@ -210,6 +214,29 @@ class PacelineClient:
         """Cancel a job that has not started; PacelineError 409 if it has, 404 if unknown."""
         return Job.from_json(await self._call("POST", "jobs", str(int(job_id)), "cancel"))
 
+    async def retry(self, job_id: int) -> Job:
+        """Run a FAILED or CANCELLED job again, at its object's next free slot; the job, now
+        PENDING. PacelineError 409 if it is pending, running or succeeded, 404 if unknown."""
+        return Job.from_json(await self._call("POST", "jobs", str(int(job_id)), "retry"))
+
+    async def retry_all(
+        self,
+        status: str = "FAILED",
+        *,
+        kind: str | None = None,
+        object_id: int | None = None,
+        payload: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Run every job of `status` (FAILED or CANCELLED) that matches the filters again, each
+        at its object's next free slot. Returns {"retried", "first_run_at", "last_run_at",
+        "dry_run"}: with `dry_run`, what would be retried, and nothing is changed."""
+        query = _filters(kind, object_id, status, payload)
+        if dry_run:
+            query["dry_run"] = "true"
+        answer: dict[str, Any] = await self._call("POST", "jobs", "retry", query=query)
+        return answer
+
     async def list(
         self,
         object_id: int | None = None,
@@ -217,16 +244,12 @@ class PacelineClient:
         limit: int = 50,
         *,
         kind: str | None = None,
+        payload: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Job]:
-        """Jobs newest first, optionally of one kind, object and/or status, fetched `limit`
-        (1-500) at a time; iterating follows `next_cursor` through every page."""
-        query = {"limit": str(limit)}
-        if kind is not None:
-            query["kind"] = kind
-        if object_id is not None:
-            query["object_id"] = str(object_id)
-        if status is not None:
-            query["status"] = status
+        """Jobs newest first, optionally of one kind, object and/or status, and whose payload
+        contains `payload` (a JSON object), fetched `limit` (1-500) at a time; iterating
+        follows `next_cursor` through every page."""
+        query = {"limit": str(limit), **_filters(kind, object_id, status, payload)}
         while True:
             page = await self._call("GET", "jobs", query=query)
             for document in page["jobs"]:
@@ -372,6 +395,22 @@ def _retry_after(value: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max(0.0, moment.timestamp() - time.time())
+
+
+def _filters(
+    kind: str | None, object_id: int | None, status: str | None, payload: Mapping[str, Any] | None
+) -> dict[str, str]:
+    """The query of GET /jobs and POST /jobs/retry (the payload as compact JSON)."""
+    query: dict[str, str] = {}
+    if kind is not None:
+        query["kind"] = kind
+    if object_id is not None:
+        query["object_id"] = str(object_id)
+    if status is not None:
+        query["status"] = status
+    if payload is not None:
+        query["payload"] = json.dumps(payload, separators=(",", ":"))
+    return query
 
 
 def _limit_path(kind: str, object_id: int | None) -> tuple[str, ...]:

@@ -180,7 +180,14 @@ class Job(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ]
     started_at: UtcTime | None
     finished_at: UtcTime | None
-    attempts: Annotated[int, Meta(ge=0)]
+    attempts: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Every attempt of the job's life, also those before a retry by hand "
+            "(POST /jobs/{job_id}/retry): the number of its latest attempt.",
+        ),
+    ]
     error: Annotated[str | None, Meta(description="Why the last attempt failed.")]
     payload: Annotated[
         Any,
@@ -195,6 +202,14 @@ class Job(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ]
     not_before: Annotated[
         UtcTime | None, Meta(description="The earliest start the client chose, if any.")
+    ]
+    attempts_at_retry: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="`attempts` when the job was last retried by hand (0: never). "
+            "PACELINE_MAX_ATTEMPTS counts the attempts since: `attempts - attempts_at_retry`.",
+        ),
     ]
 
 
@@ -214,6 +229,21 @@ class CreatedJobs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The jobs of a batch, in request order."""
 
     jobs: list[Job]
+
+
+class RetriedJobs(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What POST /jobs/retry did, or with dry_run would do."""
+
+    retried: Annotated[int, Meta(ge=0, description="How many jobs went back to PENDING.")]
+    first_run_at: Annotated[
+        UtcTime | None,
+        Meta(
+            description="The earliest of their new slots; null if none was retried, or all "
+            "wait for a paused kind or object."
+        ),
+    ]
+    last_run_at: Annotated[UtcTime | None, Meta(description="The latest of their new slots.")]
+    dry_run: Annotated[bool, Meta(description="True: nothing was written.")]
 
 
 class JobPage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -462,6 +492,7 @@ STRUCTS: Final = (
     JoinedJob,
     CreatedJobs,
     JobPage,
+    RetriedJobs,
     Status,
     LimitRequest,
     Limit,

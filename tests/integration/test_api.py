@@ -19,7 +19,7 @@ Client = TestClient[Any, Any]
 JOB_FIELDS = {
     "id", "object_id", "status", "timestamp", "created_at", "duration",
     "run_at", "started_at", "finished_at", "attempts", "error", "kind", "payload", "result",
-    "not_before",
+    "not_before", "attempts_at_retry",
 }  # fmt: skip
 
 
@@ -42,6 +42,7 @@ async def test_create_job_returns_201_with_the_contract_fields(client: Client) -
     assert job["object_id"] == 42
     assert job["status"] == "PENDING"
     assert job["attempts"] == 0
+    assert job["attempts_at_retry"] == 0
     assert job["duration"] is None
     assert job["started_at"] is None
     assert job["error"] is None

@@ -25,6 +25,34 @@ def base_url(server: Client | TestServer) -> str:
     return str(server.make_url(""))
 
 
+async def test_retry_retry_all_and_search_by_payload(make_client: MakeClient) -> None:
+    server = await make_client(concurrency=0, rate_window=60)
+    async with PacelineClient(base_url(server)) as paceline:
+        first = await paceline.submit(5, payload={"customer": 42})
+        second = await paceline.submit(5, payload={"customer": 42})
+        await paceline.submit(6, payload={"customer": 7})
+        found = [job.id async for job in paceline.list(payload={"customer": 42})]
+        assert found == [second.id, first.id]
+
+        await paceline.cancel(second.id)
+        retried = await paceline.retry(second.id)
+        assert (retried.status, retried.attempts_at_retry) == ("PENDING", 0)
+        assert retried.run_at is not None
+        assert first.run_at is not None
+        assert retried.run_at - first.run_at == timedelta(seconds=60)
+        with pytest.raises(PacelineError) as refused:
+            await paceline.retry(first.id)
+        assert refused.value.status == 409
+
+        await paceline.cancel(second.id)
+        preview = await paceline.retry_all("CANCELLED", object_id=5, dry_run=True)
+        assert (preview["retried"], preview["dry_run"]) == (1, True)
+        assert (await paceline.get(second.id)).status == "CANCELLED"
+        done = await paceline.retry_all("CANCELLED", payload={"customer": 42})
+        assert done["retried"] == 1
+        assert (await paceline.get(second.id)).status == "PENDING"
+
+
 async def test_submit_get_and_cancel(make_client: MakeClient) -> None:
     server = await make_client(concurrency=0, rate_window=60)
     async with PacelineClient(base_url(server)) as paceline:

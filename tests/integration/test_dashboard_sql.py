@@ -240,3 +240,21 @@ async def test_the_audit_reads_only_the_newest_starts(history: asyncpg.Connectio
         "ix_job_attempts_started_at",
         "ix_job_attempts_kind_object_id_started_at",
     } <= indexes(nodes), nodes
+
+
+async def test_the_pages_new_reads_stay_small(history: asyncpg.Connection) -> None:
+    """The job page (a job's attempts, the job ahead of it), the chart of the last hour and
+    the longest backlogs: index ranges, never the history."""
+    now = await history.fetchval("SELECT now()")
+    pending_key = ("default", HISTORY_OBJECTS + 1)
+    reads: list[tuple[str, tuple[object, ...], set[str]]] = [
+        ("job_attempts", (HISTORY // 2,), {"pk_job_attempts"}),
+        ("job_ahead", (*pending_key, now, 10**9), {"ix_jobs_pending_kind_object_id_run_at_id"}),
+        ("finished_per_kind", (60, 5), {"ix_jobs_finished"}),
+        # Any index of pending jobs only.
+        ("busiest_keys", (10, 100_000), {"ix_jobs_pending_id", "ix_jobs_due"}),
+    ]
+    for name, args, wanted in reads:
+        nodes = summary(await explain(history, name, *args))
+        assert_no_full_scan(nodes)
+        assert indexes(nodes) & wanted, (name, nodes)

@@ -377,3 +377,65 @@ async def test_a_database_in_use_upgrades_to_limits_keeping_its_window_and_slots
         assert await conn.fetchval("SELECT count(*) FROM jobs WHERE status = 'PENDING'") == 4
     finally:
         await conn.close()
+
+
+async def test_a_database_in_use_upgrades_to_retries_and_payload_search(
+    empty_database_url: str,
+) -> None:
+    """0010 on a database with jobs in every status: every job keeps its state and counts
+    none of its attempts as before a retry, the payload index is built (valid), and one a
+    failed concurrent build left INVALID is built again; a downgrade is refused while a job
+    retried by hand waits or runs (the older code would count its earlier attempts), and
+    otherwise removes both."""
+    dsn = empty_database_url
+    await asyncio.to_thread(migrate.upgrade, dsn, "0009")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO jobs (object_id, status, run_at, started_at, finished_at, attempts,
+                              error, lease_expires_at, payload)
+            VALUES (1, 'PENDING', now(), NULL, NULL, 0, NULL, NULL, '{"customer": 42}'),
+                   (2, 'PROCESSING', now(), now(), NULL, 1, NULL, now() + interval '1 min',
+                    NULL),
+                   (3, 'SUCCESS', now(), now(), now(), 1, NULL, NULL, '{"customer": 42}'),
+                   (4, 'FAILED', now(), now(), now(), 3, 'boom', NULL, '[1, 2]'),
+                   (5, 'CANCELLED', now(), NULL, now(), 0, NULL, NULL, '"text"');
+            -- What an operator's CREATE INDEX CONCURRENTLY leaves when it fails: INVALID.
+            CREATE INDEX ix_jobs_payload ON jobs USING gin (payload jsonb_path_ops);
+            UPDATE pg_index SET indisvalid = false
+            WHERE indexrelid = 'ix_jobs_payload'::regclass;
+            """
+        )
+        before = await conn.fetch("SELECT * FROM jobs ORDER BY id")
+
+        await asyncio.to_thread(migrate.upgrade, dsn, "0010")
+        after = await conn.fetch("SELECT * FROM jobs ORDER BY id")
+        assert [dict(row) for row in after] == [
+            {**dict(row), "attempts_at_retry": 0} for row in before
+        ]
+        assert await conn.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_jobs_payload'::regclass"
+        )
+        found = await conn.fetch(
+            "SELECT object_id FROM jobs WHERE payload @> '{\"customer\": 42}' ORDER BY 1"
+        )
+        assert [row["object_id"] for row in found] == [1, 3]
+
+        await conn.execute(
+            "UPDATE jobs SET attempts_at_retry = 3, status = 'PENDING', "
+            "finished_at = NULL WHERE object_id = 4"
+        )
+        with pytest.raises(Exception, match="retried by hand are pending or running"):
+            await asyncio.to_thread(migrate.downgrade, dsn, "0009")
+        assert await versions(dsn) == {"0010"}
+        await conn.execute("UPDATE jobs SET status = 'FAILED' WHERE object_id = 4")
+        await asyncio.to_thread(migrate.downgrade, dsn, "0009")
+        assert await conn.fetchval("SELECT to_regclass('ix_jobs_payload')") is None
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'"
+        )
+        assert "attempts_at_retry" not in {row["column_name"] for row in columns}
+        assert await conn.fetchval("SELECT count(*) FROM jobs") == len(before)
+    finally:
+        await conn.close()

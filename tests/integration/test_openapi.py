@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import asyncpg
@@ -34,9 +35,10 @@ def app_routes(settings: Settings) -> set[tuple[str, str]]:
 
 
 def described_routes() -> set[tuple[str, str]]:
-    """(method, path template) of the routes in the modules the document describes."""
+    """(method, path template) of the routes in the modules the document describes; a
+    variable's pattern (`{job_id:regex}`) is not part of the template."""
     return {
-        (route.method.lower(), route.path)
+        (route.method.lower(), re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path))
         for module in (api, health, limits, metrics, openapi)
         for route in module.routes
         if isinstance(route, web.RouteDef)

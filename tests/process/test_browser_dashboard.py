@@ -200,7 +200,7 @@ def check_a_busy_timeline(page: Page) -> None:
     """A failed job's object: its runs (a window apart) and its queue, each wait explained."""
     failure = page.locator("#failures tbody tr").filter(has_text=DEMO_ERRORS[2]).first
     object_id = failure.locator("td").nth(2).text_content()
-    failure.get_by_role("link").click()
+    failure.get_by_role("link", name=object_id, exact=True).click()
     expect(page.get_by_role("heading", name=f"Object {object_id}, kind default")).to_be_visible()
     runs = page.locator("#runs tbody tr")
     expect(runs.filter(has_text=DEMO_ERRORS[2])).to_have_count(1)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paceline.queue.pacing import (
+    BEYOND,
     Limit,
     count_in_window,
     earliest_slot,
@@ -258,3 +259,18 @@ def test_count_in_window_counts_the_window_that_ends_at_the_given_time() -> None
 def test_a_limit_that_means_nothing_is_refused(window: float, per_window: int) -> None:
     with pytest.raises(ValueError, match="window"):
         Limit(window=window, per_window=per_window)
+
+
+def test_a_slot_past_the_year_9999_is_beyond() -> None:
+    """A ten-year window behind a backlog of a thousand: the slots that a datetime cannot hold
+    are BEYOND (stored as 'infinity': the jobs wait), not an OverflowError (a 500 of PUT
+    /limits, found by schemathesis)."""
+    ten_years = Limit(10 * 366 * 24 * 3600.0)
+    start = datetime(2026, 12, 5, tzinfo=UTC)
+    slots = replan([], [start] * 1000, ten_years)
+    assert slots[0] == start
+    assert slots[-1] == BEYOND
+    finite = [slot for slot in slots if slot != BEYOND]
+    assert holds(finite, ten_years)
+    assert 790 < len(finite) < 800  # about (9999 - 2026) / 10 of them fit
+    assert earliest_slot(slots, start, ten_years) == BEYOND

@@ -125,3 +125,29 @@ async def audit_starts(
 async def schema_revisions(db: Executor) -> set[str]:
     """The migrations the database is at; UndefinedTableError if it was never migrated."""
     return {row["version_num"] for row in await db.fetch(QUERIES["schema_revisions"])}
+
+
+async def job_ahead(
+    db: Executor, *, kind: str, object_id: int, run_at: datetime, job_id: int
+) -> asyncpg.Record | None:
+    """The key's pending job just before (run_at, job_id) in slot order, if any."""
+    return await db.fetchrow(QUERIES["job_ahead"], kind, object_id, run_at, job_id)
+
+
+async def job_attempts(db: Executor, *, job_id: int) -> list[asyncpg.Record]:
+    """Every attempt of a job, oldest first (attempt, started_at, finished_at, outcome, error,
+    worker_id, host, pid)."""
+    return await db.fetch(QUERIES["job_attempts"], job_id)
+
+
+async def finished_per_kind(
+    db: Executor, *, minutes: int, bar_minutes: int
+) -> list[asyncpg.Record]:
+    """(kind, bar, succeeded, failed, cancelled) over the last `minutes`, `bar_minutes` a bar."""
+    return await db.fetch(QUERIES["finished_per_kind"], minutes, bar_minutes)
+
+
+async def busiest_keys(db: Executor, *, limit: int, read_cap: int) -> list[asyncpg.Record]:
+    """The `limit` keys with the most pending jobs among the first `read_cap`: kind, object_id,
+    waiting, first_slot, next_slot, now."""
+    return await db.fetch(QUERIES["busiest_keys"], limit, read_cap)

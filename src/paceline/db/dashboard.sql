@@ -251,3 +251,58 @@ ORDER BY a.started_at;
 -- name: schema_revisions
 -- What Alembic recorded: the migrations the database is at (/readyz compares with the code).
 SELECT version_num FROM alembic_version;
+
+-- name: job_ahead
+-- $1 kind, $2 object_id, $3 run_at, $4 id of a pending job. The key's pending job just before
+-- it in slot order (I4'), if any: what the job page needs to say why the job waits, one
+-- backwards probe of ix_jobs_pending_kind_object_id_run_at_id.
+SELECT id, created_at, run_at, not_before, attempts, error
+FROM jobs
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' AND (run_at, id) < ($3, $4)
+ORDER BY run_at DESC, id DESC
+LIMIT 1;
+
+-- name: job_attempts
+-- $1 job id. Every attempt of one job, oldest first, with the replica that ran it (gone once
+-- that replica stopped): a range of pk_job_attempts, a primary-key probe of `workers` each.
+SELECT a.attempt, a.started_at, a.finished_at, a.outcome, a.error, a.worker_id, w.host, w.pid
+FROM job_attempts AS a
+LEFT JOIN workers AS w ON w.id = a.worker_id
+WHERE a.job_id = $1
+ORDER BY a.attempt;
+
+-- name: finished_per_kind
+-- $1 minutes, $2 minutes per bar. Jobs finished per kind, bar and outcome over the last $1
+-- minutes (the page's chart): a range scan of ix_jobs_finished from the first bar, so the
+-- cost follows the last hour's throughput, not the history.
+SELECT kind,
+       date_bin(make_interval(mins => $2), finished_at, TIMESTAMPTZ '2000-01-01') AS bar,
+       count(*) FILTER (WHERE status = 'SUCCESS') AS succeeded,
+       count(*) FILTER (WHERE status = 'FAILED') AS failed,
+       count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
+       date_bin(make_interval(mins => $2), now(), TIMESTAMPTZ '2000-01-01') AS current_bar
+FROM jobs
+WHERE status IN ('SUCCESS', 'FAILED', 'CANCELLED')
+  AND finished_at >= date_bin(
+      make_interval(mins => $2), now() - make_interval(mins => $1 - $2), TIMESTAMPTZ '2000-01-01'
+  )
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: busiest_keys
+-- $1 how many keys, $2 the most pending jobs read. The keys with the longest backlogs among
+-- the first $2 pending jobs (the limits page): each with its waiting jobs, its first slot
+-- (infinity while paused) and the slot a new job would get. An index-only range of
+-- ix_jobs_pending_kind_object_id_run_at_id, capped, then a probe of pk_object_slots per key.
+SELECT b.kind, b.object_id, b.waiting, b.first_slot, s.next_slot, now() AS now
+FROM (
+    SELECT kind, object_id, count(*) AS waiting, min(run_at) AS first_slot
+    FROM (
+        SELECT kind, object_id, run_at FROM jobs WHERE status = 'PENDING' LIMIT $2
+    ) AS pending
+    GROUP BY kind, object_id
+    ORDER BY count(*) DESC, kind, object_id
+    LIMIT $1
+) AS b
+LEFT JOIN object_slots AS s ON s.kind = b.kind AND s.object_id = b.object_id
+ORDER BY b.waiting DESC, b.kind, b.object_id;

@@ -77,10 +77,17 @@ async def list_jobs(
     kind: str | None = None,
     object_id: int | None,
     status: str | None,
+    payload: str | None = None,
     before: int,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """Jobs newest first with ids below `before`, optionally of one kind, object and/or status."""
+    """Jobs newest first with ids below `before`, optionally of one kind, object and/or status,
+    and whose payload contains `payload` (a JSON object as text)."""
+    if payload is not None:
+        # The payload's index narrows; the other filters are tested on what it finds.
+        return await db.fetch(
+            QUERIES["list_jobs_by_payload"], payload, kind, object_id, status, before, limit
+        )
     # One named query per filter combination, so each gets a plan that uses its index.
     given = {"kind": kind, "object": object_id, "status": status}
     used = [name for name, value in given.items() if value is not None]
@@ -191,8 +198,9 @@ async def finish_jobs(
 
 
 async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
-    """Running jobs whose lease ran out (id, attempts, kind, object_id), locked, SKIP LOCKED. In the
-    caller's transaction, planned per call (`plan_per_call` first)."""
+    """Running jobs whose lease ran out (id, attempts, attempts_at_retry, kind, object_id),
+    locked, SKIP LOCKED. In the caller's transaction, planned per call (`plan_per_call`
+    first)."""
     return await conn.fetch(QUERIES["expired_leases"], limit)
 
 

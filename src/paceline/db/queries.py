@@ -19,7 +19,7 @@ _NAME_LINE = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 # returns jobs says `{job_columns}`, so the list is written once.
 JOB_COLUMNS = (
     "id, object_id, status, created_at, run_at, started_at, finished_at, duration, attempts, "
-    "error, kind, payload, result, not_before"
+    "error, kind, payload, result, not_before, attempts_at_retry"
 )
 _FRAGMENTS = {"{job_columns}": JOB_COLUMNS}
 

@@ -55,7 +55,11 @@ jobs = Table(
     Column("finished_at", DateTime(timezone=True)),
     # Seconds the handler took, measured by the worker on a monotonic clock.
     Column("duration", Double),
+    # Every attempt of the job's life (the number of its latest one in job_attempts).
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # `attempts` when the job was last retried by hand (0: never); the retry policy and the
+    # reaper count the attempts since then against PACELINE_MAX_ATTEMPTS.
+    Column("attempts_at_retry", Integer, nullable=False, server_default=text("0")),
     Column("error", Text),
     # While PROCESSING: until when the claiming replica's lease holds (renewed as it runs),
     # and which replica that is. An expired lease means the replica is gone: taken back.
@@ -120,6 +124,13 @@ jobs = Table(
         "ix_jobs_lease",
         "lease_expires_at",
         postgresql_where=text("status = 'PROCESSING'"),
+    ),
+    # Search by payload: payload @> '{"customer": 42}' (GET /jobs, POST /jobs/retry).
+    Index(
+        "ix_jobs_payload",
+        "payload",
+        postgresql_using="gin",
+        postgresql_ops={"payload": "jsonb_path_ops"},
     ),
     # Retention prunes finished jobs oldest first.
     Index(

@@ -22,7 +22,8 @@ import asyncpg
 from paceline.contract import DEFAULT_KIND
 from paceline.db import dashboard
 from paceline.db import limits as limits_store
-from paceline.queue.jobs import finite, isoformat
+from paceline.db.pool import Connection
+from paceline.queue.jobs import Job, Status, finite, isoformat
 from paceline.queue.scheduling import KeyLimit, next_free_look, read_limit
 
 RUNS_SHOWN = 50
@@ -143,7 +144,7 @@ async def read_timeline(pool: asyncpg.Pool, object_id: int, kind: str = DEFAULT_
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
         limit = await read_limit(conn, kind, object_id)
-        windows = await dashboard.timeline_windows(conn, kind=kind, object_id=object_id)
+        activity, next_slot = await _key_activity(conn, kind, object_id, limit)
         pending = [
             dict(row)
             for row in await dashboard.timeline_waiting(
@@ -153,32 +154,15 @@ async def read_timeline(pool: asyncpg.Pool, object_id: int, kind: str = DEFAULT_
         total = await dashboard.timeline_waiting_count(
             conn, kind=kind, object_id=object_id, cap=WAITING_CAP
         )
-        running = await limits_store.running_jobs_of_key(conn, kind=kind, object_id=object_id)
-        now, last_start = windows["now"], windows["last_started_at"]
-        if limit.per_window == 1:
-            # What the claim reads for N = 1: the key's last start (it outlives the history).
-            recent = last_start is not None and last_start > now - timedelta(seconds=limit.window)
-            window_starts = [last_start] if recent else []
-        else:
-            window_starts = await dashboard.timeline_window_starts(
-                conn, kind=kind, object_id=object_id, window=limit.window, limit=limit.per_window
-            )
         # Enough earlier starts that each run shown can be checked against its key's limit.
-        # The slot row says where a new job goes only for keys the one-statement enqueue
-        # plans; for the others (N > 1, an override, a pause) the planner keeps it at its
-        # last plan's now, so their next slot is worked out as the planner would place it.
-        next_slot = (
-            windows["next_slot"]
-            if limit.one_statement
-            else await next_free_look(conn, kind, object_id)
-        )
         runs = await dashboard.timeline_runs(
             conn,
             kind=kind,
             object_id=object_id,
             limit=RUNS_SHOWN + min(limit.per_window, RUNS_SHOWN),
         )
-    activity = KeyActivity(now, limit, last_start, window_starts, running)
+    now, last_start = activity.now, activity.last_start
+    running = activity.running
     waits = explain_waits(pending, activity)
     return Timeline(
         kind=kind,
@@ -204,6 +188,57 @@ async def read_timeline(pool: asyncpg.Pool, object_id: int, kind: str = DEFAULT_
         waiting_total=total,
         runs=_runs_with_gaps(runs, limit),
     )
+
+
+async def _key_activity(
+    conn: Connection, kind: str, object_id: int, limit: KeyLimit
+) -> tuple[KeyActivity, datetime | None]:
+    """What holds the key's next start besides its slots, and the slot a new job would get."""
+    windows = await dashboard.timeline_windows(conn, kind=kind, object_id=object_id)
+    now, last_start = windows["now"], windows["last_started_at"]
+    if limit.per_window == 1:
+        # What the claim reads for N = 1: the key's last start (it outlives the history).
+        recent = last_start is not None and last_start > now - timedelta(seconds=limit.window)
+        window_starts = [last_start] if recent else []
+    else:
+        window_starts = await dashboard.timeline_window_starts(
+            conn, kind=kind, object_id=object_id, window=limit.window, limit=limit.per_window
+        )
+    running = await limits_store.running_jobs_of_key(conn, kind=kind, object_id=object_id)
+    activity = KeyActivity(now, limit, last_start, window_starts, running)
+    # The slot row says where a new job goes only for keys the one-statement enqueue plans;
+    # for the others (N > 1, an override, a pause) the planner keeps it at its last plan's
+    # now, so their next slot is worked out as the planner would place it.
+    if limit.one_statement:
+        return activity, windows["next_slot"]
+    return activity, await next_free_look(conn, kind, object_id)
+
+
+async def job_wait(pool: asyncpg.Pool, job: Job) -> Reason | None:
+    """Why one pending job waits, worded as its object's timeline words it (None unless it is
+    pending): the same reading of its key, and the one job ahead of it in slot order."""
+    if job.status is not Status.PENDING:
+        return None
+    row = {
+        "id": job.id,
+        "run_at": job.run_at,
+        "not_before": job.not_before,
+        "attempts": job.attempts,
+    }
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        limit = await read_limit(conn, job.kind, job.object_id)
+        activity, _ = await _key_activity(conn, job.kind, job.object_id, limit)
+        ahead = None
+        if job.run_at is not None:
+            ahead = await dashboard.job_ahead(
+                conn, kind=job.kind, object_id=job.object_id, run_at=job.run_at, job_id=job.id
+            )
+    pending = [row] if ahead is None else [dict(ahead), row]
+    wait = explain_waits(pending, activity)[-1]
+    return reason(wait, activity, job.attempts)
 
 
 def explain_waits(pending: Sequence[Mapping[str, Any]], key: KeyActivity) -> list[Wait]:
@@ -311,7 +346,7 @@ def _runs_with_gaps(rows: list[asyncpg.Record], limit: KeyLimit) -> list[dict[st
                 # NULL while the attempt runs.
                 "outcome": row["outcome"] or "RUNNING",
                 "error": row["error"],
-                "replica": _replica(row),
+                "replica": replica_name(row),
                 "gap": gap,
                 "too_soon": nth_before is not None
                 and row["started_at"] - nth_before["started_at"] < window,
@@ -320,7 +355,8 @@ def _runs_with_gaps(rows: list[asyncpg.Record], limit: KeyLimit) -> list[dict[st
     return runs
 
 
-def _replica(row: asyncpg.Record) -> str | None:
+def replica_name(row: asyncpg.Record) -> str | None:
+    """The replica that ran an attempt (host:pid), or its id's start once it is gone."""
     if row["host"] is not None:
         return f"{row['host']}:{row['pid']}"
     # The replica stopped and its row is gone; its id still tells runs of one process apart.

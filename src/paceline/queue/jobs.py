@@ -63,6 +63,14 @@ class Job:
     result_json: str | None = None
     # The client's earliest start (POST /jobs "not_before"), if it chose one.
     not_before: datetime | None = None
+    # `attempts` when the job was last retried by hand (0: never). `attempts` counts every
+    # attempt of its life; PACELINE_MAX_ATTEMPTS allows that many since the retry.
+    attempts_at_retry: int = 0
+
+    @property
+    def attempts_since_retry(self) -> int:
+        """The attempts PACELINE_MAX_ATTEMPTS counts: those since the last retry by hand."""
+        return self.attempts - self.attempts_at_retry
 
     @property
     def payload(self) -> Any:
@@ -93,6 +101,7 @@ class Job:
             payload_json=record["payload"],
             result_json=record["result"],
             not_before=record["not_before"],
+            attempts_at_retry=record["attempts_at_retry"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +126,7 @@ class Job:
             "payload": _embedded(self.payload_json),
             "result": _embedded(self.result_json),
             "not_before": isoformat(self.not_before),
+            "attempts_at_retry": self.attempts_at_retry,
         }
 
 
@@ -204,15 +214,19 @@ async def list_jobs(
     kind: str | None = None,
     object_id: int | None = None,
     status: Status | None = None,
+    payload: dict[str, Any] | None = None,
     before: int = INT64_MAX,
     limit: int = 50,
 ) -> list[Job]:
-    """Jobs newest first, optionally of one kind, object and/or status, ids below `before`."""
+    """Jobs newest first, optionally of one kind, object and/or status, and whose payload
+    contains `payload` (a JSON object: `{"customer": 42}` matches `{"customer": 42, "n": 1}`),
+    ids below `before`."""
     records = await store.list_jobs(
         db,
         kind=kind,
         object_id=object_id,
         status=None if status is None else status.value,
+        payload=None if payload is None else msgspec.json.encode(payload).decode(),
         before=before,
         limit=limit,
     )

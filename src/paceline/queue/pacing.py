@@ -15,7 +15,11 @@ import dataclasses
 import math
 from bisect import bisect_right, insort
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+
+# The slot of a job that cannot start before the last instant a datetime holds (asyncpg sends
+# it as PostgreSQL's 'infinity').
+BEYOND = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +130,16 @@ def _earliest_in_sorted(taken: list[datetime], lower: datetime, limit: Limit) ->
     # blocked by the same run, so we jump there; each jump lands on a larger `s + W`, so there
     # are at most len(taken) of them, each a bisect and an O(N) look at the runs around t. On
     # an idle key, or when appending after the last slot, the first or second look succeeds.
+    #
+    # A slot past Python's last datetime (the year 9999: a window of years behind a backlog of
+    # hundreds) is `BEYOND`, which the database stores as 'infinity': the job waits, like a
+    # paused one, until a change of limit brings it back in range.
     t = lower
-    while (until := _blocked_until(taken, t, limit)) is not None:
-        t = until
+    try:
+        while (until := _blocked_until(taken, t, limit)) is not None:
+            t = until
+    except OverflowError:
+        return BEYOND
     return t
 
 

@@ -46,7 +46,8 @@ class Reaper(Service):
             for row in expired:
                 job_id, attempt = row["id"], row["attempts"]
                 error = f"attempt {attempt} was lost: its replica stopped renewing the lease"
-                if attempt >= self._max_attempts:
+                # A job retried by hand counts its attempts since then (attempts_at_retry).
+                if attempt - row["attempts_at_retry"] >= self._max_attempts:
                     await store.fail_lost_job(conn, job_id=job_id, attempt=attempt, error=error)
                     log.warning(
                         "job %d lost its last attempt %d; FAILED",

@@ -54,7 +54,10 @@ class RetryPolicy:
     uniform: Callable[[float, float], float] = random.uniform
 
     def decide(self, attempt: int, error: BaseException) -> Decision:
-        """What to do after attempt number `attempt` (1 for the first) ended with `error`."""
+        """What to do after attempt number `attempt` (1 for the first) ended with `error`.
+
+        `attempt` counts from the job's last retry by hand (`Job.attempts_since_retry`): a
+        retried job gets `max_attempts` again."""
         if isinstance(error, PermanentFailure) or attempt >= self.max_attempts:
             return FAIL
         if isinstance(error, RetryLater):

@@ -231,6 +231,40 @@ async def next_free_look(conn: Connection, kind: str, object_id: int) -> datetim
     return slot_for_new(await read_key(conn, kind, object_id, lock=False), None)
 
 
+async def place_again(
+    conn: Connection, kind: str, object_id: int, jobs: list[Pending]
+) -> list[datetime | None]:
+    """Slots for jobs of the key that go back to PENDING (finished ones retried by hand), in
+    the order given; None while the key is paused. Hold the key's slot-row lock; the caller
+    writes the slots to the jobs.
+
+    Each goes where `slot_for_new` would put it as a new submit, after the ones before it: a
+    plain job at the first slot that fits at or after now and the key's last plain job
+    (those before it in `jobs` included), so a bulk retry of one key's jobs takes one slot
+    each, spaced by the limit like a burst of submits; a job with `not_before` at the first
+    slot that fits at or after now and its `not_before`. One pass (`pacing.replan`), not a
+    sort of the reservations per job. Writes the key's slot row for the next enqueue."""
+    state = await read_key(conn, kind, object_id)
+    if state.limit.paused:
+        slots_of: list[datetime | None] = [None] * len(jobs)
+    else:
+        last_plain = [job.run_at for job in state.pending if job.keeps_order and job.run_at]
+        plain_bound = max([state.now, *last_plain])
+        lowers = [
+            plain_bound if job.keeps_order else max(state.now, job.not_before or state.now)
+            for job in jobs
+        ]
+        keep = [job.keeps_order for job in jobs]
+        slots_of = list(replan(state.taken(), lowers, state.limit.pacing, keep_order=keep))
+    placed = [
+        dataclasses.replace(job, run_at=slot) for job, slot in zip(jobs, slots_of, strict=True)
+    ]
+    await _write_row(
+        conn, kind, object_id, dataclasses.replace(state, pending=[*state.pending, *placed])
+    )
+    return slots_of
+
+
 async def next_free(
     conn: Connection, kind: str, object_id: int
 ) -> tuple[datetime, datetime | None]:

@@ -317,7 +317,8 @@ class Worker(Service):
             await self._finish(job, Status.SUCCESS, duration, None, result)
             return
         error = f"{type(outcome).__name__}: {outcome}"
-        decision = self._retry_policy.decide(job.attempts, outcome)
+        # A job retried by hand has its whole budget again: count the attempts since then.
+        decision = self._retry_policy.decide(job.attempts_since_retry, outcome)
         if decision.action is Action.FAIL:
             # The last error, as the handler said it; `attempts` tells how many there were.
             await self._finish(job, Status.FAILED, duration, error, None)

@@ -1,4 +1,5 @@
-"""The JSON API: create a job, read one, list them. The contract is in docs/design.md."""
+"""The JSON API: create a job, read one, list and search them, cancel one, retry finished
+ones. The contract is in docs/design.md."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from paceline.queue import jobs
 from paceline.queue.jobs import NewJob, isoformat
 from paceline.queue.kinds import UnknownKind
 from paceline.queue.planning import cancel_and_compact
+from paceline.queue.rerun import JobNotFound, JobNotRetryable, retry_job, retry_jobs
 from paceline.queue.submit import (
     Busy,
     KeyPaused,
@@ -28,6 +30,7 @@ from paceline.web.validation import (
     parse_job_id,
     parse_jobs_body,
     parse_list_query,
+    parse_retry_query,
     read_body,
 )
 
@@ -146,7 +149,69 @@ async def cancel_job(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/jobs/{job_id}", name="job")
+@routes.post("/jobs/{job_id}/retry", name="retry_job")
+async def retry_one(request: web.Request) -> web.Response:
+    """Run a FAILED or CANCELLED job again: 200 with it, PENDING at its key's next free slot;
+    409 if it is pending, running or succeeded; 404 if unknown."""
+    job_id = parse_job_id(request.match_info["job_id"])
+    await _no_body(request)
+    pool = request.app[POOL]
+    try:
+        job = await retry_job(pool, job_id)
+    except JobNotFound:
+        raise not_found(f"There is no job {job_id}.") from None
+    except JobNotRetryable as refused:
+        current = await jobs.get_job(pool, job_id)
+        raise Problem(
+            409,
+            "Conflict",
+            f"Job {job_id} is {refused.status.value}; only a FAILED or CANCELLED job can be "
+            "retried. Nothing was changed.",
+            job=None if current is None else current.to_json(),
+        ) from None
+    return json_response(job.to_json())
+
+
+@routes.post("/jobs/retry", name="retry_jobs")
+async def retry_all(request: web.Request) -> web.Response:
+    """Run every FAILED (or CANCELLED) job that matches the filters of GET /jobs again, in slot
+    order, each at its key's next free slot; how many, and the first and last new slot.
+    `?dry_run=true` answers the same without changing anything."""
+    query = parse_retry_query(request.query)
+    await _no_body(request)
+    done = await retry_jobs(
+        request.app[POOL],
+        status=query.status,
+        kind=query.kind,
+        object_id=query.object_id,
+        payload=query.payload,
+        dry_run=query.dry_run,
+    )
+    return json_response(
+        {
+            "retried": done.retried,
+            "first_run_at": isoformat(done.first_run_at),
+            "last_run_at": isoformat(done.last_run_at),
+            "dry_run": query.dry_run,
+        }
+    )
+
+
+async def _no_body(request: web.Request) -> None:
+    """A retry takes nothing but its address (and the query): a body is a mistake worth
+    saying, before anything changes."""
+    if request.can_read_body and (await read_body(request)).strip():
+        raise invalid(
+            "A retry takes no body: the job is in the path, the filters of a bulk retry in "
+            "the query string (status, kind, object_id, payload, dry_run). Nothing was changed.",
+            status=400,
+        )
+
+
+# Every segment after /jobs/ but `retry`, whose address is POST /jobs/retry's alone: matched
+# here too, an OPTIONS or GET of it would be told GET is allowed. Anything else that is not an
+# id is still this route's 404, which says what a job id is.
+@routes.get(r"/jobs/{job_id:(?!retry$)[^/]+}", name="job")
 async def read_job(request: web.Request) -> web.Response:
     """One job, or 404."""
     job_id = parse_job_id(request.match_info["job_id"])
@@ -158,7 +223,8 @@ async def read_job(request: web.Request) -> web.Response:
 
 @routes.get("/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs newest first, filtered by kind, object_id and/or status; `next_cursor` pages on."""
+    """Jobs newest first, filtered by kind, object_id, status and/or payload (a JSON object
+    the payload contains); `next_cursor` pages on."""
     query = parse_list_query(request.query)
     limit = query.limit
     # One extra row tells whether another page exists without a count.
@@ -167,6 +233,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         kind=query.kind,
         object_id=query.object_id,
         status=query.status,
+        payload=query.payload,
         before=query.before,
         limit=limit + 1,
     )

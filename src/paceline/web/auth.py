@@ -15,16 +15,18 @@ import aiohttp_jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from paceline.web.forms import foreign_origin
 from paceline.web.keys import SETTINGS
 from paceline.web.problems import Problem
 
 routes = web.RouteTableDef()
 
 COOKIE = "paceline_session"
-# Route names anyone may reach: the sign-in form, the probes, and the API's description.
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "login", "sign_in", "openapi"})
+# Route names anyone may reach: the sign-in form (and the style sheet it uses), the probes,
+# and the API's description.
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "login", "sign_in", "openapi", "static"})
 # HTML pages: a visitor who is not signed in is sent to the sign-in form instead of a 401.
-PAGE_ROUTES = frozenset({"index", "object"})
+PAGE_ROUTES = frozenset({"index", "object", "job_page", "limits_page"})
 _MAX_FORM_BYTES = 4096
 
 
@@ -74,6 +76,7 @@ async def login(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].api_token
     if token is None:
         raise web.HTTPSeeOther(request.app.router["index"].url_for())
+    _refuse_other_sites(request)
     if (request.content_length or 0) > _MAX_FORM_BYTES:
         raise Problem(413, "Payload too large", "The sign-in form is at most 4 KiB.")
     form = await request.post()
@@ -100,6 +103,14 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/logout", name="logout")
 async def logout(request: web.Request) -> web.Response:
     """Forget the session cookie."""
+    _refuse_other_sites(request)
     response = web.HTTPSeeOther(request.app.router["login"].url_for())
     response.del_cookie(COOKIE, path="/")
     raise response
+
+
+def _refuse_other_sites(request: web.Request) -> None:
+    """Another site's page may not sign this browser in or out (the session cookie is
+    SameSite=Strict, but these forms set or clear it)."""
+    if foreign_origin(request):
+        raise Problem(403, "Forbidden", "This form was sent from another site; nothing was done.")

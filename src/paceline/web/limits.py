@@ -23,12 +23,14 @@ from paceline.web.keys import KINDS, POOL
 from paceline.web.problems import Problem, invalid, not_found
 from paceline.web.validation import (
     check_json_content_type,
+    dry_run_param,
     int_param,
     json_integer,
     parse_json,
     parse_object_id,
     read_body,
     refuse_repeated_keys,
+    refuse_unknown_params,
 )
 
 routes = web.RouteTableDef()
@@ -169,26 +171,13 @@ def _object_id(request: web.Request) -> int:
     return parse_object_id(request.match_info["object_id"])
 
 
-def _refuse_unknown(query: Mapping[str, str], known: frozenset[str]) -> None:
-    unknown = sorted(set(query) - known)
-    if unknown:
-        raise invalid(
-            f"Unknown query parameter(s) {', '.join(unknown)}; use {', '.join(sorted(known))}.",
-            name=unknown[0],
-            status=400,
-        )
-
-
 def _dry_run(query: Mapping[str, str]) -> bool:
-    _refuse_unknown(query, _CHANGE_PARAMS)
-    value = query.get("dry_run", "false").lower()
-    if value not in ("true", "false", "1", "0"):
-        raise invalid("dry_run must be true or false.", name="dry_run", status=400)
-    return value in ("true", "1")
+    refuse_unknown_params(query, _CHANGE_PARAMS)
+    return dry_run_param(query)
 
 
 def _override_query(query: Mapping[str, str]) -> tuple[int, int]:
-    _refuse_unknown(query, _OVERRIDE_PARAMS)
+    refuse_unknown_params(query, _OVERRIDE_PARAMS)
     after = int_param(query, "after", INT64_MIN, INT64_MAX) if "after" in query else INT64_MIN
     page = contract.DEFAULT_PAGE
     if "limit" in query:
@@ -215,13 +204,13 @@ async def _limit_body(request: web.Request) -> LimitFields:
         raise invalid(
             f"Unknown field(s) {names}: a limit takes {', '.join(_FIELDS)}.", name=unknown[0]
         )
-    window = _window(document.get("window"))
-    per_window = _bounded_integer(document, "limit", contract.MAX_PER_WINDOW)
-    max_running = _bounded_integer(document, "max_running", contract.MAX_RUNNING_LIMIT)
+    window = window_value(document.get("window"))
+    per_window = bounded_integer(document, "limit", contract.MAX_PER_WINDOW)
+    max_running = bounded_integer(document, "max_running", contract.MAX_RUNNING_LIMIT)
     return LimitFields(window, per_window, max_running)
 
 
-def _window(value: Any) -> float | None:
+def window_value(value: Any) -> float | None:
     if value is None:
         return None
     low, high = contract.MIN_WINDOW_SECONDS, contract.MAX_WINDOW_SECONDS
@@ -234,7 +223,7 @@ def _window(value: Any) -> float | None:
     return float(value)
 
 
-def _bounded_integer(document: dict[str, Any], name: str, high: int) -> int | None:
+def bounded_integer(document: dict[str, Any], name: str, high: int) -> int | None:
     value = document.get(name)
     if value is None:
         return None

@@ -40,6 +40,29 @@ KIND_PARAMETER: dict[str, Any] = {
 }
 
 
+# `payload` of GET /jobs and POST /jobs/retry: a JSON object, sent as JSON text in the query.
+PAYLOAD_PARAMETER: dict[str, Any] = {
+    "name": "payload",
+    "in": "query",
+    "description": (
+        'Jobs whose payload contains this JSON object (`{"customer": 42}` matches '
+        '`{"customer": 42, "order": 7}`; arrays match a subset of their elements), as JSON in '
+        "the query string, URL-encoded. Anything else (not JSON, not an object, an empty "
+        "object) is a 400."
+    ),
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"type": "string", "pattern": "^[^\\u0000]*$"},
+                "additionalProperties": {"$ref": REF_TEMPLATE.format(name="PayloadValue")},
+            }
+        }
+    },
+}
+
+
 def _ref(kind: str, name: str) -> dict[str, str]:
     return {"$ref": f"#/components/{kind}/{name}"}
 
@@ -85,6 +108,14 @@ RESPONSES: dict[str, Any] = {
             "properties": {"job": {**_ref("schemas", "Job"), "description": "As it is now."}},
         },
     ),
+    "NotRetryable": _problem(
+        "The job is PENDING, PROCESSING or SUCCESS; only a FAILED or CANCELLED job can be "
+        "retried. Nothing was changed.",
+        schema={
+            "allOf": [_ref("schemas", "Problem")],
+            "properties": {"job": {**_ref("schemas", "Job"), "description": "As it is now."}},
+        },
+    ),
     "NoSuchLimit": _problem(
         "No such kind or object (a name no kind can have), or nothing of its own to drop."
     ),
@@ -116,6 +147,7 @@ JOB = _ref("schemas", "Job")
 JOB_LINKS = {
     "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
     "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
+    "RetryJob": {"operationId": "retryJob", "parameters": {"job_id": "$response.body#/id"}},
 }
 # POST /jobs answers one job or, for a batch, {"jobs": [...]}, under the same status codes. A
 # link belongs to a response, not to one of its shapes, so POST /jobs has none (an expression
@@ -238,7 +270,7 @@ PATHS: dict[str, Any] = {
         },
         "get": {
             "operationId": "listJobs",
-            "summary": "Jobs newest first, optionally of one kind, object and/or status",
+            "summary": "Jobs newest first, optionally of one kind, object, status and payload",
             "parameters": [
                 KIND_PARAMETER,
                 {"name": "object_id", "in": "query", "schema": INT64},
@@ -248,6 +280,7 @@ PATHS: dict[str, Any] = {
                     "description": "Case-insensitive.",
                     "schema": _ref("schemas", "Status"),
                 },
+                PAYLOAD_PARAMETER,
                 PAGE_SIZE_PARAMETER,
                 {
                     "name": "cursor",
@@ -297,6 +330,66 @@ PATHS: dict[str, Any] = {
                 ),
                 "404": _ref("responses", "NotFound"),
                 "409": _ref("responses", "Conflict"),
+                **COMMON,
+            },
+        }
+    },
+    "/jobs/{job_id}/retry": {
+        "post": {
+            "operationId": "retryJob",
+            "summary": "Run a FAILED or CANCELLED job again, at its object's next free slot",
+            "description": (
+                "The job goes back to PENDING at the first slot its (kind, object)'s limit in "
+                "force allows after the jobs already waiting (null `run_at`: the kind or object "
+                "is paused). It keeps its id, payload and attempt history; `attempts` goes on "
+                "counting and `attempts_at_retry` becomes `attempts`, so PACELINE_MAX_ATTEMPTS "
+                "allows as many attempts again. `started_at`, `finished_at`, `duration`, "
+                "`error` and `result` are cleared. No body."
+            ),
+            "parameters": [JOB_ID_PARAMETER],
+            "responses": {
+                "200": _json(
+                    "The job, now PENDING, with its new `run_at`.",
+                    JOB,
+                    links={"GetJob": JOB_LINKS["GetJob"], "CancelJob": JOB_LINKS["CancelJob"]},
+                ),
+                "400": _ref("responses", "BadRequest"),
+                "404": _ref("responses", "NotFound"),
+                "409": _ref("responses", "NotRetryable"),
+                **COMMON,
+            },
+        }
+    },
+    "/jobs/retry": {
+        "post": {
+            "operationId": "retryJobs",
+            "summary": "Run every FAILED (or CANCELLED) job that matches the filters again",
+            "description": (
+                "The filters of GET /jobs, `status` required. The matching jobs are retried as "
+                "POST /jobs/{job_id}/retry does, oldest slot first, each at its (kind, "
+                "object)'s next free slot: one object's jobs take one slot each, spaced by its "
+                "limit, never a burst. No body."
+            ),
+            "parameters": [
+                {
+                    "name": "status",
+                    "in": "query",
+                    "required": True,
+                    "description": "Case-insensitive.",
+                    "schema": {"type": "string", "enum": ["FAILED", "CANCELLED"]},
+                },
+                KIND_PARAMETER,
+                {"name": "object_id", "in": "query", "schema": INT64},
+                PAYLOAD_PARAMETER,
+                {
+                    **DRY_RUN,
+                    "description": "true: answer how many jobs would be retried, and their first "
+                    "and last slot, and change nothing.",
+                },
+            ],
+            "responses": {
+                "200": _json("What was retried.", _ref("schemas", "RetriedJobs")),
+                "400": _ref("responses", "BadRequest"),
                 **COMMON,
             },
         }

@@ -32,6 +32,7 @@ __all__ = [
     "JobBody",
     "JobRequest",
     "check_json_content_type",
+    "dry_run_param",
     "int_param",
     "json_integer",
     "object_id_value",
@@ -41,8 +42,10 @@ __all__ = [
     "parse_json",
     "parse_list_query",
     "parse_object_id",
+    "parse_retry_query",
     "read_body",
     "refuse_repeated_keys",
+    "refuse_unknown_params",
 ]
 
 # A job request is a few bytes; a body still arriving after this long is a slow-loris, not a
@@ -60,7 +63,11 @@ _DECODER: Final = msgspec.json.Decoder(JobRequest | JobBatch)
 _JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 # A JSON number whose most significant digit is further out than this is no int64.
 _MAX_INTEGER_DIGITS = 20
-LIST_PARAMS = frozenset({"kind", "object_id", "status", "limit", "cursor"})
+FILTER_PARAMS = frozenset({"kind", "object_id", "status", "payload"})
+LIST_PARAMS = FILTER_PARAMS | {"limit", "cursor"}
+RETRY_PARAMS = FILTER_PARAMS | {"dry_run"}
+_PAYLOAD_EXAMPLE = 'a JSON object the payloads must contain, e.g. payload={"customer":42}'
+
 _KIND = re.compile(KIND_PATTERN)
 _NOT_BEFORE = re.compile(contract.NOT_BEFORE_PATTERN)
 
@@ -395,26 +402,79 @@ def parse_object_id(raw: str) -> int:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ListQuery:
-    """`GET /jobs` parameters."""
+class Filters:
+    """Which jobs: the filters `GET /jobs` and `POST /jobs/retry` share (None: any)."""
 
     kind: str | None
     object_id: int | None
     status: Status | None
+    # A JSON object the job's payload must contain.
+    payload: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListQuery(Filters):
+    """`GET /jobs` parameters."""
+
     limit: int
     before: int
 
 
-def parse_list_query(query: Mapping[str, str]) -> ListQuery:
-    """`GET /jobs` parameters: kind, object_id, status, limit, cursor (the id to list below)."""
-    unknown = sorted(set(query) - LIST_PARAMS)
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryQuery(Filters):
+    """`POST /jobs/retry` parameters; `status` is FAILED or CANCELLED."""
+
+    status: Status
+    dry_run: bool
+
+
+def refuse_unknown_params(query: Mapping[str, str], known: frozenset[str]) -> None:
+    """A 400 naming the first query parameter not in `known`."""
+    unknown = sorted(set(query) - known)
     if unknown:
         raise invalid(
-            f"Unknown query parameter(s) {', '.join(unknown)}; "
-            f"use {', '.join(sorted(LIST_PARAMS))}.",
+            f"Unknown query parameter(s) {', '.join(unknown)}; use {', '.join(sorted(known))}.",
             name=unknown[0],
             status=400,
         )
+
+
+def parse_list_query(query: Mapping[str, str]) -> ListQuery:
+    """`GET /jobs` parameters: kind, object_id, status, payload, limit, cursor (the id to list
+    below)."""
+    refuse_unknown_params(query, LIST_PARAMS)
+    filters = _filters(query)
+    limit = contract.DEFAULT_PAGE
+    if "limit" in query:
+        limit = int_param(query, "limit", 1, contract.MAX_PAGE)
+    before = INT64_MAX
+    if "cursor" in query:
+        before = int_param(query, "cursor", 1, INT64_MAX)
+    return ListQuery(**_fields(filters), limit=limit, before=before)
+
+
+def parse_retry_query(query: Mapping[str, str]) -> RetryQuery:
+    """`POST /jobs/retry` parameters: status (FAILED or CANCELLED, required), kind,
+    object_id, payload, dry_run."""
+    refuse_unknown_params(query, RETRY_PARAMS)
+    filters = _filters(query)
+    if filters.status not in (Status.FAILED, Status.CANCELLED):
+        got = "none" if filters.status is None else filters.status.value
+        raise invalid(
+            f"status must be FAILED or CANCELLED (got {got}): only finished jobs that did not "
+            "succeed can be retried. Nothing was changed.",
+            name="status",
+            status=400,
+        )
+    fields = {**_fields(filters), "status": filters.status}
+    return RetryQuery(**fields, dry_run=dry_run_param(query))
+
+
+def _fields(filters: Filters) -> dict[str, Any]:
+    return {field.name: getattr(filters, field.name) for field in dataclasses.fields(Filters)}
+
+
+def _filters(query: Mapping[str, str]) -> Filters:
     object_id = None
     if "object_id" in query:
         object_id = int_param(query, "object_id", INT64_MIN, INT64_MAX)
@@ -426,14 +486,44 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
             raise invalid(
                 f"status must be one of {', '.join(Status)}.", name="status", status=400
             ) from None
-    limit = contract.DEFAULT_PAGE
-    if "limit" in query:
-        limit = int_param(query, "limit", 1, contract.MAX_PAGE)
-    before = INT64_MAX
-    if "cursor" in query:
-        before = int_param(query, "cursor", 1, INT64_MAX)
     kind = kind_value(query["kind"], status=400) if "kind" in query else None
-    return ListQuery(kind, object_id, status, limit, before)
+    payload = payload_filter(query["payload"]) if "payload" in query else None
+    return Filters(kind, object_id, status, payload)
+
+
+def payload_filter(raw: str) -> dict[str, Any]:
+    """The `payload` query parameter: a JSON object of at least one member (jobs whose payload
+    contains it match); anything else is a 400."""
+    try:
+        value = msgspec.json.decode(raw.encode("utf-8", "surrogatepass"))
+    except msgspec.DecodeError as exc:
+        raise invalid(
+            f"payload is not JSON ({exc}); send {_PAYLOAD_EXAMPLE}.", name="payload", status=400
+        ) from None
+    except RecursionError:
+        raise invalid("payload is nested too deeply.", name="payload", status=400) from None
+    if not isinstance(value, dict) or not value:
+        got = "an empty object" if isinstance(value, dict) else _json_kind(value)
+        raise invalid(
+            f"payload must be {_PAYLOAD_EXAMPLE} (an object with at least one member, not {got}).",
+            name="payload",
+            status=400,
+        )
+    if has_escaped_nul(msgspec.json.encode(value)):
+        raise invalid(
+            "payload strings cannot hold \\u0000 (no stored payload holds one).",
+            name="payload",
+            status=400,
+        )
+    return value
+
+
+def dry_run_param(query: Mapping[str, str]) -> bool:
+    """The `dry_run` query parameter: true (1) or false (0, the default)."""
+    value = query.get("dry_run", "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise invalid("dry_run must be true or false.", name="dry_run", status=400)
+    return value in ("true", "1")
 
 
 def int_param(query: Mapping[str, str], name: str, low: int, high: int) -> int:
@@ -518,6 +608,8 @@ def _json_kind(value: Any) -> str:
         return "a boolean"
     if isinstance(value, Decimal):
         return "a number with a fractional part"
+    if isinstance(value, int | float):
+        return "a number"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
