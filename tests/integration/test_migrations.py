@@ -402,7 +402,8 @@ async def test_a_database_in_use_upgrades_to_retries_and_payload_search(
                    (4, 'FAILED', now(), now(), now(), 3, 'boom', NULL, '[1, 2]'),
                    (5, 'CANCELLED', now(), NULL, now(), 0, NULL, NULL, '"text"');
             -- What an operator's CREATE INDEX CONCURRENTLY leaves when it fails: INVALID.
-            CREATE INDEX ix_jobs_payload ON jobs USING gin (payload jsonb_path_ops);
+            CREATE INDEX ix_jobs_payload ON jobs USING gin (payload jsonb_path_ops)
+                WHERE payload IS NOT NULL;
             UPDATE pg_index SET indisvalid = false
             WHERE indexrelid = 'ix_jobs_payload'::regclass;
             """
