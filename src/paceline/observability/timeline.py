@@ -24,7 +24,7 @@ from paceline.db import dashboard
 from paceline.db import limits as limits_store
 from paceline.db.pool import Connection
 from paceline.queue.jobs import Job, Status, finite, isoformat
-from paceline.queue.scheduling import KeyLimit, next_free_look, read_limit
+from paceline.queue.scheduling import KeyLimit, next_free, read_limit
 
 RUNS_SHOWN = 50
 WAITING_SHOWN = 50
@@ -211,7 +211,8 @@ async def _key_activity(
     # now, so their next slot is worked out as the planner would place it.
     if limit.one_statement:
         return activity, windows["next_slot"]
-    return activity, await next_free_look(conn, kind, object_id)
+    _, free_at = await next_free(conn, kind, object_id, lock=False)
+    return activity, free_at
 
 
 async def job_wait(pool: asyncpg.Pool, job: Job) -> Reason | None:

@@ -225,12 +225,6 @@ async def place(conn: Connection, new: NewJob, *, absorbed: int | None = None) -
     return job
 
 
-async def next_free_look(conn: Connection, kind: str, object_id: int) -> datetime | None:
-    """The slot a plain job of the key would get now, for a reader (read-only, no lock);
-    None while paused."""
-    return slot_for_new(await read_key(conn, kind, object_id, lock=False), None)
-
-
 async def place_again(
     conn: Connection, kind: str, object_id: int, jobs: list[Pending]
 ) -> list[datetime | None]:
@@ -266,11 +260,11 @@ async def place_again(
 
 
 async def next_free(
-    conn: Connection, kind: str, object_id: int
+    conn: Connection, kind: str, object_id: int, *, lock: bool = True
 ) -> tuple[datetime, datetime | None]:
     """(now, the slot a plain job of the key would get now; None while paused). Hold the
-    key's slot-row lock."""
-    state = await read_key(conn, kind, object_id)
+    key's slot-row lock; or, with `lock=False`, a reader's look (see `read_key`)."""
+    state = await read_key(conn, kind, object_id, lock=lock)
     return state.now, slot_for_new(state, None)
 
 
