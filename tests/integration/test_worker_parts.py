@@ -110,6 +110,7 @@ async def test_the_lease_keeper_renews_and_abandons_a_job_taken_back(
     running = RunningJobs(concurrency=4, max_unwritten=10)
     for job in (kept, taken):
         running.add(job, asyncio.ensure_future(block()), time.monotonic() + 0.9)
+        running.started(job.id)
     before = await pool.fetchval("SELECT lease_expires_at FROM jobs WHERE id = $1", kept.id)
     # Another replica's reaper took the second job back.
     await pool.execute("UPDATE jobs SET worker_id = NULL WHERE id = $1", taken.id)

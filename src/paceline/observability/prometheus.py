@@ -36,6 +36,10 @@ LATENESS_BUCKETS = (
 CLAIM_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 )  # fmt: skip
+# A claimed job's wait for a handler slot: a few milliseconds at most, by design (queue/ahead.py).
+WAIT_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30,
+)  # fmt: skip
 # The label of every metric about a job.
 KIND = ("kind",)
 PROCESSING_BUCKETS = (
@@ -100,6 +104,13 @@ class JobMetrics(JobEvents):
             "How long the handler worked on a job that finished here.",
             buckets=PROCESSING_BUCKETS,
             labelnames=KIND,
+            registry=r,
+        )
+        self.handler_wait = Histogram(
+            "paceline_job_handler_wait_seconds",
+            "How long a job claimed by this process waited for a free handler slot (claims run "
+            "a few milliseconds ahead of the free slots when handlers are short).",
+            buckets=WAIT_BUCKETS,
             registry=r,
         )
         self.claim = Histogram(
@@ -212,6 +223,9 @@ class JobMetrics(JobEvents):
             # Both times are the database's clock, so replicas' clock skew cannot show here.
             late = (job.started_at - job.run_at).total_seconds()
             self.lateness.labels(job.kind).observe(max(0.0, late))
+
+    def waited(self, job: Job, seconds: float) -> None:
+        self.handler_wait.observe(seconds)
 
     def finished(self, job: Job, status: Status, duration: float, error: str | None) -> None:
         ended = self.succeeded_total if status is Status.SUCCESS else self.failed_total

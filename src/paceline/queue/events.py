@@ -25,6 +25,9 @@ class JobEvents:
     def started(self, job: Job) -> None:
         """A worker of this process claimed `job`; `started_at - run_at` is its lateness."""
 
+    def waited(self, job: Job, seconds: float) -> None:
+        """`job`, claimed ahead of a free handler slot, waited `seconds` for one."""
+
     def finished(self, job: Job, status: Status, duration: float, error: str | None) -> None:
         """An attempt of `job` ended for good: SUCCESS or FAILED (no retry left or wanted)."""
 
@@ -55,6 +58,10 @@ class EventFanout(JobEvents):
     def started(self, job: Job) -> None:
         for observer in self.observers:
             observer.started(job)
+
+    def waited(self, job: Job, seconds: float) -> None:
+        for observer in self.observers:
+            observer.waited(job, seconds)
 
     def finished(self, job: Job, status: Status, duration: float, error: str | None) -> None:
         for observer in self.observers:

@@ -96,13 +96,13 @@ class LeaseKeeper(Service):
         for entry in held:
             if entry.job.id in renewed:
                 entry.lease_deadline = sent + self._lease
-            elif not entry.task.done() and entry.state is JobState.RUNNING:
+            elif not entry.task.done() and entry.state.leased:
                 self._abandon(entry, "it was taken back")
 
     def _abandon_expired(self) -> None:
         now = time.monotonic()
         for entry in self._running:
-            if now > entry.lease_deadline and entry.state is JobState.RUNNING:
+            if now > entry.lease_deadline and entry.state.leased:
                 self._abandon(entry, "its lease expired while the database was unreachable")
 
     def _abandon(self, entry: RunningJob, why: str) -> None:

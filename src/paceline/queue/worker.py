@@ -1,9 +1,11 @@
 """The worker: claims due jobs and runs them, up to PACELINE_CONCURRENCY at once.
 
-One claim loop per process claims as many jobs as it has free slots, in one statement
-(`claim_due_jobs`), and runs each in its own task. When nothing more is claimable it asks the
-database when the next job may start, and sleeps on an alarm that fires at that moment, when a
-NOTIFY says a job is due sooner, or when a running job finishes and frees a slot.
+One claim loop per process claims, in one statement (`claim_due_jobs`), as many jobs as it has
+free handler slots plus the few that short handlers will have started within milliseconds
+(`ahead.ClaimAhead`), and runs each in its own task, which waits for a handler slot. When
+nothing more is claimable it asks the database when the next job may start, and sleeps on an
+alarm that fires at that moment, when a NOTIFY says a job is due sooner, or when a running job
+finishes and frees a slot.
 
 Each claim is a lease the worker renews while the handler runs. Every write about a running
 job is fenced by its attempt number, so a worker that lost its lease (it was cut off, the job
@@ -28,6 +30,7 @@ import asyncpg
 from paceline.db import jobs as store
 from paceline.db.jobs import MAX_IDS_PER_STATEMENT
 from paceline.db.pool import is_unavailable
+from paceline.queue.ahead import ClaimAhead
 from paceline.queue.completions import CompletionWriter
 from paceline.queue.events import JobEvents
 from paceline.queue.handlers import Handler
@@ -133,6 +136,11 @@ class Worker(Service):
         self._idle_poll = idle_poll
         self._grace = shutdown_grace
         self._running = RunningJobs(concurrency=concurrency, max_unwritten=MAX_UNWRITTEN)
+        # What PACELINE_CONCURRENCY bounds: handlers running at once. Waiters take a slot in
+        # the order they were claimed (asyncio's semaphore is first come, first served), which
+        # is slot order.
+        self._handler_slots = asyncio.Semaphore(max(concurrency, 1))
+        self._ahead = ClaimAhead()
         self._background: set[asyncio.Task[None]] = set()
         row_lock = asyncio.Lock()
         self._completions = CompletionWriter(pool, lease=lease, row_lock=row_lock)
@@ -174,9 +182,12 @@ class Worker(Service):
         recheck = _RECHECK
         while not self.stopping:
             self.alarm.reset()
-            free = self._running.free()
-            if free <= 0:
-                # Full: only a finishing job or a written outcome (or stop) changes anything.
+            ahead = self._ahead.jobs()
+            free = self._running.free(ahead)
+            if free <= 0 or self._running.waiting > ahead // 2:
+                # Full, or enough claimed jobs still wait for a handler that the next claim
+                # can be a larger one: only a finishing job or a written outcome (or stop)
+                # changes anything.
                 await self.alarm.wait(math.inf, heed_due=False)
                 continue
             try:
@@ -212,7 +223,9 @@ class Worker(Service):
             worker_id=self.id,
             kinds=self._kinds,
         )
-        self._events.claimed(len(records), time.monotonic() - began)
+        took = time.monotonic() - began
+        self._ahead.claimed(took)
+        self._events.claimed(len(records), took)
         return [Job.from_record(record) for record in records]
 
     async def _seconds_until_due(self) -> float:
@@ -262,17 +275,27 @@ class Worker(Service):
         task.add_done_callback(done)
 
     async def _execute(self, job: Job) -> None:
-        log.info(
-            "job %d (object %d) started, attempt %d",
-            job.id,
-            job.object_id,
-            job.attempts,
-            extra=log_extra(job),
-        )
-        self._events.started(job)
-        started = time.monotonic()
+        claimed = time.monotonic()
         try:
-            outcome, returned = await self._call_handler(job)
+            async with self._handler_slots:
+                self._running.started(job.id)
+                self._ahead.started()
+                started = time.monotonic()
+                if started - claimed > 0.0001:
+                    self._events.waited(job, started - claimed)
+                log.info(
+                    "job %d (object %d) started, attempt %d",
+                    job.id,
+                    job.object_id,
+                    job.attempts,
+                    extra=log_extra(job),
+                )
+                self._events.started(job)
+                outcome, returned = await self._call_handler(job)
+                duration = time.monotonic() - started
+                # The slot is free for the next waiting job while this outcome is written.
+                if self._running.recording(job.id):
+                    self.alarm.fire()
         except asyncio.CancelledError:
             entry = self._running.get(job.id)
             if entry is not None and entry.state is JobState.LOST:
@@ -286,9 +309,6 @@ class Worker(Service):
             # Shutdown ran out of grace: give the job back so another replica can run it.
             await asyncio.shield(self._release(job))
             raise
-        duration = time.monotonic() - started
-        if self._running.recording(job.id):
-            self.alarm.fire()
         await self._record(job, outcome, returned, duration)
 
     async def _call_handler(self, job: Job) -> tuple[BaseException | None, Any]:

@@ -1,0 +1,95 @@
+"""Claiming ahead of the free handler slots (queue/ahead.py): short handlers get large claims,
+PACELINE_CONCURRENCY still bounds the handlers that run at once, and slow handlers get claims
+of their free slots only, as before."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from paceline.queue.events import JobEvents
+from paceline.queue.jobs import Job, NewJob, enqueue_batch
+from paceline.queue.worker import Worker
+from tests.support import eventually
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
+    assert created is not None
+    yield created
+    await created.close()
+
+
+class Claims(JobEvents):
+    """The size of every claim."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def claimed(self, jobs: int, seconds: float) -> None:
+        if jobs:
+            self.sizes.append(jobs)
+
+
+class Handler:
+    """Works `seconds` per job; counts the handlers running at once and the start order."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.running = 0
+        self.most = 0
+        self.started: list[int] = []
+
+    async def __call__(self, job: Job) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.started.append(job.id)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.running -= 1
+
+
+async def run_all(pool: asyncpg.Pool, handler: Handler, claims: Claims, jobs: int) -> list[int]:
+    """Submit `jobs` due jobs of distinct objects, run them with concurrency 2; their ids in
+    slot order."""
+    made = await enqueue_batch(pool, [NewJob(object_id) for object_id in range(1, jobs + 1)])
+    ids = [made[position].id for position in range(jobs)]
+    worker = Worker(pool, {"default": handler}, events=claims, concurrency=2, lease=30)
+    worker.start()
+    try:
+
+        async def done() -> bool:
+            count = await pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'SUCCESS'")
+            return bool(count == jobs)
+
+        await eventually(done, timeout=60)
+    finally:
+        worker.stop()
+        await worker.wait()
+    return ids
+
+
+async def test_short_handlers_get_large_claims_and_still_run_two_at_once(
+    pool: asyncpg.Pool,
+) -> None:
+    handler, claims = Handler(0.0), Claims()
+    ids = await run_all(pool, handler, claims, 2_000)
+    assert handler.most <= 2, "PACELINE_CONCURRENCY=2 bounds the handlers running at once"
+    # Claims ran ahead of the two free slots: far fewer statements than jobs / 2.
+    assert max(claims.sizes) > 2
+    assert len(claims.sizes) < 2_000 / 4
+    # Jobs claimed ahead start in the order they were claimed: slot order.
+    assert handler.started == ids
+
+
+async def test_slow_handlers_are_claimed_for_their_free_slots_only(pool: asyncpg.Pool) -> None:
+    handler, claims = Handler(0.2), Claims()
+    await run_all(pool, handler, claims, 8)
+    assert handler.most == 2
+    # Five starts a second: nothing is claimed ahead, no job waits in memory for a slot.
+    assert max(claims.sizes) <= 2
