@@ -45,9 +45,13 @@ from paceline.queue.service import Backoff, Service, retry_until
 
 log = logging.getLogger(__name__)
 
-# Woken a hair before a slot (timers and clocks are not exact), the claim would find nothing;
-# sleeping this much past it costs less than a wasted round trip.
-_ALARM_SLACK = 0.0002
+# Woken a hair before a slot (the clocks are compared across a round trip), the claim would
+# find nothing and cost a round trip more; this much past it, it does not. Small: a backlogged
+# key's starts follow one another, so each start's delay carries into the next.
+_ALARM_SLACK = 0.0001
+# The last part of a timed wait that a thread sleeps instead of the event loop's timer, whose
+# wake-ups are up to a millisecond late (Alarm._sleep).
+_PRECISE_TAIL = 0.002
 # Something is due but was not claimable (another replica holds it locked right now): look
 # again after this, doubling while it persists, rather than spinning.
 _RECHECK = 0.002
@@ -96,11 +100,35 @@ class Alarm:
         try:
             if math.isinf(seconds):
                 await self._event.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._event.wait(), seconds)
+            elif seconds > 0:
+                await self._sleep(seconds)
         finally:
             self._armed = False
+
+    async def _sleep(self, seconds: float) -> None:
+        # asyncio's timers wake up to a millisecond late (epoll takes its timeout in whole
+        # milliseconds, rounded up). For a backlogged key that delay carries from each start
+        # into the next (a start may come no sooner than W after the one before), about a
+        # millisecond a step. So the loop's timer covers all but the last _PRECISE_TAIL, and a
+        # thread sleeps the rest with the kernel's precision, then wakes the loop through its
+        # self-pipe (no timeout, no rounding); a fire() ends the wait as before.
+        until = time.monotonic() + seconds
+        if seconds > _PRECISE_TAIL:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), seconds - _PRECISE_TAIL)
+            if self._event.is_set():
+                return
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            return
+        timer: asyncio.Future[Any] = asyncio.get_running_loop().run_in_executor(
+            None, time.sleep, remaining
+        )
+        fired: asyncio.Future[Any] = asyncio.ensure_future(self._event.wait())
+        try:
+            await asyncio.wait({timer, fired}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fired.cancel()
 
 
 class Worker(Service):
@@ -230,13 +258,14 @@ class Worker(Service):
 
     async def _seconds_until_due(self) -> float:
         # The database clock decides; read it with the answer and credit half the round
-        # trip, so the alarm is not late by the time the answer took to arrive.
+        # trip twice: the answer took that long to arrive, and the claim will take that long
+        # to reach the database, whose clock at that moment is the start it records.
         sent = time.monotonic()
         row = await store.seconds_until_next_due(self._pool, kinds=self._kinds)
         half_trip = (time.monotonic() - sent) / 2
         if row["next_start"] is None:
             return self._idle_poll
-        seconds: float = row["next_start"] - row["now"] - half_trip
+        seconds: float = row["next_start"] - row["now"] - 2 * half_trip
         return min(seconds + _ALARM_SLACK, self._idle_poll)
 
     def _shift_later_slots(self, claimed: list[Job]) -> None:
