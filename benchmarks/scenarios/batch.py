@@ -41,7 +41,8 @@ SCENARIO = "2 batch enqueue"
 BATCH = 1000
 CONNECTIONS = 8
 PGBENCH_CLIENTS = 4
-GOAL = Goal(">=", 50_000, unit="jobs/s")
+# The performance issue's goal: 0.6 of pgbench's 1000-job statement in the same run.
+GOAL = Goal(">=", 0.6, on="ratio")
 ASSUMED = (
     "assumed API: POST /jobs with a JSON array of {object_id} (≤1000) → 201 + {jobs: [...]} "
     "in request order, one statement, repeats of an object take consecutive slots"

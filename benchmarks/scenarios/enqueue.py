@@ -44,8 +44,10 @@ from paceline.db.queries import QUERIES
 SCENARIO = "1 POST /jobs"
 CEILING = "1 ceilings"
 ONE_STATEMENT = PGBENCH_SCRIPTS / "enqueue_one.sql"
-RPS_64 = Goal(">=", 3500, unit="req/s")
-P99_16 = Goal("<=", 20, unit="ms")
+# The performance issue's goals: 64 connections at 0.55 of pgbench's one-statement enqueue,
+# and a p99 of 10 ms at 16 connections on one replica while its workers drain.
+RPS_64 = Goal(">=", 0.55, on="ratio")
+P99_16 = Goal("<=", 10, unit="ms")
 SHARE_16 = Goal(">=", 0.20, on="ratio")
 # Scripts compared with the one-statement enqueue at this many clients.
 REFERENCE_CLIENTS = 16
@@ -164,7 +166,7 @@ def _add_rows(
             f"p99 latency, {connections} conn, {replicas}",
             result.p99,
             "ms",
-            goal=P99_16 if connections == 16 else None,
+            goal=P99_16 if connections == 16 and count == 1 else None,
             note=f"p50 {result.p50:.1f} ms, p90 {p90:.1f} ms",
             samples=[run.p99_ms for run in result.runs],
         )
