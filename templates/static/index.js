@@ -17,7 +17,8 @@ function jobBody(value) {
   return `{"object_id": ${objectId}}`;
 }
 
-document.getElementById("submit-form").addEventListener("submit", async (event) => {
+// A `read` session's page has no submit box (and no action forms): it may not change anything.
+document.getElementById("submit-form")?.addEventListener("submit", async (event) => {
   event.preventDefault();
   const out = document.getElementById("submit-result");
   const value = document.getElementById("submit-object").value;
@@ -76,6 +77,7 @@ const filters = {status: filterStatus, kind: filterKind, object_id: filterObject
 // "Retry all shown" retries what the applied filter matches: its hidden fields follow the
 // address, and it is offered only for statuses that can be retried.
 function syncRetryShown() {
+  if (!retryShown) return;
   const applied = new URLSearchParams(location.search);
   for (const name of Object.keys(filters)) retryShown.elements.namedItem(name).value = applied.get(name) || "";
   retryShown.elements.namedItem("back").value = location.pathname + location.search;
