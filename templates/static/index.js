@@ -55,7 +55,7 @@ document.getElementById("lookup-form").addEventListener("submit", async (event) 
 // transient bubble, and does not leave the previous answer standing as if it were this one's.
 for (const [input, output] of [["submit-object", "submit-result"], ["lookup-id", "lookup-result"],
                                ["filter-kind", "filter-result"], ["filter-object", "filter-result"]]) {
-  document.getElementById(input).addEventListener("invalid", (event) => {
+  document.getElementById(input)?.addEventListener("invalid", (event) => {
     document.getElementById(output).textContent = `Refused: ${event.target.validationMessage}`;
   });
 }
