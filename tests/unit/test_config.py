@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from paceline.cli import main
 from paceline.config import ConfigError, Settings
 from paceline.queue.handlers import noop, resolve_handler
 from tests.handlers import record
+from tests.support import ROOT
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -134,3 +136,13 @@ def test_the_session_lifetime_is_a_setting() -> None:
     assert Settings.from_env({"PACELINE_SESSION_SECONDS": "2.5"}).session_seconds == 2.5
     with pytest.raises(ConfigError, match="PACELINE_SESSION_SECONDS must be a positive"):
         Settings.from_env({"PACELINE_SESSION_SECONDS": "0"})
+
+
+def test_compose_publishes_its_tokenless_replicas_on_loopback_only() -> None:
+    # compose.yaml sets no token: what it publishes must not be reachable from other hosts.
+    lines = (ROOT / "compose.yaml").read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    assert "PACELINE_TOKENS" not in text
+    assert "PACELINE_API_TOKEN" not in text
+    published = re.findall(r'^\s+- "([^"]*:8080)"\s*$', text, flags=re.MULTILINE)
+    assert published == ["127.0.0.1:8080:8080", "127.0.0.1:8081:8080"]
