@@ -16,6 +16,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from paceline.contract import SCOPE_VALUES
+from paceline.queue.maintenance import Janitor
 from paceline.web.auth import COOKIE, ROUTE_ACCESS
 from paceline.web.headers import CONTENT_SECURITY_POLICY
 from paceline.web.openapi import DOCUMENT
@@ -441,3 +442,22 @@ async def test_the_api_token_and_scoped_tokens_work_side_by_side(make_client: Ma
     assert (await client.post(cancel, headers=bearer("api-token-0123456789abc"))).status == 200
     assert (await client.post(cancel, headers=bearer(READ_TOKEN))).status == 403
     assert (await client.get("/jobs", headers=bearer(READ_TOKEN))).status == 200
+
+
+async def test_expired_sessions_are_deleted_and_live_ones_kept(
+    make_client: MakeClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    client = await make_client(concurrency=0, tokens=TOKENS)
+    live = session_cookie(await sign_in(client, READ_TOKEN))
+    await db.execute(
+        "INSERT INTO sessions (id, scope, token_fingerprint, created_at, expires_at) "
+        "SELECT sha256(n::text::bytea), 'read', '\\x00', now() - interval '2 days', "
+        "now() - interval '1 day' FROM generate_series(1, 1200) AS n"
+    )
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await Janitor(pool, retention=7 * 86400, interval=1).prune()
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM sessions") == 1
+    assert (await client.get("/jobs", headers={"Cookie": f"{COOKIE}={live}"})).status == 200
