@@ -62,10 +62,12 @@ def serve(
     window: float = 1,
     concurrency: int = 2,
     handlers: str = "",
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServeProcess]:
     """A `paceline serve` child (a 1 s window by default); it must stop cleanly (exit 0).
 
-    `handlers`: more kinds, as PACELINE_HANDLERS says them (`handler` runs `default`).
+    `handlers`: more kinds, as PACELINE_HANDLERS says them (`handler` runs `default`); `env`:
+    more variables (PACELINE_TOKENS...).
     """
     server = ServeProcess(
         {
@@ -78,6 +80,7 @@ def serve(
             "PACELINE_IDLE_POLL": "1",
             # A failing job fails at once: the page shows failures, not the retry policy.
             "PACELINE_MAX_ATTEMPTS": "1",
+            **(env or {}),
         },
         log_path=tmp_path / "serve.log",
     )
@@ -111,12 +114,14 @@ def open_page(browser: Browser, url: str, **context: Any) -> Iterator[tuple[Page
         page.close()
 
 
-def api(server: ServeProcess, path: str, body: Any = None) -> Any:
-    """Call the JSON API as another client would (Python keeps 64-bit ids exact)."""
+def api(server: ServeProcess, path: str, body: Any = None, *, token: str | None = None) -> Any:
+    """Call the JSON API as another client would (Python keeps 64-bit ids exact); `token`:
+    as a bearer token."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"{server.url}{path}", data=data, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"{server.url}{path}", data=data, headers=headers)
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
 

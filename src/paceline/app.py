@@ -26,9 +26,22 @@ from paceline.queue.worker import Worker
 from paceline.resources import templates_dir
 from paceline.web import actions, api, auth, dashboard, health, limits, metrics, openapi, pages
 from paceline.web.auth import auth_middleware
+from paceline.web.credentials import Credentials
 from paceline.web.forms import forms_middleware
-from paceline.web.keys import EVENTS, GROUPER, KINDS, NOTIFIER, POOL, SETTINGS, WORKER
+from paceline.web.headers import add_security_headers
+from paceline.web.keys import (
+    CREDENTIALS,
+    EVENTS,
+    GROUPER,
+    KINDS,
+    NOTIFIER,
+    POOL,
+    SETTINGS,
+    THROTTLE,
+    WORKER,
+)
 from paceline.web.problems import MAX_BODY_BYTES, problem_middleware
+from paceline.web.throttle import SignInThrottle
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,13 @@ def create_app(settings: Settings, *, events: JobEvents | None = None) -> web.Ap
         client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
+    app[CREDENTIALS] = Credentials(
+        settings.scoped_tokens(), session_seconds=settings.session_seconds
+    )
+    app[THROTTLE] = SignInThrottle()
+    # Every response, whoever made it (a handler, a middleware's refusal, a static file, a
+    # stream), gets the security headers.
+    app.on_response_prepare.append(add_security_headers)
     # Prometheus counters and the enqueue log line see every transition, then `events`.
     app[EVENTS] = metrics.observe(app, events)
     env = aiohttp_jinja2.setup(

@@ -327,9 +327,10 @@ def _serve(settings: Settings) -> int:
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_heap)
     log.info("paceline %s on http://%s:%d", __version__, settings.host, settings.port)
-    if settings.api_token is None:
+    if not settings.scoped_tokens():
         log.warning(
-            "PACELINE_API_TOKEN is not set: anyone who can reach %s:%d may use the API",
+            "neither PACELINE_TOKENS nor PACELINE_API_TOKEN is set: anyone who can reach %s:%d "
+            "may use the API and the page, and change jobs and limits",
             settings.host,
             settings.port,
         )

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from paceline.contract import DEFAULT_KIND, KIND_PATTERN, ON_BUSY_VALUES, OnBusyName
+from paceline.contract import (
+    DEFAULT_KIND,
+    KIND_PATTERN,
+    MIN_TOKEN_LENGTH,
+    ON_BUSY_VALUES,
+    SCOPE_VALUES,
+    OnBusyName,
+    ScopeName,
+)
 
 
 class ConfigError(ValueError):
@@ -57,7 +65,12 @@ class Settings:
     # Finished jobs older than this many seconds are deleted (7 days).
     retention: float = 7 * 24 * 3600.0
     # When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    # PACELINE_API_TOKEN is one `admin` token; PACELINE_TOKENS ("scope:token,...") adds
+    # scoped ones. Both may be set; `scoped_tokens()` merges them.
     api_token: str | None = dataclasses.field(default=None, repr=False)
+    tokens: str | None = dataclasses.field(default=None, repr=False)
+    # How long a sign-in of the page lasts, in seconds (12 h); then the page asks again.
+    session_seconds: float = 12 * 3600.0
     # What a request without `on_busy` gets when its object's window is busy:
     # queue (wait for the next slot), coalesce (join its pending job) or reject (429).
     on_busy: OnBusyName = "queue"
@@ -98,10 +111,45 @@ class Settings:
             raise ConfigError("PACELINE_JOB_TIMEOUT must be a positive number of seconds")
         if not self.retention > 0:
             raise ConfigError("PACELINE_RETENTION must be a positive number of seconds")
-        if self.api_token is not None and len(self.api_token) < 16:
-            raise ConfigError("PACELINE_API_TOKEN must be at least 16 characters")
+        if self.api_token is not None and len(self.api_token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(f"PACELINE_API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters")
+        self.scoped_tokens()  # refuses a malformed PACELINE_TOKENS
+        if not self.session_seconds > 0:
+            raise ConfigError("PACELINE_SESSION_SECONDS must be a positive number of seconds")
         self.handler_names()  # refuses a malformed PACELINE_HANDLERS
         self._check_webhook()
+
+    def scoped_tokens(self) -> dict[str, ScopeName]:
+        """{token: scope} from PACELINE_TOKENS (`"submit:<t>,read:<t>,admin:<t>"`, a scope any
+        number of times) and PACELINE_API_TOKEN (an `admin` token); empty: the service is open.
+
+        Messages name a token by its position and scope, never by its text.
+        """
+        found: dict[str, ScopeName] = {}
+        if self.api_token is not None:
+            found[self.api_token] = "admin"
+        entries = [entry.strip() for entry in (self.tokens or "").split(",")]
+        for position, entry in enumerate((entry for entry in entries if entry), start=1):
+            scope, colon, token = (part.strip() for part in entry.partition(":"))
+            if not colon or scope not in SCOPE_VALUES:
+                *first, last = SCOPE_VALUES
+                raise ConfigError(
+                    f"PACELINE_TOKENS: entry {position} is not scope:token with a scope of "
+                    f'{", ".join(first)} or {last} (e.g. "submit:<token>,admin:<token>")'
+                )
+            if len(token) < MIN_TOKEN_LENGTH:
+                raise ConfigError(
+                    f"PACELINE_TOKENS: the {scope} token of entry {position} is {len(token)} "
+                    f"characters; a token must be at least {MIN_TOKEN_LENGTH} (make one with "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+            if found.get(token, scope) != scope:
+                raise ConfigError(
+                    f"PACELINE_TOKENS: the token of entry {position} ({scope}) is also given "
+                    f"as {found[token]}; a token has one scope"
+                )
+            found[token] = scope
+        return found
 
     def handler_names(self) -> dict[str, str]:
         """{kind: handler name}: `default` from PACELINE_HANDLER, the rest from

@@ -70,3 +70,10 @@ MAX_PER_WINDOW: Final = 1_000_000
 MAX_RUNNING_LIMIT: Final = 10_000
 # A change's answer lists this many moved slots at most (and says how many moved in all).
 MAX_LIMIT_CHANGES_SHOWN: Final = 1000
+
+# What a token may do (PACELINE_TOKENS): `submit` creates jobs and reads them by id, `read`
+# reads everything (the pages, /metrics), `admin` does everything.
+ScopeName = Literal["submit", "read", "admin"]
+SCOPE_VALUES: Final[tuple[ScopeName, ...]] = get_args(ScopeName)
+# The shortest token paceline accepts: anything shorter is guessable by brute force.
+MIN_TOKEN_LENGTH: Final = 16

@@ -17,7 +17,8 @@ function jobBody(value) {
   return `{"object_id": ${objectId}}`;
 }
 
-document.getElementById("submit-form").addEventListener("submit", async (event) => {
+// A `read` session's page has no submit box (and no action forms): it may not change anything.
+document.getElementById("submit-form")?.addEventListener("submit", async (event) => {
   event.preventDefault();
   const out = document.getElementById("submit-result");
   const value = document.getElementById("submit-object").value;
@@ -54,7 +55,7 @@ document.getElementById("lookup-form").addEventListener("submit", async (event) 
 // transient bubble, and does not leave the previous answer standing as if it were this one's.
 for (const [input, output] of [["submit-object", "submit-result"], ["lookup-id", "lookup-result"],
                                ["filter-kind", "filter-result"], ["filter-object", "filter-result"]]) {
-  document.getElementById(input).addEventListener("invalid", (event) => {
+  document.getElementById(input)?.addEventListener("invalid", (event) => {
     document.getElementById(output).textContent = `Refused: ${event.target.validationMessage}`;
   });
 }
@@ -76,6 +77,7 @@ const filters = {status: filterStatus, kind: filterKind, object_id: filterObject
 // "Retry all shown" retries what the applied filter matches: its hidden fields follow the
 // address, and it is offered only for statuses that can be retried.
 function syncRetryShown() {
+  if (!retryShown) return;
   const applied = new URLSearchParams(location.search);
   for (const name of Object.keys(filters)) retryShown.elements.namedItem(name).value = applied.get(name) || "";
   retryShown.elements.namedItem("back").value = location.pathname + location.search;

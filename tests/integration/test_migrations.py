@@ -440,3 +440,30 @@ async def test_a_database_in_use_upgrades_to_retries_and_payload_search(
         assert await conn.fetchval("SELECT count(*) FROM jobs") == len(before)
     finally:
         await conn.close()
+
+
+async def test_sessions_and_their_key_come_and_go_with_0011(empty_database_url: str) -> None:
+    """0011 makes the sessions table and one random fingerprint key, which a second run (every
+    replica migrates at start) keeps; a downgrade ends every session and drops the key, and
+    upgrading again makes another key."""
+    dsn = empty_database_url
+    key_of = "SELECT value FROM service_state WHERE name = 'session_key'"
+    await asyncio.to_thread(migrate.upgrade, dsn, "0011")
+    conn = await asyncpg.connect(dsn)
+    try:
+        first = await conn.fetchval(key_of)
+        assert len(bytes.fromhex(first)) == 32
+        await asyncio.to_thread(migrate.upgrade, dsn, "head")
+        assert await conn.fetchval(key_of) == first
+        await conn.execute(
+            "INSERT INTO sessions (id, scope, token_fingerprint, expires_at) "
+            "VALUES ('\\x01', 'read', '\\x02', now() + interval '1 hour')"
+        )
+        await asyncio.to_thread(migrate.downgrade, dsn, "0010")
+        assert await conn.fetchval("SELECT to_regclass('sessions')") is None
+        assert await conn.fetchval(key_of) is None
+        await asyncio.to_thread(migrate.upgrade, dsn, "0011")
+        second = await conn.fetchval(key_of)
+        assert second != first
+    finally:
+        await conn.close()

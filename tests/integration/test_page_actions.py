@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from paceline.web.forms import CONTENT_SECURITY_POLICY, FORM_COOKIE
+from paceline.web.forms import FORM_COOKIE
+from paceline.web.headers import CONTENT_SECURITY_POLICY
 from tests.conftest import MakeClient
 from tests.queue_data import insert_attempt, insert_job
 

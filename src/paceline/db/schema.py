@@ -18,6 +18,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -290,11 +291,30 @@ key_limits = Table(
 )
 
 # What the replicas agree on across restarts (a name, a value). Until 0009 it held the window
-# the pending slots were planned with; the limits tables hold that now, and nothing writes it.
+# the pending slots were planned with; the limits tables hold that now. From 0011 it holds
+# `session_key`: the random key (hex) of the sessions' token fingerprints and the pages' form
+# tokens, the same for every replica (they share nothing but the database).
 service_state = Table(
     "service_state",
     metadata,
     Column("name", Text, primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# The page's sign-ins (migration 0011). The browser holds a random value; the row is found by
+# its SHA-256, so the table alone cannot sign anyone in. `token_fingerprint` is HMAC-SHA256 of
+# the token signed in with, keyed by `session_key`: never the token, and a session whose token
+# was taken out of PACELINE_TOKENS is refused. Sign-out deletes the row.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", LargeBinary, primary_key=True),
+    Column("scope", Text, nullable=False),
+    Column("token_fingerprint", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("scope IN ('submit', 'read', 'admin')", name="scope"),
+    # The janitor deletes expired rows in this order.
+    Index("ix_sessions_expires_at", "expires_at"),
 )

@@ -1,4 +1,5 @@
-"""Housekeeping every replica with workers does: prune finished jobs and what outlived them.
+"""Housekeeping every replica with workers does: prune finished jobs and what outlived them
+(passed windows, idempotency keys, dead replicas, expired page sessions).
 
 All replicas run it; the batches are small, so they share the work without long locks.
 Taking back the jobs of dead replicas is the reaper's (reaper.Reaper).
@@ -12,7 +13,7 @@ import logging
 import asyncpg
 
 from paceline.db import jobs as store
-from paceline.db import slots
+from paceline.db import sessions, slots
 from paceline.queue.service import Backoff, Service
 from paceline.queue.submit import IDEMPOTENCY_TTL
 
@@ -57,6 +58,11 @@ class Janitor(Service):
             await store.prune_passed_windows(conn)
         await slots.prune_idempotency_keys(self._pool, ttl=IDEMPOTENCY_TTL, batch=PRUNE_BATCH * 10)
         await store.forget_dead_workers(self._pool, silent_for=FORGET_DEAD_AFTER)
+        # Page sign-ins past their lifetime (they are refused already; this frees the rows).
+        while not self.stopping:
+            ended = await sessions.prune_expired_sessions(self._pool, batch=PRUNE_BATCH)
+            if ended < PRUNE_BATCH:
+                break
         if total:
             log.info("pruned %d finished job(s) older than %gs", total, self._retention)
         return total

@@ -3,14 +3,15 @@
 Every state-changing form of the pages is a plain HTML POST (it works without script), and
 `read_action` lets it through only if all of these hold:
 
-- the visitor may act (`may_act`: today every signed-in session, or everyone when the service
-  has no token; the one place where an `admin` scope check goes once scopes exist);
+- the visitor may act (`may_act`: a session or token of scope `admin`, or everyone when the
+  service has no token; the one place where that check is made);
 - the request comes from this site: its `Origin` (or, without one, its `Referer`) names this
   host. Browsers send `Origin` with every cross-site POST, so a form on another site that
   targets paceline is refused before anything is read;
 - the form carries this browser's form token (`csrf_token`): an HMAC of a random value in an
-  HttpOnly, SameSite=Strict cookie that only this site can read or set. With a token set, the
-  HMAC key is the token, so nobody without it can make one.
+  HttpOnly, SameSite=Strict cookie that only this site can read or set, keyed by the
+  database's random `session_key` and bound to the visitor's session: nobody without the key
+  can make one, and a token made for one sign-in is worthless after it.
 
 A refusal changes nothing and answers 403 with a page saying why. After an action the page
 redirects (303) back and shows a flash message, kept for one page view in a cookie.
@@ -35,20 +36,14 @@ from aiohttp.typedefs import Handler
 from multidict import MultiDictProxy
 from yarl import URL
 
-from paceline.web.keys import SETTINGS
+from paceline.web.credentials import PRINCIPAL, Principal
+from paceline.web.keys import CREDENTIALS, POOL
 
 FORM_COOKIE = "paceline_form"
 FORM_FIELD = "csrf_token"
 FLASH_COOKIE = "paceline_flash"
 # A page action's form is a handful of short fields.
 MAX_FORM_BYTES = 16 * 1024
-# What the pages may load and do: their own scripts, styles and endpoints, nothing inline, no
-# framing, forms posted only here.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
-    "object-src 'none'"
-)
 # This request made a form nonce (the response sets its cookie) / showed the flash (it clears it).
 _NEW_NONCE = web.RequestKey("form_nonce", str)
 _FLASH_READ = web.RequestKey("flash_read", bool)
@@ -64,16 +59,11 @@ class Flash:
 
 @web.middleware
 async def forms_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every HTML page its CSP, set the form cookie a page's forms were signed for, and
-    clear the flash message a page showed."""
+    """Set the form cookie a page's forms were signed for, and clear the flash message a page
+    showed. (Every response's security headers are paceline.web.headers'.)"""
     response = await handler(request)
     if response.prepared:  # a stream (the overview's events) has sent its headers already
         return response
-    if response.content_type == "text/html":
-        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        # Same-site requests keep their Referer (the fallback of the origin check).
-        response.headers["Referrer-Policy"] = "same-origin"
     nonce = request.get(_NEW_NONCE)
     if nonce is not None:
         response.set_cookie(
@@ -85,27 +75,38 @@ async def forms_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def may_act(request: web.Request) -> bool:
-    """Whether this visitor may change jobs and limits from the page.
+    """Whether this visitor may change jobs and limits from the page: scope `admin`.
 
-    The auth middleware already let only signed-in sessions (or everyone, on a service without
-    a token) this far. When scopes exist, the `admin` check goes here, and only here.
+    The auth middleware let only a `read` or `admin` visitor reach a page (or everyone, on a
+    service without a token, where it sets no principal); this is the one place where the
+    `admin` check of the pages is made.
     """
-    del request
-    return True
+    principal: Principal | None = request.get(PRINCIPAL)
+    return principal is None or principal.scope == "admin"
 
 
-def form_token(request: web.Request) -> str:
+def may_submit(request: web.Request) -> bool:
+    """Whether this visitor's page may submit jobs (POST /jobs): not a `read` session."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    return principal is None or principal.scope in ("submit", "admin")
+
+
+async def form_token(request: web.Request) -> str:
     """This browser's form token, for the hidden `csrf_token` field of every action form."""
     nonce = request.cookies.get(FORM_COOKIE) or request.get(_NEW_NONCE)
     if nonce is None:
         nonce = secrets.token_hex(32)
         request[_NEW_NONCE] = nonce
-    return _sign(request, nonce)
+    return await _sign(request, nonce)
 
 
-def _sign(request: web.Request, nonce: str) -> str:
-    key = (request.app[SETTINGS].api_token or "").encode()
-    return hmac.new(key, b"paceline-form-v1:" + nonce.encode(), hashlib.sha256).hexdigest()
+async def _sign(request: web.Request, nonce: str) -> str:
+    # Keyed by the replicas' shared secret, bound to this sign-in (none: the open service's).
+    key = await request.app[CREDENTIALS].key(request.app[POOL])
+    principal: Principal | None = request.get(PRINCIPAL)
+    bound = principal.session_id if principal is not None and principal.session_id else b""
+    message = b"paceline-form-v2:" + bound.hex().encode() + b":" + nonce.encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def same_origin(request: web.Request) -> bool:
@@ -182,7 +183,8 @@ async def read_action(request: web.Request) -> Form:
     form = await request.post()
     nonce = request.cookies.get(FORM_COOKIE)
     presented = str(form.get(FORM_FIELD, ""))
-    if not nonce or not hmac.compare_digest(presented.encode(), _sign(request, nonce).encode()):
+    expected = await _sign(request, nonce) if nonce else ""
+    if not nonce or not hmac.compare_digest(presented.encode(), expected.encode()):
         raise _Refused(
             "This form's token is missing or out of date, so nothing was done. Open the page "
             "again and repeat the action."

@@ -15,6 +15,8 @@ from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.kinds import KnownKinds
 from paceline.queue.wakeup import DueNotifier
 from paceline.queue.worker import Worker
+from paceline.web.credentials import Credentials
+from paceline.web.throttle import SignInThrottle
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -23,6 +25,9 @@ EVENTS = web.AppKey("events", JobEvents)
 NOTIFIER = web.AppKey("notifier", DueNotifier)
 GROUPER = web.AppKey("grouper", EnqueueGrouper)
 KINDS = web.AppKey("kinds", KnownKinds)
+# Who may do what (paceline.web.auth): the tokens, the page's sessions, the sign-in throttle.
+CREDENTIALS = web.AppKey("credentials", Credentials)
+THROTTLE = web.AppKey("throttle", SignInThrottle)
 # The dashboard and /metrics (paceline.observability).
 METRICS = web.AppKey("metrics", JobMetrics)
 OVERVIEW = web.AppKey("overview", OverviewCache)

@@ -93,8 +93,14 @@ SCHEMAS: dict[str, Any] = {
 RESPONSES: dict[str, Any] = {
     "BadRequest": _problem("Malformed: not JSON, not UTF-8, duplicate keys, bad parameters."),
     "Unauthorized": _problem(
-        "PACELINE_API_TOKEN is set and no matching bearer token was sent.",
+        "Tokens are configured (PACELINE_TOKENS, PACELINE_API_TOKEN) and no valid bearer token "
+        "(or page session) was sent.",
         headers={"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+    ),
+    "Forbidden": _problem(
+        "The token is valid but its scope does not take this operation (`submit` creates jobs "
+        "and reads them by id, `read` reads everything, `admin` does everything); nothing "
+        "was done."
     ),
     "NotFound": _problem("No such job (anything that is not a job id is not found either)."),
     "RequestTimeout": _problem(
@@ -142,7 +148,11 @@ JOB_ID_PARAMETER: dict[str, Any] = {
 }
 
 # Every route but the probes may answer these.
-COMMON = {"401": _ref("responses", "Unauthorized"), "503": _ref("responses", "ServiceUnavailable")}
+COMMON = {
+    "401": _ref("responses", "Unauthorized"),
+    "403": _ref("responses", "Forbidden"),
+    "503": _ref("responses", "ServiceUnavailable"),
+}
 JOB = _ref("schemas", "Job")
 JOB_LINKS = {
     "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
@@ -616,14 +626,25 @@ DOCUMENT: dict[str, Any] = {
             "`detail`; a refused request changes nothing."
         ),
     },
-    # Optional: only when PACELINE_API_TOKEN is set. The probes and this document never need it:
-    # the document holds no job data, and clients read it before they have a token.
+    # Optional: only when tokens are configured (PACELINE_TOKENS, PACELINE_API_TOKEN). The
+    # probes and this document never need one: the document holds no job data, and clients
+    # read it before they have a token.
     "security": [{}, {"bearerAuth": []}],
     "paths": PATHS,
     "components": {
         "schemas": SCHEMAS,
         "responses": RESPONSES,
-        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": (
+                    "A token of PACELINE_TOKENS: `submit` may POST /jobs and GET /jobs/{job_id}, "
+                    "`read` every GET, `admin` everything. 401 without a valid token, 403 with "
+                    "one of another scope."
+                ),
+            }
+        },
     },
 }
 

@@ -40,6 +40,7 @@ from paceline.observability.timeline import job_wait, limit_sentence, replica_na
 from paceline.queue import jobs, limits
 from paceline.queue.jobs import Status, isoformat
 from paceline.web import forms
+from paceline.web.credentials import PRINCIPAL, Principal
 from paceline.web.keys import KINDS, OVERVIEW, POOL
 from paceline.web.validation import kind_value, parse_job_id, parse_object_id
 
@@ -252,7 +253,13 @@ async def common_context(request: web.Request) -> dict[str, Any]:
     router = request.app.router
     return {
         "flash": forms.read_flash(request),
-        "csrf_token": forms.form_token(request),
+        "csrf_token": await forms.form_token(request),
+        # A `read` session sees the pages without their action forms and submit box.
+        "may_act": forms.may_act(request),
+        "may_submit": forms.may_submit(request),
+        # Signed in to the page (a sign-out button), with which scope.
+        "session_scope": _session_scope(request),
+        "sign_out_url": str(router["logout"].url_for()),
         "index_url": str(router["index"].url_for()),
         "limits_page_url": str(router["limits_page"].url_for()),
         "job_page_template": str(router["job_page"].url_for(job_id=ID_PLACEHOLDER)),
@@ -262,3 +269,11 @@ async def common_context(request: web.Request) -> dict[str, Any]:
         "known_kinds": await request.app[KINDS].known(),
         "kind_pattern": KIND_INPUT_PATTERN,
     }
+
+
+def _session_scope(request: web.Request) -> str | None:
+    """The scope of this visitor's page session; None without one (open, or a bearer token)."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    if principal is None or principal.session_id is None:
+        return None
+    return principal.scope
