@@ -39,16 +39,29 @@ class PeerDrain:
         return self.jobs / self.seconds
 
 
-def _cache() -> Path:
+def cache_dir(name: str) -> Path:
+    """A peer's folder in the suite's cache: installed once, outside the project and its locks."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "paceline-bench" / f"pgqueuer-{VERSION}"
+    return base / "paceline-bench" / name
 
 
-async def _run(*command: str | Path) -> str:
+async def run_command(
+    *command: str | Path, cwd: Path | None = None, within: float | None = None
+) -> str:
+    """A peer's command's stdout; PeerUnavailable with its stderr's tail if it fails, or if it
+    is still running after `within` seconds (then it is killed: a stuck peer must not hold up
+    the rest of the run)."""
     process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *command, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await process.communicate()
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise PeerUnavailable(
+            f"{Path(command[0]).name} still running after {within:g} s; killed"
+        ) from None
     if process.returncode != 0:
         tail = err.decode(errors="replace").strip().splitlines()[-3:]
         raise PeerUnavailable(f"{Path(command[0]).name} exited {process.returncode}: {tail}")
@@ -57,12 +70,12 @@ async def _run(*command: str | Path) -> str:
 
 async def pgqueuer_python() -> Path:
     """The Python of a virtualenv with pgqueuer (made once, then cached)."""
-    venv = _cache()
+    venv = cache_dir(f"pgqueuer-{VERSION}")
     python = venv / "bin" / "python"
     ready = venv / ".installed"
     if not ready.exists():
-        await _run(sys.executable, "-m", "venv", "--clear", venv)
-        await _run(
+        await run_command(sys.executable, "-m", "venv", "--clear", venv)
+        await run_command(
             python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", PGQUEUER
         )
         ready.touch()
@@ -72,7 +85,7 @@ async def pgqueuer_python() -> Path:
 async def pgqueuer_drain(python: Path, database_url: str, jobs: int) -> PeerDrain:
     """Enqueue `jobs` no-op jobs with pgqueuer and time its tuned drain of them."""
     answer = json.loads(
-        await _run(python, _SCRIPT, database_url, str(jobs), str(MANAGERS), str(BATCH))
+        await run_command(python, _SCRIPT, database_url, str(jobs), str(MANAGERS), str(BATCH))
     )
     if answer["left"]:
         raise PeerUnavailable(f"pgqueuer left {answer['left']} of {jobs} jobs undrained")
