@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -157,20 +158,25 @@ async def _profile(bench: Bench) -> str:
     return f"{output.name}\n\n{profiling.top_frames(output)}"
 
 
-async def pgqueuer_drain(bench: Bench, ceiling: float) -> float | None:
-    """pgqueuer's tuned drain of as many no-op jobs, on this run's server; None if it could
-    not be installed or run (the row says why)."""
-    figure = (
-        f"pgqueuer {baseline.VERSION} drain, {baseline.MANAGERS} managers x batch {baseline.BATCH} "
-        "(its tuned setting)"
-    )
-    jobs = bench.config.drain_jobs
+# How a peer drains once on a fresh database of the run's server.
+DrainOnce = Callable[[str], Awaitable[baseline.PeerDrain]]
+
+
+async def _peer_drain(
+    bench: Bench,
+    ceiling: float,
+    figure: str,
+    database: str,
+    setup: Callable[[], Awaitable[tuple[DrainOnce, str]]],
+) -> float | None:
+    """A peer's drain, `runs` times, as a "3 peers" row; None if it could not be installed or
+    run (the row says why). `setup` installs the peer and returns its drain and the row's note."""
     try:
-        python = await baseline.pgqueuer_python()
+        drain_once, note = await setup()
         samples = []
         for _ in range(bench.config.runs):
-            async with bench.cluster.database("peer_pgqueuer") as url:
-                samples.append((await baseline.pgqueuer_drain(python, url, jobs)).rate)
+            async with bench.cluster.database(database) as url:
+                samples.append((await drain_once(url)).rate)
     except baseline.PeerUnavailable as exc:
         bench.report.add(Row("3 peers", figure, None, "jobs/s", note=f"not measured: {exc}"))
         return None
@@ -184,10 +190,27 @@ async def pgqueuer_drain(bench: Bench, ceiling: float) -> float | None:
             ceiling=ceiling,
             ceiling_label="pgbench claim 50",
             samples=samples,
-            note=f"{jobs:,} jobs, one process on uvloop, as its tools/benchmark.py drains",
+            note=note,
         )
     )
     return rate
+
+
+async def pgqueuer_drain(bench: Bench, ceiling: float) -> float | None:
+    """pgqueuer's tuned drain of as many no-op jobs, on this run's server; None if it could
+    not be installed or run (the row says why)."""
+    figure = (
+        f"pgqueuer {baseline.VERSION} drain, {baseline.MANAGERS} managers x batch {baseline.BATCH} "
+        "(its tuned setting)"
+    )
+    jobs = bench.config.drain_jobs
+
+    async def setup() -> tuple[DrainOnce, str]:
+        python = await baseline.pgqueuer_python()
+        note = f"{jobs:,} jobs, one process on uvloop, as its tools/benchmark.py drains"
+        return (lambda url: baseline.pgqueuer_drain(python, url, jobs)), note
+
+    return await _peer_drain(bench, ceiling, figure, "peer_pgqueuer", setup)
 
 
 async def graphile_drain(bench: Bench, ceiling: float) -> float | None:
@@ -198,32 +221,18 @@ async def graphile_drain(bench: Bench, ceiling: float) -> float | None:
         f"(concurrentJobs {graphile.CONCURRENT_JOBS}, localQueue {graphile.LOCAL_QUEUE})"
     )
     jobs = bench.config.drain_jobs
-    try:
+
+    async def setup() -> tuple[DrainOnce, str]:
         node = await graphile.graphile_node()
         version = await graphile.node_version(node)
-        samples = []
-        for _ in range(bench.config.runs):
-            async with bench.cluster.database("peer_graphile") as url:
-                samples.append((await graphile.graphile_drain(node, url, jobs)).rate)
-    except baseline.PeerUnavailable as exc:
-        bench.report.add(Row("3 peers", figure, None, "jobs/s", note=f"not measured: {exc}"))
-        return None
-    rate = median(samples)
-    bench.report.add(
-        Row(
-            "3 peers",
-            figure,
-            rate,
-            "jobs/s",
-            ceiling=ceiling,
-            ceiling_label="pgbench claim 50",
-            samples=samples,
-            note=f"{jobs:,} jobs, one Node {version} process, maxPoolSize "
+        note = (
+            f"{jobs:,} jobs, one Node {version} process, maxPoolSize "
             f"{graphile.MAX_POOL_SIZE}, completions batched (delay 0), info logging off; from "
-            "just before its runner starts to the last handler start; its table empty after",
+            "just before its runner starts to the last handler start; its table empty after"
         )
-    )
-    return rate
+        return (lambda url: graphile.graphile_drain(node, url, jobs)), note
+
+    return await _peer_drain(bench, ceiling, figure, "peer_graphile", setup)
 
 
 async def drain_ceilings(bench: Bench) -> float:
