@@ -101,6 +101,15 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test's database, for tests that drive the queue's parts directly."""
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
+    assert created is not None
+    yield created
+    await created.close()
+
+
+@pytest.fixture
 def settings(database_url: str) -> Settings:
     """Settings for an in-process app: a short window, a no-op handler."""
     return Settings(

@@ -5,23 +5,13 @@ of their free slots only, as before."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from paceline.queue.events import JobEvents
 from paceline.queue.jobs import Job, NewJob, enqueue_batch
 from paceline.queue.worker import Worker
 from tests.support import eventually
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
-    assert created is not None
-    yield created
-    await created.close()
 
 
 class Claims(JobEvents):

@@ -9,7 +9,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -23,14 +22,6 @@ from paceline.queue.leases import LeaseKeeper
 from paceline.queue.running import JobState, RunningJobs
 from paceline.queue.wakeup import CHANNEL, DueListener
 from tests.support import eventually
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    assert created is not None
-    yield created
-    await created.close()
 
 
 async def claim(
