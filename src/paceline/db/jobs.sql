@@ -179,9 +179,16 @@ WITH due AS (
     FOR UPDATE OF j SKIP LOCKED
 ),
 started AS (
+    -- The start is recorded at clock_timestamp(), read after this statement's snapshot, not
+    -- at now(): the worker opens the transaction a round trip earlier (BEGIN with the plan
+    -- settings), and a job of the key that finished in between, seen finished above, has its
+    -- finished_at (that statement's time) after now(). Recorded at now(), the history would
+    -- show both running at once and the auditor would count an I7 violation that never was.
+    -- The checks above use now(), earlier: they count at least the starts of the last W
+    -- before this start.
     UPDATE jobs AS j
-    SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1,
-        lease_expires_at = now() + make_interval(secs => $2), worker_id = $3
+    SET status = 'PROCESSING', started_at = clock_timestamp(), attempts = j.attempts + 1,
+        lease_expires_at = clock_timestamp() + make_interval(secs => $2), worker_id = $3
     -- By primary key: joined to the CTE instead, the planner may hash-join it against a
     -- sequential scan of the whole table.
     WHERE j.id = ANY (ARRAY(SELECT id FROM due))
