@@ -338,3 +338,35 @@ async def test_a_start_claimed_after_a_finish_is_recorded_after_it(
     assert after["started_at"] >= before["finished_at"], (dict(before), dict(after))
     assert await auditor.check() == Audit([], [])
     assert (await scrape(client))["paceline_running_violations_total"] == 0
+
+
+async def test_the_auditor_judges_a_start_by_the_limit_it_was_made_under(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    """Two starts 0.2 s apart under N = 2 per second are lawful; the limit is then tightened
+    to N = 1 before the auditor looks. Judged by the limit in force when it looked, they
+    counted as a violation (found by the chaos soak's limit changes); judged by the limit
+    they were started under, recorded with them, they do not."""
+    client = await make_client(concurrency=0)
+    pool = client.app[POOL]
+    await set_limit(pool, "default", None, LimitFields(1.0, 2, 2))
+    auditor = auditor_of(client, since=await db.fetchval("SELECT now() - interval '1 minute'"))
+    worker = uuid.uuid4()
+    for _ in range(2):
+        assert (await client.post("/jobs", json={"object_id": 9})).status == 201
+    started = []
+    for _ in range(2):
+        await asyncio.sleep(0.2)
+        started += await db.fetch(QUERIES["claim_due_jobs"], 8, 30.0, worker, ["default"])
+    assert len(started) == 2
+    recorded = await db.fetch(
+        "SELECT window_seconds, per_window, max_running FROM job_attempts ORDER BY job_id"
+    )
+    assert [tuple(row) for row in recorded] == [(1.0, 2, 2), (1.0, 2, 2)]
+
+    await set_limit(pool, "default", None, LimitFields(1.0, 1, 1))
+
+    assert await auditor.check() == Audit([], [])
+    samples = await scrape(client)
+    assert samples["paceline_window_violations_total"] == 0
+    assert samples["paceline_running_violations_total"] == 0

@@ -118,7 +118,7 @@ SELECT * FROM created ORDER BY id;
 -- worker has handlers for. Start due jobs under a lease held by this worker; returns them.
 -- The rules are per (kind, object): a "key" below, each under its limit paceline_limit().
 WITH due AS (
-    SELECT j.id
+    SELECT j.id, lim.window_seconds, lim.per_window, lim.max_running
     FROM jobs AS j
     -- The key's limit: an inlined function, three primary-key probes (a LATERAL on the row,
     -- so it stays a nested loop of probes, whatever the statistics say).
@@ -203,9 +203,16 @@ window_start AS (
     ON CONFLICT (kind, object_id) DO UPDATE SET last_started_at = EXCLUDED.last_started_at
 ),
 history AS (
-    -- The attempt's own record; the job row will only show the latest attempt.
-    INSERT INTO job_attempts (job_id, attempt, kind, object_id, worker_id, started_at)
-    SELECT id, attempts, kind, object_id, $3, started_at FROM started
+    -- The attempt's own record; the job row will only show the latest attempt. With the
+    -- limit it was started under, which the limit auditor judges it by.
+    INSERT INTO job_attempts (
+        job_id, attempt, kind, object_id, worker_id, started_at,
+        window_seconds, per_window, max_running
+    )
+    SELECT s.id, s.attempts, s.kind, s.object_id, $3, s.started_at,
+           d.window_seconds, d.per_window, d.max_running
+    FROM started AS s
+    JOIN due AS d ON d.id = s.id
 )
 SELECT * FROM started;
 
