@@ -55,6 +55,7 @@ async def read_history(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], 
     )
     attempts = await conn.fetch(
         "SELECT job_id, attempt, kind, object_id, outcome, "
+        "window_seconds, per_window, max_running, "
         "extract(epoch FROM started_at)::float8 AS started_at, "
         "extract(epoch FROM finished_at)::float8 AS finished_at "
         "FROM job_attempts ORDER BY kind, object_id, started_at, job_id, attempt"
@@ -163,7 +164,10 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
         found.fail("jobs whose handler succeeded twice without a lost lease", succeeded_twice)
 
     # I1', I7 and the pauses (I8), per key on the database clock, with the limit in force.
-    window_bad, running_bad, paused_bad = [], [], []
+    window_bad: list[tuple[str, int, int, int]] = []
+    running_bad: list[tuple[str, int, int, int]] = []
+    paused_bad: list[tuple[str, int, int, int]] = []
+    wrong_limit: list[object] = []
     for (kind, object_id), key_rows in itertools.groupby(
         attempts, key=lambda r: (r["kind"], r["object_id"])
     ):
@@ -175,7 +179,11 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
             # the lease are seconds); the bound keeps a hot key's audit linear.
             earlier = rows[bisect.bisect_left(moments, t - LOOKBACK) : n]
             ok_window = ok_running = False
-            for window, per_window, max_running in limits_at(load, kind, object_id, t):
+            candidates = limits_at(load, kind, object_id, t)
+            recorded = (row["window_seconds"], row["per_window"], row["max_running"])
+            if recorded not in candidates:  # I8: the claim applied the limit set through the API
+                wrong_limit.append((kind, object_id, row["job_id"], recorded, candidates))
+            for window, per_window, max_running in candidates:
                 in_window = sum(1 for e in earlier if e["started_at"] > t - window)
                 running = sum(
                     1 for e in earlier if e["finished_at"] is None or e["finished_at"] > t
@@ -191,6 +199,8 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
                     end = pause.t_to if pause.t_to is not None else now
                     if pause.t_from + PAUSE_SLACK < t < end:
                         paused_bad.append((kind, object_id, row["job_id"], row["attempt"]))
+    if wrong_limit:
+        found.fail(f"{len(wrong_limit)} start(s) under a limit never set", wrong_limit)
     if window_bad:
         found.fail(f"{len(window_bad)} start(s) beyond N per W", window_bad)
     if running_bad:

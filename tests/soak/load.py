@@ -24,9 +24,8 @@ HOT = [1, 2, 3, 4]
 COLD = range(1000, 20000)
 KIND_WEIGHTS = {"default": 4, "burst": 2, "slow": 2, "flaky": 2}
 POLICIES = {"queue": 6, "coalesce": 1, "replace": 1, "append": 1, "reject": 1}
-# Limit changes of one row are at least this far apart: a replica's auditor checks a start
-# against the limit in force when it looks (up to ~15 s later), so a start made under a looser
-# limit must be audited before the row is tightened again.
+# Limit changes of one row are at least this far apart: each limit runs long enough for its
+# keys to fill their windows under it.
 LIMIT_CHANGE_SPACING = 30.0
 # A limit the burst kind switches to and back, and an override of one hot default key.
 BURST_LOOSE = (1.0, 4, 3)
