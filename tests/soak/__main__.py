@@ -61,10 +61,11 @@ async def soak(seed: int, seconds: float, directory: Path) -> bool:
     await cluster.start()
     try:
         async with aiohttp.ClientSession() as session:
-            load = Load(cluster, random.Random(f"{seed}-load"), session)
+            load = Load(cluster, seed, session)
+            load.own_generator("main")
             chaos = Chaos(cluster, load, random.Random(f"{seed}-faults"))
             await load.set_initial_limits()
-            clients = [asyncio.create_task(load.client()) for _ in range(CLIENTS)]
+            clients = [asyncio.create_task(load.client(n)) for n in range(CLIENTS)]
             operator = asyncio.create_task(load.operator())
             faults = asyncio.create_task(chaos.run(time.monotonic() + seconds))
             while not faults.done():

@@ -64,6 +64,7 @@ class Chaos:
 
     async def run(self, until: float) -> None:
         """Start a fault every 2-8 s until `until` (monotonic); then wait for all to heal."""
+        self.load.own_generator("probes")  # the probes' requests leave the clients' draws be
         while time.monotonic() < until:
             await asyncio.sleep(self.rng.uniform(2, 8))
             if time.monotonic() >= until:

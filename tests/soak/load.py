@@ -9,6 +9,7 @@ every 5xx with its moment, requests that got no answer and where they went.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import json
 import random
@@ -33,6 +34,8 @@ OVERRIDE = (1.0, 2, 1)
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 LimitValue = tuple[float, int, int]
+# The generator of the task that draws (see Load.rng); the main task's until it sets one.
+_RNG: contextvars.ContextVar[random.Random] = contextvars.ContextVar("soak_rng")
 
 
 @dataclasses.dataclass
@@ -73,7 +76,7 @@ class Load:
     """The clients and their record."""
 
     cluster: Cluster
-    rng: random.Random
+    seed: int
     session: aiohttp.ClientSession
     accepted: dict[int, str] = dataclasses.field(default_factory=dict)  # id -> kind
     statuses: Counter[int] = dataclasses.field(default_factory=Counter)
@@ -85,6 +88,16 @@ class Load:
     pauses: list[Pause] = dataclasses.field(default_factory=list)
     requests: int = 0
     stopping: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    @property
+    def rng(self) -> random.Random:
+        """The calling task's own generator: each client draws from its own, so what it does
+        follows from the seed whatever the others do meanwhile."""
+        return _RNG.get()
+
+    def own_generator(self, name: str) -> None:
+        """Give the calling task (and the tasks it starts) a generator of its own."""
+        _RNG.set(random.Random(f"{self.seed}-{name}"))
 
     # --- one request ------------------------------------------------------------------------
 
@@ -122,8 +135,9 @@ class Load:
 
     # --- the clients ------------------------------------------------------------------------
 
-    async def client(self) -> None:
+    async def client(self, number: int) -> None:
         """Submits, batches, cancels and idempotent retries until stopped."""
+        self.own_generator(f"client-{number}")
         while not self.stopping.is_set():
             roll = self.rng.random()
             if roll < 0.72:
@@ -220,6 +234,7 @@ class Load:
 
     async def operator(self) -> None:
         """Limit changes and pause/resume, at random moments."""
+        self.own_generator("operator")
         last_change: dict[tuple[str, int | None], float] = {}
         burst_loose = False
         override_set = False
@@ -257,7 +272,8 @@ class Load:
             if status is not None and 200 <= status < 300:
                 return answer
             if status is not None and status < 500:
-                raise AssertionError(f"{method} {path} {body} -> {status} {answer}")
+                self.unexpected.append(f"{method} {path} {body} -> {status} {answer}")
+                return None
             await asyncio.sleep(0.5)
 
     async def set_limit(self, kind: str, object_id: int | None, value: LimitValue | None) -> None:
