@@ -11,6 +11,7 @@ import bisect
 import dataclasses
 import itertools
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -105,7 +106,9 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
             job["object_id"],
         ) in paused_keys
         due = job["run_at"] is not None and job["run_at"] <= now
-        if job["status"] == "PENDING" and (key_paused or not due):
+        # Parked ('infinity') is waiting only while its key is paused: else nothing runs it.
+        parked = job["run_at"] == math.inf
+        if job["status"] == "PENDING" and (key_paused or not (due or parked)):
             waiting.append(job["id"])
         else:
             stuck.append(job["id"])
