@@ -269,6 +269,8 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
         found.fail("the auditor metric could not be read", [])
     elif (metric_violations == 0) != (own == 0):
         found.fail(f"the replicas' auditor counted {metric_violations}, the soak {own}", window_bad)
+    if chaos.unhealed:
+        found.fail(f"{chaos.unhealed} fault(s) not healed (their probe job never ran)", [])
     bad_exits = [code for code in chaos.sigterm_exits if code != 0]
     if bad_exits:
         found.fail("replicas that did not exit 0 on SIGTERM", bad_exits)

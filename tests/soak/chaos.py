@@ -30,6 +30,8 @@ FAULTS = {
     "connection killer": 3,
 }
 DATABASE_FAULTS = {"PostgreSQL stop fast", "PostgreSQL crash (immediate)"}
+# After the load's time is up, how long the faults in progress get to heal and be probed.
+HEAL_TIMEOUT = 240.0
 # Probe jobs go to objects no client uses.
 PROBE_OBJECTS = 900_000
 
@@ -51,6 +53,7 @@ class Chaos:
     sigterm_exits: list[int | None] = dataclasses.field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     _probes: int = 0
+    unhealed: int = 0  # faults still not healed (or their probe not run) HEAL_TIMEOUT after the end
 
     def injected(self) -> Counter[str]:
         return Counter(fault.kind for fault in self.faults)
@@ -72,7 +75,12 @@ class Chaos:
             fault = self._choose()
             if fault is not None:
                 self._tasks.append(asyncio.create_task(fault))
-        await asyncio.gather(*self._tasks)
+        _done, unhealed = await asyncio.wait(self._tasks, timeout=HEAL_TIMEOUT)
+        for task in unhealed:
+            task.cancel()
+        self.unhealed = len(unhealed)
+        for task in _done:
+            task.result()  # a fault that could not be done (a replica that would not start)
 
     def _choose(self) -> Coroutine[Any, Any, None] | None:
         kinds = list(FAULTS)
@@ -145,9 +153,10 @@ class Chaos:
                 break
             await asyncio.sleep(0.1)
         job_id = int(answer["id"])
+        self.load.probes.add(job_id)
         self.load.accepted[job_id] = "default"
         while True:
             status, answer = await self.load.call("GET", f"/jobs/{job_id}")
-            if status == 200 and answer["status"] in {"SUCCESS", "FAILED"}:
+            if status == 200 and answer["status"] in {"SUCCESS", "FAILED", "CANCELLED"}:
                 return time.time() - since
             await asyncio.sleep(0.1)

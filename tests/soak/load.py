@@ -84,6 +84,7 @@ class Load:
     unexpected: list[str] = dataclasses.field(default_factory=list)  # 4xx that should not be
     idempotency_broken: list[str] = dataclasses.field(default_factory=list)
     cancelled: set[int] = dataclasses.field(default_factory=set)
+    probes: set[int] = dataclasses.field(default_factory=set)  # the chaos' jobs: not cancelled
     limits: list[LimitChange] = dataclasses.field(default_factory=list)
     pauses: list[Pause] = dataclasses.field(default_factory=list)
     requests: int = 0
@@ -202,6 +203,8 @@ class Load:
         if not self.accepted:
             return
         job_id = self.rng.choice(list(self.accepted)[-200:])
+        if job_id in self.probes:
+            return
         status, answer = await self.call("POST", f"/jobs/{job_id}/cancel")
         if status == 200:
             self.cancelled.add(job_id)
