@@ -108,7 +108,10 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
         due = job["run_at"] is not None and job["run_at"] <= now
         # Parked ('infinity') is waiting only while its key is paused: else nothing runs it.
         parked = job["run_at"] == math.inf
-        if job["status"] == "PENDING" and (key_paused or not (due or parked)):
+        # Still running under a live lease when the drain's time ran out: in progress.
+        leased = job["lease_expires_at"] is not None and job["lease_expires_at"] > now
+        in_progress = job["status"] == "PROCESSING" and leased
+        if in_progress or (job["status"] == "PENDING" and (key_paused or not (due or parked))):
             waiting.append(job["id"])
         else:
             stuck.append(job["id"])
