@@ -7,7 +7,7 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-pg15 bench lint format check lock docker clean
+.PHONY: help run test test-pg15 soak bench lint format check lock docker clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,11 @@ test: $(DEV) ## Run the test suite (embedded PostgreSQL unless TEST_DATABASE_URL
 
 test-pg15: $(DEV) ## Run the test suite against the PostgreSQL on 127.0.0.1:5432
 	TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres $(BIN)/pytest $(PYTEST_ARGS)
+
+SOAK_SECONDS ?= 600
+SOAK_SEED ?=
+soak: $(DEV) ## Chaos soak: 3 replicas, seeded faults, every invariant audited (SOAK_SECONDS, SOAK_SEED)
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) $(BIN)/python -m tests.soak
 
 bench: $(DEV) ## Benchmarks, one table of figures vs pgbench ceilings (~10 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -168,6 +169,23 @@ class ServeProcess:
     def log(self) -> str:
         """Everything the process wrote so far."""
         return self.log_path.read_text(errors="replace")
+
+
+def stop_replica(replica: ServeProcess) -> int | None:
+    """Resume (if frozen) and SIGTERM; SIGKILL if it does not exit. Its exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        if replica.process.poll() is None:
+            os.kill(replica.process.pid, signal.SIGCONT)
+    try:
+        return replica.terminate(timeout=20)
+    except subprocess.TimeoutExpired:
+        replica.kill()
+        return None
+
+
+async def stop_all(replicas: Iterable[ServeProcess]) -> list[int | None]:
+    """Stop every replica (for `finally`); their exit statuses."""
+    return list(await asyncio.gather(*(asyncio.to_thread(stop_replica, r) for r in replicas)))
 
 
 async def post_job(session: aiohttp.ClientSession, base_url: str, object_id: int) -> dict[str, Any]:

@@ -22,8 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from paceline.db import jobs as jobs_store
+from paceline.db import limits as limits_store
 from paceline.queue import limits
 from paceline.queue.limits import LimitFields
+from paceline.queue.reaper import Reaper
 from paceline.queue.requeue import requeue
 from paceline.web.keys import POOL
 from tests.conftest import MakeClient
@@ -488,3 +490,41 @@ async def test_slots_are_the_earliest_the_sliding_window_allows(
                 others = [*model.starts[key], *(s for s in expected.values())]
                 others.remove(slot)
                 assert fits(others, slot, window, n), f"after {op}: {slot} crowds its window"
+
+
+async def test_a_resume_cut_off_after_its_commit_leaves_no_job_behind(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    """A resume commits the end of the pause, then re-plans its keys a few per transaction.
+    Cut off in between (its connection killed; found by the chaos soak, `make soak`), the
+    keys' jobs stayed parked while the keys ran again: a job accepted after the resume started
+    before them (I4'), and a key with no new submit waited for ever (I3)."""
+    client = await make_client(concurrency=0, rate_window=0.2)
+    pool = client.app[POOL]
+    await limits.pause(pool, "default", None)
+    parked = [await post(client, 1), await post(client, 2)]
+    assert [job["run_at"] for job in parked] == [None, None]
+    # The resume's first transaction, and nothing after it.
+    async with pool.acquire() as conn, conn.transaction():
+        await limits_store.lock_limit_changes(conn)
+        await limits_store.set_kind_paused(conn, kind="default", paused=False)
+        await limits_store.plan_exactly(conn, kinds=["default"], object_id=None)
+
+    async def slot(job_id: int) -> datetime | None:
+        row = await db.fetchrow(
+            "SELECT run_at, run_at = 'infinity' AS parked FROM jobs WHERE id = $1", job_id
+        )
+        assert row is not None
+        return None if row["parked"] else row["run_at"]
+
+    # Object 1's next job goes after the job accepted before it.
+    later = await post(client, 1)
+    first = await slot(parked[0]["id"])
+    assert first is not None, "the earlier job is still parked"
+    assert first < parse_time(later["run_at"])
+    # Object 2 gets no submit: the reaper's look re-plans it.
+    assert await slot(parked[1]["id"]) is None
+    reaper = Reaper(pool, max_attempts=3, interval=1.0)
+    assert await reaper.replan_stranded_keys() == 1
+    assert await slot(parked[1]["id"]) is not None
+    assert await reaper.replan_stranded_keys() == 0

@@ -3,7 +3,9 @@ the whole queue, and the limit auditor's violation counters."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +13,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from paceline.db.queries import QUERIES
 from paceline.observability.audit import Audit, LimitAuditor
 from paceline.queue.limits import LimitFields, pause, set_limit
 from paceline.web.keys import METRICS, POOL
@@ -292,3 +295,78 @@ async def test_the_auditor_judges_each_key_by_its_own_limit(
     samples = await scrape(client)
     assert samples["paceline_window_violations_total"] == 1
     assert samples["paceline_running_violations_total"] == 1
+
+
+async def test_a_start_claimed_after_a_finish_is_recorded_after_it(
+    make_client: MakeClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A worker opens its claim's transaction a round trip before the claim statement (BEGIN
+    with the plan settings, then the claim). A job of the key that finishes in between frees
+    the key (max_running 1) for that claim: the new start must be recorded after the finish,
+    or the history shows two attempts running at once and the auditor counts a violation that
+    never happened (found by the chaos soak, `make soak`)."""
+    client = await make_client(concurrency=0)
+    pool = client.app[POOL]
+    await set_limit(pool, "default", None, LimitFields(0.001, 1, 1))
+    auditor = auditor_of(client, since=await db.fetchval("SELECT now() - interval '1 minute'"))
+    worker = uuid.uuid4()
+    first = await db.fetchrow(QUERIES["enqueue"], "default", 7, None, None)
+    second = await db.fetchrow(QUERIES["enqueue"], "default", 7, None, None)
+    assert first is not None
+    assert second is not None
+    (running,) = await db.fetch(QUERIES["claim_due_jobs"], 8, 30.0, worker, ["default"])
+    assert running["id"] == first["id"]
+    await asyncio.sleep(0.01)  # the second job's slot (W = 1 ms) has come
+
+    claimer = await asyncpg.connect(database_url)
+    try:
+        await claimer.execute("BEGIN")  # as the worker's claim does (db.plans.fetch_planned)
+        await asyncio.sleep(0.05)
+        finished = await db.fetchval(
+            QUERIES["finish_jobs"], [first["id"]], [1], ["SUCCESS"], [0.1], [None], [None]
+        )
+        assert finished == first["id"]
+        started = await claimer.fetch(QUERIES["claim_due_jobs"], 8, 30.0, worker, ["default"])
+        await claimer.execute("COMMIT")
+    finally:
+        await claimer.close()
+
+    assert [row["id"] for row in started] == [second["id"]]
+    before, after = await db.fetch(
+        "SELECT job_id, started_at, finished_at FROM job_attempts ORDER BY job_id"
+    )
+    assert after["started_at"] >= before["finished_at"], (dict(before), dict(after))
+    assert await auditor.check() == Audit([], [])
+    assert (await scrape(client))["paceline_running_violations_total"] == 0
+
+
+async def test_the_auditor_judges_a_start_by_the_limit_it_was_made_under(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    """Two starts 0.2 s apart under N = 2 per second are lawful; the limit is then tightened
+    to N = 1 before the auditor looks. Judged by the limit in force when it looked, they
+    counted as a violation (found by the chaos soak's limit changes); judged by the limit
+    they were started under, recorded with them, they do not."""
+    client = await make_client(concurrency=0)
+    pool = client.app[POOL]
+    await set_limit(pool, "default", None, LimitFields(1.0, 2, 2))
+    auditor = auditor_of(client, since=await db.fetchval("SELECT now() - interval '1 minute'"))
+    worker = uuid.uuid4()
+    for _ in range(2):
+        assert (await client.post("/jobs", json={"object_id": 9})).status == 201
+    started = []
+    for _ in range(2):
+        await asyncio.sleep(0.2)
+        started += await db.fetch(QUERIES["claim_due_jobs"], 8, 30.0, worker, ["default"])
+    assert len(started) == 2
+    recorded = await db.fetch(
+        "SELECT window_seconds, per_window, max_running FROM job_attempts ORDER BY job_id"
+    )
+    assert [tuple(row) for row in recorded] == [(1.0, 2, 2), (1.0, 2, 2)]
+
+    await set_limit(pool, "default", None, LimitFields(1.0, 1, 1))
+
+    assert await auditor.check() == Audit([], [])
+    samples = await scrape(client)
+    assert samples["paceline_window_violations_total"] == 0
+    assert samples["paceline_running_violations_total"] == 0

@@ -10,7 +10,6 @@ appends them as one line to the file named by $PACELINE_FAULT_REPORT, when that 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +18,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,13 @@ from paceline.db import migrate
 from paceline.db.embedded import EmbeddedPostgres, free_port
 from paceline.db.queries import QUERIES
 from paceline.queue.requeue import requeue
-from tests.support import ServeProcess, assert_starts_apart, eventually, post_job
+from tests.support import (
+    ServeProcess,
+    assert_starts_apart,
+    eventually,
+    post_job,
+    stop_all,
+)
 
 pytestmark = pytest.mark.processes
 
@@ -123,23 +128,6 @@ async def start_replicas(tmp_path: Path) -> AsyncIterator[StartReplicas]:
 
     yield start
     await stop_all(started)
-
-
-def _stop(replica: ServeProcess) -> int | None:
-    """Resume (if frozen) and SIGTERM; SIGKILL if it does not exit. Its exit status."""
-    with contextlib.suppress(ProcessLookupError):
-        if replica.process.poll() is None:
-            os.kill(replica.process.pid, signal.SIGCONT)
-    try:
-        return replica.terminate(timeout=20)
-    except subprocess.TimeoutExpired:
-        replica.kill()
-        return None
-
-
-async def stop_all(replicas: Iterable[ServeProcess]) -> list[int | None]:
-    """Stop every replica (for `finally`); their exit statuses."""
-    return list(await asyncio.gather(*(asyncio.to_thread(_stop, r) for r in replicas)))
 
 
 def read_runs(run_log: Path) -> list[tuple[int, int, int]]:

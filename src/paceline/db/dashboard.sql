@@ -199,8 +199,9 @@ SELECT now() - make_interval(secs => $1) AS horizon;
 
 -- name: audit_starts
 -- $1 after, $2 up to (both start times), $3 how many earlier starts of its key to look at for
--- I7. The starts in ($1, $2] that broke their key's limit, each read once with its limit
--- (the one in force now: a start made just before a limit was tightened may show here):
+-- I7. The starts in ($1, $2] that broke their key's limit, each read once with the limit the
+-- claim started it under (recorded with it; for a start older than migration 0012, the one
+-- in force now), so a limit tightened since does not make a lawful start look like one:
 -- - `previous_*` set: it came less than W after the N-th previous start of the key, N + 1
 --   starts in an interval shorter than W, a violation of I1' (N = 1: two starts less than W
 --   apart). One backwards range of ix_job_attempts_kind_object_id_started_at, N entries long.
@@ -215,7 +216,12 @@ SELECT a.kind, a.object_id, a.job_id, a.attempt, a.started_at,
        p.job_id AS previous_job_id, p.attempt AS previous_attempt,
        p.started_at AS previous_started_at, o.running_job_ids
 FROM job_attempts AS a
-CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS lim
+CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS in_force
+CROSS JOIN LATERAL (
+    SELECT COALESCE(a.window_seconds, in_force.window_seconds) AS window_seconds,
+           COALESCE(a.per_window, in_force.per_window) AS per_window,
+           COALESCE(a.max_running, in_force.max_running) AS max_running
+) AS lim
 LEFT JOIN LATERAL (
     SELECT p.job_id, p.attempt, p.started_at
     FROM job_attempts AS p

@@ -118,7 +118,7 @@ SELECT * FROM created ORDER BY id;
 -- worker has handlers for. Start due jobs under a lease held by this worker; returns them.
 -- The rules are per (kind, object): a "key" below, each under its limit paceline_limit().
 WITH due AS (
-    SELECT j.id
+    SELECT j.id, lim.window_seconds, lim.per_window, lim.max_running
     FROM jobs AS j
     -- The key's limit: an inlined function, three primary-key probes (a LATERAL on the row,
     -- so it stays a nested loop of probes, whatever the statistics say).
@@ -179,9 +179,16 @@ WITH due AS (
     FOR UPDATE OF j SKIP LOCKED
 ),
 started AS (
+    -- The start is recorded at clock_timestamp(), read after this statement's snapshot, not
+    -- at now(): the worker opens the transaction a round trip earlier (BEGIN with the plan
+    -- settings), and a job of the key that finished in between, seen finished above, has its
+    -- finished_at (that statement's time) after now(). Recorded at now(), the history would
+    -- show both running at once and the auditor would count an I7 violation that never was.
+    -- The checks above use now(), earlier: they count at least the starts of the last W
+    -- before this start.
     UPDATE jobs AS j
-    SET status = 'PROCESSING', started_at = now(), attempts = j.attempts + 1,
-        lease_expires_at = now() + make_interval(secs => $2), worker_id = $3
+    SET status = 'PROCESSING', started_at = clock_timestamp(), attempts = j.attempts + 1,
+        lease_expires_at = clock_timestamp() + make_interval(secs => $2), worker_id = $3
     -- By primary key: joined to the CTE instead, the planner may hash-join it against a
     -- sequential scan of the whole table.
     WHERE j.id = ANY (ARRAY(SELECT id FROM due))
@@ -196,9 +203,16 @@ window_start AS (
     ON CONFLICT (kind, object_id) DO UPDATE SET last_started_at = EXCLUDED.last_started_at
 ),
 history AS (
-    -- The attempt's own record; the job row will only show the latest attempt.
-    INSERT INTO job_attempts (job_id, attempt, kind, object_id, worker_id, started_at)
-    SELECT id, attempts, kind, object_id, $3, started_at FROM started
+    -- The attempt's own record; the job row will only show the latest attempt. With the
+    -- limit it was started under, which the limit auditor judges it by.
+    INSERT INTO job_attempts (
+        job_id, attempt, kind, object_id, worker_id, started_at,
+        window_seconds, per_window, max_running
+    )
+    SELECT s.id, s.attempts, s.kind, s.object_id, $3, s.started_at,
+           d.window_seconds, d.per_window, d.max_running
+    FROM started AS s
+    JOIN due AS d ON d.id = s.id
 )
 SELECT * FROM started;
 

@@ -176,6 +176,13 @@ async def park_pending(
     return await conn.fetch(QUERIES["park_pending"], kind, object_id)
 
 
+async def stranded_keys(db: Executor, *, limit: int, scan: int) -> list[tuple[str, int]]:
+    """Up to `limit` keys, not paused, whose jobs are still parked for a resume (among the
+    first `scan` parked jobs): a resume that was cut off before it re-planned them."""
+    rows = await db.fetch(QUERIES["stranded_keys"], limit, scan)
+    return [(row["kind"], row["object_id"]) for row in rows]
+
+
 async def lock_limit_changes(conn: Connection) -> None:
     """One limit change at a time, across replicas; released at commit."""
     await conn.execute(QUERIES["lock_limit_changes"])

@@ -188,6 +188,22 @@ FROM parked
 WHERE j.id = parked.id
 RETURNING j.id, j.kind, j.object_id, parked.run_at AS before;
 
+-- name: stranded_keys
+-- $1 how many keys, $2 the most parked jobs read. Keys with jobs parked for a resume
+-- ('infinity') that are no longer paused. A resume lifts the pause and commits, then re-plans
+-- its keys a few per transaction; cut off in between (its connection killed, its replica
+-- gone), it leaves their jobs parked. Parked jobs sort last in ix_jobs_due: a range at its
+-- end, capped, then the key's limit (three primary-key probes).
+SELECT DISTINCT p.kind, p.object_id
+FROM (
+    SELECT kind, object_id FROM jobs
+    WHERE status = 'PENDING' AND run_at = 'infinity'
+    LIMIT $2
+) AS p
+CROSS JOIN LATERAL paceline_limit(p.kind, p.object_id) AS lim
+WHERE NOT lim.paused
+LIMIT $1;
+
 -- name: lock_limit_changes
 -- One limit change at a time, across replicas; released at commit.
 SELECT pg_advisory_xact_lock(7421093120);

@@ -167,6 +167,11 @@ job_attempts = Table(
     # NULL while running; then SUCCESS, FAILED, RETRY, LOST (lease expired) or RELEASED.
     Column("outcome", Text),
     Column("error", Text),
+    # The key's limit in force when the claim started it (NULL before migration 0012): the
+    # limit auditor judges the start by it, not by a limit changed since.
+    Column("window_seconds", Double),
+    Column("per_window", Integer),
+    Column("max_running", Integer),
     Index("ix_job_attempts_kind_object_id_started_at", "kind", "object_id", "started_at"),
     # The window auditor reads the starts of the last few seconds, of every object.
     Index("ix_job_attempts_started_at", "started_at"),

@@ -3,9 +3,10 @@
 The claim enforces I1' (at most N starts of a key in any window W) and I7 (at most M of its
 attempts at once); the auditor is the independent witness. Every few seconds it reads the
 attempts that started since its last look (from `job_attempts`, the record of every start) and
-checks each against its key's limit in the database: the N-th previous start of the key must be
-a window or more before it, and fewer than M of the key's attempts may have been running when
-it started. A violation is logged and counted (`paceline_window_violations_total` and
+checks each against the limit its claim started it under (recorded with the attempt, so a limit
+changed since does not make a lawful start look unlawful): the N-th previous start of the key
+must be a window or more before it, and fewer than M of the key's attempts may have been
+running when it started. A violation is logged and counted (`paceline_window_violations_total` and
 `paceline_running_violations_total`, which must stay 0). Every replica audits the whole
 database, so alert on the maximum across replicas, not the sum.
 """

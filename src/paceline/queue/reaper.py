@@ -11,12 +11,17 @@ import logging
 import asyncpg
 
 from paceline.db import jobs as store
+from paceline.db import limits as limits_store
 from paceline.queue.requeue import requeue
+from paceline.queue.scheduling import replan_key
 from paceline.queue.service import Backoff, Service
 
 log = logging.getLogger(__name__)
 
 REAP_BATCH = 100
+# Parked jobs read per look for keys a cut-off resume left parked: bounds the look when a
+# paused kind parks many (a stranded key behind them is found once those are resumed).
+STRANDED_SCAN = 10_000
 
 
 class Reaper(Service):
@@ -33,10 +38,31 @@ class Reaper(Service):
         self._interval = interval
 
     async def step(self) -> float:
-        """Reap until no expired lease is left."""
+        """Reap until no expired lease is left; re-plan the keys a cut-off resume left parked."""
         while await self.reap_expired_leases() == REAP_BATCH:
             pass
+        while await self.replan_stranded_keys() == REAP_BATCH:
+            pass
         return self._interval
+
+    async def replan_stranded_keys(self) -> int:
+        """Re-plan, as their resume would have, the keys no longer paused whose jobs are still
+        parked (a resume commits the end of the pause first, then re-plans its keys a few per
+        transaction: cut off in between, it leaves them waiting for ever); how many keys."""
+        keys = await limits_store.stranded_keys(self._pool, limit=REAP_BATCH, scan=STRANDED_SCAN)
+        for kind, object_id in keys:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await store.plan_per_call(conn)
+                changes = await replan_key(conn, kind, object_id, from_now=True)
+            log.warning(
+                "%s object %d was resumed but its %d parked job(s) were not re-planned; "
+                "re-planned now",
+                kind,
+                object_id,
+                len(changes),
+                extra={"kind": kind, "object_id": object_id},
+            )
+        return len(keys)
 
     async def reap_expired_leases(self) -> int:
         """Requeue (or fail, if it was the last attempt) jobs whose lease expired; how many."""

@@ -207,6 +207,13 @@ async def place(conn: Connection, new: NewJob, *, absorbed: int | None = None) -
     not_before = new.not_before
     await slots.lock_object_slots(conn, kind=new.kind, object_id=new.object_id)
     state = await read_key(conn, new.kind, new.object_id)
+    if not state.limit.paused and any(job.run_at is None for job in state.pending):
+        # Jobs parked by a pause that is over: the resume has not re-planned this key yet (it
+        # does, a few keys per transaction, after it committed), or it was cut off before it
+        # could. Re-plan them first, as the resume would: the new job goes after them (I4'),
+        # not ahead of jobs accepted before it.
+        await replan_key(conn, new.kind, new.object_id, from_now=True)
+        state = await read_key(conn, new.kind, new.object_id)
     slot = slot_for_new(state, not_before)
     record = await store.insert_planned_job(
         conn,
