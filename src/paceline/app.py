@@ -12,6 +12,7 @@ import jinja2
 from aiohttp import web
 
 from paceline.config import Settings
+from paceline.db import citus
 from paceline.db.pool import create_pool
 from paceline.queue.events import JobEvents
 from paceline.queue.grouping import EnqueueGrouper
@@ -110,6 +111,8 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.database_url is not None
     app[POOL] = await create_pool(settings.database_url, settings.pool_size)
+    # A Citus cluster runs its own form of some statements (paceline.db.queries).
+    await citus.detect(app[POOL])
     await seed_default_limit(app[POOL], settings.rate_window)
     yield
     try:

@@ -13,6 +13,7 @@ run inside a caller's transaction say so; the caller starts it with `plan_per_ca
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -20,6 +21,7 @@ from datetime import datetime
 import asyncpg
 
 from paceline.contract import DEFAULT_KIND
+from paceline.db.citus import SHARDS
 from paceline.db.plans import fetch_planned, plan_per_call
 from paceline.db.pool import Connection, Executor, fetch_committed
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
@@ -53,11 +55,27 @@ async def enqueue_batch(
     """One job per (kind, object_id, payload) (parallel sequences), each in its key's next free
     slot, for the keys the one-statement path may plan; their rows in request order (in id
     order, which is the request's). Jobs of other keys are not made."""
+    if QUERIES.citus:
+        return await _enqueue_batch_on_cluster(db, kinds, object_ids, payloads)
     # The plain batch sends its ids alone (the statement reads missing arrays as NULLs).
     sent_kinds = None if all(kind == DEFAULT_KIND for kind in kinds) else list(kinds)
     sent_payloads = None if all(p is None for p in payloads) else list(payloads)
     return await fetch_committed(
         db, QUERIES["enqueue_batch"], sent_kinds, list(object_ids), sent_payloads
+    )
+
+
+async def _enqueue_batch_on_cluster(
+    db: Executor,
+    kinds: Sequence[str],
+    object_ids: Sequence[int],
+    payloads: Sequence[str | None],
+) -> list[asyncpg.Record]:
+    # One key: the call runs on its worker. Several: on the coordinator, in one transaction.
+    one_key = len(set(zip(kinds, object_ids, strict=True))) == 1
+    route = await db.fetchval(QUERIES["bucket_of"], kinds[0], object_ids[0]) if one_key else None
+    return await fetch_committed(
+        db, QUERIES["enqueue_batch"], list(kinds), list(object_ids), list(payloads), route
     )
 
 
@@ -117,14 +135,45 @@ async def claim_due_jobs(
     kinds: Sequence[str],
 ) -> list[asyncpg.Record]:
     """Start up to `limit` due jobs of `kinds` under a lease held by `worker_id`; their rows."""
-    return await fetch_planned(db, QUERIES["claim_due_jobs"], limit, lease, worker_id, list(kinds))
+    if not QUERIES.citus:
+        return await fetch_planned(
+            db, QUERIES["claim_due_jobs"], limit, lease, worker_id, list(kinds)
+        )
+    # A cluster claims shard by shard (FOR UPDATE SKIP LOCKED is refused across shards), each
+    # claim one call of a function that runs on the worker holding the shard; not in a
+    # transaction of the caller's, where Citus would run it on the coordinator.
+    claimed: list[asyncpg.Record] = []
+    for buckets in await SHARDS.in_turn(db):
+        claimed += await db.fetch(
+            QUERIES["claim_due_jobs"],
+            limit - len(claimed),
+            lease,
+            worker_id,
+            list(kinds),
+            buckets[0],
+            buckets,
+        )
+        if len(claimed) >= limit:
+            break
+    return claimed
 
 
 async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> asyncpg.Record:
     """The database's `now` and when the next pending job of `kinds` may start (`next_start`,
     NULL if none is pending), both in epoch seconds."""
-    (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds))
-    return row
+    if not QUERIES.citus:
+        (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds))
+        return row
+    # A cluster asks each shard (one router query each, at once on separate connections when
+    # `db` is the pool); the earliest answer is the next start.
+    rows = await asyncio.gather(
+        *(
+            fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds), buckets)
+            for buckets in await SHARDS.buckets(db)
+        )
+    )
+    due = [row for (row,) in rows if row["next_start"] is not None]
+    return min(due, key=lambda row: row["next_start"]) if due else rows[0][0]
 
 
 async def lock_running_job(

@@ -45,6 +45,12 @@ job AS (
 -- burst of enqueues instead of one per job.
 SELECT * FROM job;
 
+-- name: enqueue citus
+-- The same on a Citus cluster: the key's bucket routes the call to the worker holding the key's
+-- shard, which runs the same steps there (paceline_enqueue, citus.sql).
+SELECT {job_columns}
+FROM paceline_enqueue(paceline_bucket($1, $2), $1, $2, $3::jsonb, $4);
+
 -- name: enqueue_batch
 -- $1 kinds, $2 object ids, $3 payloads (JSON, or NULL): parallel arrays in request order,
 -- repeats allowed. Many jobs in one statement, each in its (kind, object)'s next free slot:
@@ -112,6 +118,18 @@ created AS (
 -- the planner's guess of one row for `created`, a join by id was a nested loop: 1000 x 1000
 -- rows, 90 ms of a 110 ms batch).
 SELECT * FROM created ORDER BY id;
+
+-- name: bucket_of citus
+-- $1 kind, $2 object_id. The key's bucket (computed on the coordinator, no table read).
+SELECT paceline_bucket($1, $2);
+
+-- name: enqueue_batch citus
+-- The same on a Citus cluster (paceline_enqueue_batch, citus.sql): $1 kinds and $3 payloads
+-- in full (no NULL for "all default"), $4 a bucket when every job is of one key (the call then
+-- runs on that key's worker), else NULL.
+SELECT {job_columns}
+FROM paceline_enqueue_batch($4::smallint, $1::text[], $2::bigint[], $3::jsonb[])
+ORDER BY id;
 
 -- name: claim_due_jobs
 -- $1 how many (the worker's free capacity), $2 lease seconds, $3 worker id, $4 the kinds this
@@ -202,15 +220,23 @@ history AS (
 )
 SELECT * FROM started;
 
+-- name: claim_due_jobs citus
+-- The same on a Citus cluster, for one shard: $5 a bucket of the shard (which routes the call to
+-- the worker that holds it), $6 all the shard's buckets (paceline_claim, citus.sql).
+SELECT {job_columns}
+FROM paceline_claim($5::smallint, $6::smallint[], $1, $2, $3, $4::text[]);
+
 -- name: seconds_until_next_due
 -- $1 the worker's kinds. (database clock now, when the next pending job may start), both in
 -- epoch seconds; the second is NULL if nothing is pending. Looks only at the first 100 pending
--- jobs by slot, so its cost does not grow with the backlog. A head held back only by a running
+-- jobs by slot, so its cost does not grow with the backlog. On a Citus cluster, of one shard:
+-- $2 its buckets (each relation restricted to them, so Citus routes it to that shard). A head held back only by a running
 -- job of its key (max_running) is left out: the finish of that job wakes the workers.
 WITH first_pending AS (
-    SELECT kind, object_id, id, run_at
+    SELECT kind, object_id, id, run_at  -- citus: , bucket
     FROM jobs
     WHERE status = 'PENDING' AND kind = ANY ($1::text[]) AND run_at < 'infinity'
+      -- citus-instead: AND bucket = ANY ($2::smallint[])
     ORDER BY run_at, id
     LIMIT 100
 ),
@@ -224,12 +250,15 @@ heads AS (
                f.run_at,
                (SELECT a.started_at FROM job_attempts AS a
                 WHERE a.kind = f.kind AND a.object_id = f.object_id
+                  -- citus-instead: AND a.bucket = f.bucket AND a.bucket = ANY ($2::smallint[])
                 ORDER BY a.started_at DESC
                 OFFSET lim.per_window - 1 LIMIT 1)
                + make_interval(secs => lim.window_seconds),
                CASE WHEN lim.per_window = 1 THEN
                    (SELECT s.last_started_at FROM object_starts AS s
-                    WHERE s.kind = f.kind AND s.object_id = f.object_id)
+                    WHERE s.kind = f.kind AND s.object_id = f.object_id
+                      -- citus-instead: AND s.bucket = f.bucket AND s.bucket = ANY ($2::smallint[])
+                   )
                    + make_interval(secs => lim.window_seconds)
                END
            ) AS earliest
@@ -240,12 +269,14 @@ heads AS (
         SELECT 1 FROM jobs AS older
         WHERE older.kind = f.kind AND older.object_id = f.object_id
           AND older.status = 'PENDING' AND (older.run_at, older.id) < (f.run_at, f.id)
+          -- citus-instead: AND older.bucket = f.bucket AND older.bucket = ANY ($2::smallint[])
         LIMIT 1
       ) IS NULL
       AND (
           SELECT count(*) FROM (
               SELECT 1 FROM jobs AS r
               WHERE r.kind = f.kind AND r.object_id = f.object_id AND r.status = 'PROCESSING'
+                -- citus-instead: AND r.bucket = f.bucket AND r.bucket = ANY ($2::smallint[])
               LIMIT lim.max_running
           ) AS running
       ) < lim.max_running
