@@ -250,7 +250,15 @@ async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record
     """Running jobs whose lease ran out (id, attempts, attempts_at_retry, kind, object_id),
     locked, SKIP LOCKED. In the caller's transaction, planned per call (`plan_per_call`
     first)."""
-    return await conn.fetch(QUERIES["expired_leases"], limit)
+    if not QUERIES.citus:
+        return await conn.fetch(QUERIES["expired_leases"], limit)
+    # A cluster locks shard by shard: each statement one shard's, in the caller's transaction.
+    expired: list[asyncpg.Record] = []
+    for buckets in await SHARDS.in_turn(conn):
+        expired += await conn.fetch(QUERIES["expired_leases"], limit - len(expired), buckets)
+        if len(expired) >= limit:
+            break
+    return expired
 
 
 async def fail_lost_job(conn: Connection, *, job_id: int, attempt: int, error: str) -> None:

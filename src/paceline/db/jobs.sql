@@ -339,6 +339,7 @@ RETURNING j.id;
 SELECT id, attempts, attempts_at_retry, kind, object_id
 FROM jobs
 WHERE status = 'PROCESSING' AND lease_expires_at < now()
+  -- citus-instead: AND bucket = ANY ($2::smallint[])  -- one shard's (SKIP LOCKED is per shard)
 ORDER BY lease_expires_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED;
@@ -389,6 +390,21 @@ WITH doomed AS (
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id;
+
+-- name: prune_finished_jobs citus
+-- The same on a Citus cluster, which refuses FOR UPDATE across shards: the batch is chosen
+-- without locks (each shard's oldest, merged on the coordinator), and the delete tests each
+-- row again, so a job retried by hand meanwhile is not deleted.
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE status IN ('SUCCESS', 'FAILED', 'CANCELLED')
+      AND finished_at < now() - make_interval(secs => $1)
+    ORDER BY finished_at
+    LIMIT $2
+)
+  AND status IN ('SUCCESS', 'FAILED', 'CANCELLED')
+  AND finished_at < now() - make_interval(secs => $1);
 
 -- name: prune_passed_windows
 -- Window rows whose window has passed constrain nothing (a missing row means "free now"), so
@@ -582,3 +598,37 @@ wake AS (
 )
 -- count(*) makes the wake run (a CTE nothing reads is never evaluated).
 SELECT id FROM finished WHERE (SELECT count(*) FROM wake) >= 0;
+
+-- name: finish_jobs citus
+-- The same on a Citus cluster, where each UPDATE runs on every shard at once (the ids name no
+-- bucket) in one distributed transaction. Each row's values come from a join with the arrays
+-- (Citus crashed on the per-row array_position of the one-server form, issue 19's notes). The
+-- wake-up cannot look at each finished job's key (Citus runs no correlated subquery over a
+-- CTE's rows): a batch that finished a job wakes the workers, one NOTIFY per batch.
+WITH finished AS (
+    UPDATE jobs AS j
+    SET status = o.status, finished_at = statement_timestamp(), duration = o.duration,
+        error = o.error, result = o.result, lease_expires_at = NULL
+    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[], $6::jsonb[])
+        AS o(id, attempt, status, duration, error, result)
+    WHERE j.id = ANY ($1::bigint[]) AND j.id = o.id
+      AND j.attempts = o.attempt
+      AND j.lease_expires_at IS NOT NULL
+    RETURNING j.id
+),
+history AS (
+    UPDATE job_attempts AS a
+    SET outcome = o.status, finished_at = statement_timestamp(), error = o.error
+    FROM unnest($1::bigint[], $2::int[], $3::text[], $5::text[])
+        AS o(id, attempt, status, error)
+    WHERE a.job_id = ANY ($1::bigint[]) AND a.job_id = o.id
+      AND a.attempt = o.attempt
+      AND a.outcome IS NULL
+),
+wake AS (
+    -- Counted, not returned: Citus keeps a CTE's rows, and a void column cannot be kept.
+    SELECT count(*) AS n FROM (
+        SELECT pg_notify('paceline_jobs', '0') WHERE EXISTS (SELECT 1 FROM finished)
+    ) AS woke
+)
+SELECT id FROM finished WHERE (SELECT n FROM wake) >= 0;
