@@ -91,7 +91,7 @@ _CLUSTER_TABLES = (
     "jobs, job_attempts, object_slots, object_starts, kind_limits, key_limits, workers, "
     "idempotency_keys, service_state, sessions"
 )
-_SEEDED_TABLES = ("kind_limits", "service_state")
+_SEEDED_TABLES = ("service_state",)
 
 
 async def _snapshot(dsn: str) -> dict[str, list[asyncpg.Record]]:

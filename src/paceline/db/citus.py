@@ -21,6 +21,7 @@ CLUSTER_FUNCTIONS = (
     "citus_enqueue_function",
     "citus_enqueue_batch_function",
     "citus_claim_function",
+    "citus_next_due_function",
 )
 
 

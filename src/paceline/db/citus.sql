@@ -64,11 +64,15 @@ SELECT create_distributed_function('paceline_limit(text, bigint)');
 -- name: citus_shard_buckets citus
 -- Which buckets each shard of `jobs` holds: one row per shard, its buckets in order. A claim
 -- names one shard's buckets (`bucket = ANY (...)`), which Citus routes to that shard alone.
-SELECT get_shard_id_for_distribution_column('jobs', b::smallint) AS shard,
-       array_agg(b::smallint ORDER BY b) AS buckets
+-- (Citus places a smallint by its hashint2 within the shards' hash ranges: the same answer as
+-- get_shard_id_for_distribution_column, which took a second for 1024 buckets.)
+SELECT s.shardid AS shard, array_agg(b::smallint ORDER BY b) AS buckets
 FROM generate_series(0, 1023) AS b
-GROUP BY 1
-ORDER BY 1;
+JOIN pg_dist_shard AS s
+    ON s.logicalrelid = 'jobs'::regclass
+   AND hashint2(b::smallint) BETWEEN s.shardminvalue::int AND s.shardmaxvalue::int
+GROUP BY s.shardid
+ORDER BY s.shardid;
 
 -- name: citus_reserve_function citus
 -- A key's next $5 slots on a Citus cluster (the enqueue's upsert): the first of them, or NULL
@@ -211,15 +215,15 @@ $$;
 -- The cluster's claim of one shard (jobs.sql, `claim_due_jobs citus`): the same rules as the
 -- one-server claim (its comments say why each is there), restricted to one shard's buckets and
 -- distributed by a bucket of that shard, so the whole claim runs on the worker holding it. Its
--- statements are planned out of index paths only, per call, as paceline.db.plans does for
--- the one-server claim (here as the function's own settings).
+-- statements are planned out of index paths only, as paceline.db.plans does for the one-server
+-- claim (here as the function's own settings); PL/pgSQL keeps the plans it makes, since planning
+-- through Citus on every call cost more than the claim itself.
 CREATE OR REPLACE FUNCTION paceline_claim(
     p_bucket smallint, p_buckets smallint[], p_limit int, p_lease float8, p_worker uuid,
     p_kinds text[]
 ) RETURNS SETOF jobs LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off
-SET enable_hashjoin = off SET enable_mergejoin = off SET plan_cache_mode = force_custom_plan
-SET jit = off
+SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 DECLARE
     v_ids bigint[];
@@ -305,6 +309,89 @@ BEGIN
 END
 $$;
 
+-- name: citus_next_due_function citus
+-- The cluster's next-due query of one shard (jobs.sql, `seconds_until_next_due citus`): the
+-- one-server statement restricted to the shard's buckets (its comments say why each step is
+-- there), as a function distributed by a bucket of the shard so it runs on the worker holding
+-- it, where PL/pgSQL keeps its plan (planning the statement anew through Citus cost more than
+-- running it).
+CREATE OR REPLACE FUNCTION paceline_next_due(
+    p_bucket smallint, p_buckets smallint[], p_kinds text[]
+) RETURNS TABLE (now float8, next_start float8) LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off
+SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH first_pending AS (
+        SELECT kind, object_id, id, run_at , bucket
+        FROM jobs
+        WHERE status = 'PENDING' AND kind = ANY (p_kinds) AND run_at < 'infinity'
+          AND bucket = ANY (p_buckets)
+        ORDER BY run_at, id
+        LIMIT 100
+    ),
+    heads AS (
+        -- When a head may start: at its slot, and once the window since its key's N-th last start
+        -- has passed (later than the slot when an earlier run started late). Jobs behind a head
+        -- wait for it. Per-row probes as scalar subqueries, never joins, as in claim_due_jobs: a
+        -- few probes of indexes per job whatever the statistics say.
+        SELECT f.run_at,
+               GREATEST(
+                   f.run_at,
+                   (SELECT a.started_at FROM job_attempts AS a
+                    WHERE a.kind = f.kind AND a.object_id = f.object_id
+                      AND a.bucket = f.bucket AND a.bucket = ANY (p_buckets)
+                    ORDER BY a.started_at DESC
+                    OFFSET lim.per_window - 1 LIMIT 1)
+                   + make_interval(secs => lim.window_seconds),
+                   CASE WHEN lim.per_window = 1 THEN
+                       (SELECT s.last_started_at FROM object_starts AS s
+                        WHERE s.kind = f.kind AND s.object_id = f.object_id
+                          AND s.bucket = f.bucket AND s.bucket = ANY (p_buckets)
+                       )
+                       + make_interval(secs => lim.window_seconds)
+                   END
+               ) AS earliest
+        FROM first_pending AS f
+        CROSS JOIN LATERAL (
+        SELECT COALESCE(o.window_seconds, k.window_seconds, d.window_seconds, 300.0) AS window_seconds,
+               COALESCE(o.per_window, k.per_window, d.per_window, 1) AS per_window,
+               COALESCE(o.max_running, k.max_running, d.max_running, 1) AS max_running,
+               COALESCE(o.paused, false) OR COALESCE(k.paused, false) AS paused
+        FROM (VALUES (1)) AS one (x)
+        LEFT JOIN kind_limits AS d ON d.kind = 'default'
+        LEFT JOIN kind_limits AS k ON k.kind = f.kind
+        LEFT JOIN key_limits AS o ON o.kind = f.kind AND o.object_id = f.object_id) AS lim
+        WHERE NOT lim.paused
+          AND (
+            SELECT 1 FROM jobs AS older
+            WHERE older.kind = f.kind AND older.object_id = f.object_id
+              AND older.status = 'PENDING' AND (older.run_at, older.id) < (f.run_at, f.id)
+              AND older.bucket = f.bucket AND older.bucket = ANY (p_buckets)
+            LIMIT 1
+          ) IS NULL
+          AND (
+              SELECT count(*) FROM (
+                  SELECT 1 FROM jobs AS r
+                  WHERE r.kind = f.kind AND r.object_id = f.object_id AND r.status = 'PROCESSING'
+                    AND r.bucket = f.bucket AND r.bucket = ANY (p_buckets)
+                  LIMIT lim.max_running
+              ) AS running
+          ) < lim.max_running
+    )
+    SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
+           EXTRACT(EPOCH FROM
+        CASE
+            -- All 100 seen: a job further on has a slot at least the last one's, so waking
+            -- then at the latest is safe.
+            WHEN (SELECT count(*) FROM first_pending) = 100
+                THEN LEAST((SELECT min(earliest) FROM heads), (SELECT max(run_at) FROM first_pending))
+            ELSE (SELECT min(earliest) FROM heads)
+        END)::float8 AS next_start;
+END
+$$;
+
 -- name: citus_distribute_functions citus
 -- The functions above run where their bucket's shard is (a call in a transaction of several
 -- statements runs on the coordinator instead, and still works).
@@ -317,3 +404,5 @@ SELECT create_distributed_function(
 SELECT create_distributed_function(
     'paceline_claim(smallint, smallint[], int, float8, uuid, text[])', 'p_bucket',
     colocate_with => 'jobs');
+SELECT create_distributed_function(
+    'paceline_next_due(smallint, smallint[], text[])', 'p_bucket', colocate_with => 'jobs');

@@ -164,11 +164,11 @@ async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> async
     if not QUERIES.citus:
         (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds))
         return row
-    # A cluster asks each shard (one router query each, at once on separate connections when
-    # `db` is the pool); the earliest answer is the next start.
+    # A cluster asks each shard (a call run on the shard's worker, at once on separate
+    # connections when `db` is the pool); the earliest answer is the next start.
     rows = await asyncio.gather(
         *(
-            fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds), buckets)
+            db.fetch(QUERIES["seconds_until_next_due"], list(kinds), buckets[0], buckets)
             for buckets in await SHARDS.buckets(db)
         )
     )

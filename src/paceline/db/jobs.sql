@@ -291,6 +291,11 @@ SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
         ELSE (SELECT min(earliest) FROM heads)
     END)::float8 AS next_start;
 
+-- name: seconds_until_next_due citus
+-- The same on a Citus cluster, for one shard: $2 a bucket of it (routes the call to its
+-- worker), $3 its buckets (paceline_next_due, citus.sql).
+SELECT * FROM paceline_next_due($2::smallint, $3::smallint[], $1::text[]);
+
 -- name: lock_running_job
 -- $1 id, $2 attempt. First step of putting a running job back to PENDING (retry, release):
 -- lock it if this attempt still holds it; its key. Jobs are always locked before object_slots
