@@ -114,8 +114,7 @@ async def test_migrate_distributes_a_single_server_database_once_keeping_its_job
     await asyncio.to_thread(migrate.upgrade, dsn)
     conn = await asyncpg.connect(dsn)
     try:
-        # One server's enqueue (the registry is the cluster's in this session: the plain text
-        # of the statement is what a one-server process runs).
+        # Rows as one server leaves them: no bucket.
         await conn.execute(
             "INSERT INTO kind_limits (kind, window_seconds, per_window, max_running)"
             " VALUES ('default', 300, 1, 1)"
