@@ -80,6 +80,7 @@ async def _join_cluster(dsn: str, coordinator_dsn: str) -> None:
     coordinator = await admin.fetchrow(
         "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid = 0"
     )
+    assert coordinator is not None
     await admin.close()
     name = dsn.rsplit("/", 1)[1]
     for node in nodes:
