@@ -219,7 +219,7 @@ CROSS JOIN LATERAL paceline_limit(a.kind, a.object_id) AS lim
 LEFT JOIN LATERAL (
     SELECT p.job_id, p.attempt, p.started_at
     FROM job_attempts AS p
-    WHERE p.kind = a.kind
+    WHERE p.kind = a.kind  -- citus: AND p.bucket = a.bucket
       AND p.object_id = a.object_id
       AND p.started_at <= a.started_at
       -- Starts at the same instant are counted once each, in one order.
@@ -233,7 +233,7 @@ CROSS JOIN LATERAL (
     FROM (
         SELECT p.job_id, p.started_at, p.finished_at
         FROM job_attempts AS p
-        WHERE p.kind = a.kind
+        WHERE p.kind = a.kind  -- citus: AND p.bucket = a.bucket
           AND p.object_id = a.object_id
           AND p.started_at <= a.started_at
           AND (p.started_at, p.job_id, p.attempt) < (a.started_at, a.job_id, a.attempt)

@@ -438,6 +438,40 @@ WHERE t.last_started_at < now() - (
     SELECT make_interval(secs => l.window_seconds)
     FROM paceline_limit(t.kind, t.object_id) AS l);
 
+-- name: prune_passed_windows citus
+-- The same on a Citus cluster, which refuses a per-row window here (now() minus a column's
+-- interval in a DELETE): every row is judged by the longest window of any limit, so a key with
+-- a shorter window keeps its rows a little longer (a row kept constrains nothing its window has
+-- not already passed, so nothing is started later for it). Each shard joins its own rows on
+-- the bucket.
+WITH horizon AS (
+    SELECT now() - make_interval(secs => max(w.window_seconds)) AS passed
+    FROM (
+        SELECT window_seconds FROM kind_limits WHERE window_seconds IS NOT NULL
+        UNION ALL
+        SELECT window_seconds FROM key_limits WHERE window_seconds IS NOT NULL
+        UNION ALL
+        -- paceline_limit's own fallback, when the default kind has no window.
+        SELECT 300.0 WHERE NOT EXISTS (
+            SELECT 1 FROM kind_limits WHERE kind = 'default' AND window_seconds IS NOT NULL)
+    ) AS w
+),
+slots AS (
+    DELETE FROM object_slots AS s
+    WHERE s.next_slot < (SELECT passed FROM horizon)
+      AND NOT EXISTS (
+          SELECT 1 FROM key_limits AS o WHERE o.kind = s.kind AND o.object_id = s.object_id)
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs AS j
+          WHERE j.bucket = s.bucket AND j.kind = s.kind AND j.object_id = s.object_id
+            AND j.status = 'PENDING')
+      AND NOT EXISTS (
+          SELECT 1 FROM object_starts AS t
+          WHERE t.bucket = s.bucket AND t.kind = s.kind AND t.object_id = s.object_id
+            AND t.last_started_at >= (SELECT passed FROM horizon))
+)
+DELETE FROM object_starts AS t WHERE t.last_started_at < (SELECT passed FROM horizon);
+
 -- name: get_job
 -- $1 id.
 SELECT {job_columns}
