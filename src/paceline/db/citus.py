@@ -9,6 +9,8 @@ claim naming one shard's buckets. docs/citus.md says what is single-shard and wh
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 
 import asyncpg
 
@@ -73,24 +75,44 @@ class Shards:
     """Each shard's buckets, one list per shard, read once per process (like the statements,
     for the one database a process serves). Fixed while shards only move between nodes
     (rebalancing); splitting a shard changes it, and a replica restarted after that learns it.
-    `next_first` turns the shards round, so a claim that fills up on the first shards it
-    visits does not leave the last ones behind every time."""
+
+    It also remembers when each shard's next job may start, as the last next-due query said,
+    so that a claim visits only the shards with due work (a claim per shard is a round trip:
+    visiting every shard made an idle worker's start late by all of them). A shard a claim
+    found nothing more in counts as not due until the next next-due query; one never asked
+    counts as due. The claim turns the due shards round, so one that fills a claim first does
+    not leave the others behind every time."""
 
     def __init__(self) -> None:
         self._buckets: list[list[int]] | None = None
+        self._next_start: list[float] = []
+        self._clock: tuple[float, float] = (0.0, 0.0)  # (database now, monotonic) when learnt
         self._turn = 0
 
     async def buckets(self, db: Executor) -> list[list[int]]:
+        """Every shard's buckets."""
         if self._buckets is None:
             rows = await db.fetch(QUERIES.cluster("citus_shard_buckets"))
             self._buckets = [list(row["buckets"]) for row in rows]
+            self._next_start = [-math.inf] * len(self._buckets)
         return self._buckets
 
-    async def in_turn(self, db: Executor) -> list[list[int]]:
-        """The shards' buckets, starting one shard later than the previous call."""
+    async def due(self, db: Executor) -> list[tuple[int, list[int]]]:
+        """The shards (index, buckets) whose next job may start by now, in turn."""
         buckets = await self.buckets(db)
+        database_now = self._clock[0] + (time.monotonic() - self._clock[1])
         self._turn = (self._turn + 1) % len(buckets)
-        return buckets[self._turn :] + buckets[: self._turn]
+        order = [*range(self._turn, len(buckets)), *range(self._turn)]
+        return [(i, buckets[i]) for i in order if self._next_start[i] <= database_now]
+
+    def found_nothing_more(self, shard: int) -> None:
+        """A claim took all that was due in `shard`: not due until the next next-due query."""
+        self._next_start[shard] = math.inf
+
+    def learnt(self, database_now: float, next_starts: list[float | None]) -> None:
+        """What a next-due query said: the database's now, and each shard's next start."""
+        self._clock = (database_now, time.monotonic())
+        self._next_start = [math.inf if start is None else start for start in next_starts]
 
 
 SHARDS = Shards()

@@ -143,16 +143,14 @@ async def claim_due_jobs(
     # claim one call of a function that runs on the worker holding the shard; not in a
     # transaction of the caller's, where Citus would run it on the coordinator.
     claimed: list[asyncpg.Record] = []
-    for buckets in await SHARDS.in_turn(db):
-        claimed += await db.fetch(
-            QUERIES["claim_due_jobs"],
-            limit - len(claimed),
-            lease,
-            worker_id,
-            list(kinds),
-            buckets[0],
-            buckets,
+    for shard, buckets in await SHARDS.due(db):
+        wanted = limit - len(claimed)
+        got = await db.fetch(
+            QUERIES["claim_due_jobs"], wanted, lease, worker_id, list(kinds), buckets[0], buckets
         )
+        claimed += got
+        if len(got) < wanted:
+            SHARDS.found_nothing_more(shard)
         if len(claimed) >= limit:
             break
     return claimed
@@ -172,6 +170,7 @@ async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> async
             for buckets in await SHARDS.buckets(db)
         )
     )
+    SHARDS.learnt(rows[0][0]["now"], [row["next_start"] for (row,) in rows])
     due = [row for (row,) in rows if row["next_start"] is not None]
     return min(due, key=lambda row: row["next_start"]) if due else rows[0][0]
 
@@ -254,7 +253,7 @@ async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record
         return await conn.fetch(QUERIES["expired_leases"], limit)
     # A cluster locks shard by shard: each statement one shard's, in the caller's transaction.
     expired: list[asyncpg.Record] = []
-    for buckets in await SHARDS.in_turn(conn):
+    for buckets in await SHARDS.buckets(conn):
         expired += await conn.fetch(QUERIES["expired_leases"], limit - len(expired), buckets)
         if len(expired) >= limit:
             break

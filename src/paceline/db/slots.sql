@@ -117,6 +117,14 @@ SET run_at = moved.run_at
 FROM unnest($1::bigint[], $2::timestamptz[]) AS moved(id, run_at)
 WHERE j.id = ANY ($1::bigint[]) AND j.id = moved.id;
 
+-- name: move_slots_of_key citus
+-- The same for jobs of one key, $3 kind, $4 object_id, on a Citus cluster: its bucket routes
+-- the statement to the key's shard.
+UPDATE jobs AS j
+SET run_at = moved.run_at
+FROM unnest($1::bigint[], $2::timestamptz[]) AS moved(id, run_at)
+WHERE j.bucket = paceline_bucket($3, $4) AND j.id = ANY ($1::bigint[]) AND j.id = moved.id;
+
 -- name: objects_with_pending
 -- $1 kinds, $2 object ids (parallel: keys). Those keys with a pending job (one probe of
 -- ix_jobs_pending_kind_object_id_run_at_id each).
