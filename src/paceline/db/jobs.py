@@ -164,12 +164,12 @@ async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> async
         return row
     # A cluster asks each shard (a call run on the shard's worker, at once on separate
     # connections when `db` is the pool); the earliest answer is the next start.
-    rows = await asyncio.gather(
-        *(
-            db.fetch(QUERIES["seconds_until_next_due"], list(kinds), buckets[0], buckets)
-            for buckets in await SHARDS.buckets(db)
-        )
-    )
+    asks = [
+        db.fetch(QUERIES["seconds_until_next_due"], list(kinds), buckets[0], buckets)
+        for buckets in await SHARDS.buckets(db)
+    ]
+    # One connection runs one statement at a time.
+    rows = await asyncio.gather(*asks) if isinstance(db, asyncpg.Pool) else [await a for a in asks]
     SHARDS.learnt(rows[0][0]["now"], [row["next_start"] for (row,) in rows])
     due = [row for (row,) in rows if row["next_start"] is not None]
     return min(due, key=lambda row: row["next_start"]) if due else rows[0][0]

@@ -58,12 +58,14 @@ LIMIT $3;
 
 -- name: put_kind_limit
 -- $1 kind, $2 W, $3 N, $4 M (NULL: inherit), $5 paused (NULL: keep, false for a new row).
+-- updated_at from EXCLUDED (its default, now()) rather than now() in the SET: the same time,
+-- and the form Citus accepts for an upsert of a replicated table (it refuses now() there).
 INSERT INTO kind_limits (kind, window_seconds, per_window, max_running, paused)
 VALUES ($1, $2, $3, $4, COALESCE($5, false))
 ON CONFLICT (kind) DO UPDATE
 SET window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
     max_running = EXCLUDED.max_running,
-    paused = COALESCE($5, kind_limits.paused), updated_at = now();
+    paused = COALESCE($5, kind_limits.paused), updated_at = EXCLUDED.updated_at;
 
 -- name: set_kind_paused
 -- $1 kind, $2 paused. Creates the kind's row (inheriting everything) if it has none. Not an
@@ -88,12 +90,13 @@ VALUES ($1, $2, $3, $4, $5, COALESCE($6, false))
 ON CONFLICT (kind, object_id) DO UPDATE
 SET window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
     max_running = EXCLUDED.max_running,
-    paused = COALESCE($6, key_limits.paused), updated_at = now();
+    paused = COALESCE($6, key_limits.paused), updated_at = EXCLUDED.updated_at;
 
 -- name: set_key_paused
 -- $1 kind, $2 object_id, $3 paused. Creates the override (inheriting every number) if none.
 INSERT INTO key_limits (kind, object_id, paused) VALUES ($1, $2, $3)
-ON CONFLICT (kind, object_id) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+ON CONFLICT (kind, object_id) DO UPDATE
+SET paused = EXCLUDED.paused, updated_at = EXCLUDED.updated_at;
 
 -- name: drop_key_limit
 -- $1 kind, $2 object_id.
