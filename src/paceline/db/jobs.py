@@ -181,7 +181,14 @@ async def lock_running_job(
     """Lock the job if `attempt` still holds it (PROCESSING); its (kind, object_id), or None.
     First step of a requeue, in the caller's transaction, planned per call (`plan_per_call`
     first)."""
-    row = await conn.fetchrow(QUERIES["lock_running_job"], job_id, attempt)
+    if not QUERIES.citus:
+        row = await conn.fetchrow(QUERIES["lock_running_job"], job_id, attempt)
+    else:
+        # A cluster locks on the job's shard only: find it first.
+        bucket = await conn.fetchval(QUERIES["bucket_of_job"], job_id)
+        if bucket is None:
+            return None
+        row = await conn.fetchrow(QUERIES["lock_running_job"], job_id, attempt, bucket)
     return None if row is None else (row["kind"], row["object_id"])
 
 

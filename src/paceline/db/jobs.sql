@@ -302,7 +302,13 @@ SELECT * FROM paceline_next_due($2::smallint, $3::smallint[], $1::text[]);
 -- rows.
 SELECT kind, object_id FROM jobs
 WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
+  -- citus-instead: AND bucket = $3  -- the job's shard (FOR UPDATE is one shard's on a cluster)
 FOR UPDATE;
+
+-- name: bucket_of_job citus
+-- $1 id. The job's bucket on a Citus cluster (every shard looks; a job's bucket never changes,
+-- so this needs no lock).
+SELECT bucket FROM jobs WHERE id = $1;
 
 -- name: requeue_job
 -- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 error, $5 outcome for the
