@@ -7,7 +7,7 @@ RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-pg15 soak bench lint format check lock docker clean
+.PHONY: help run test test-pg15 test-citus soak bench lint format check lock docker clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,18 @@ test: $(DEV) ## Run the test suite (embedded PostgreSQL unless TEST_DATABASE_URL
 
 test-pg15: $(DEV) ## Run the test suite against the PostgreSQL on 127.0.0.1:5432
 	TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres $(BIN)/pytest $(PYTEST_ARGS)
+
+# The tests a Citus cluster must pass as one server does: the cluster's own, the rate window's,
+# the limits', two replicas and a replica killed with -9.
+CITUS_TESTS ?= tests/integration/test_citus.py tests/integration/test_rate_window.py \
+	tests/integration/test_limits.py tests/process/test_limits_processes.py \
+	tests/process/test_processes.py::test_two_replicas_run_every_job_exactly_once_with_spacing \
+	tests/process/test_faults.py::test_kill_9_a_replica_its_running_jobs_run_again_once_elsewhere
+
+test-citus: $(DEV) ## Those tests on a local Citus cluster (scripts/citus; CITUS_SRC=<tree> builds it first)
+	@if [ -n "$(CITUS_SRC)" ]; then CITUS_SRC="$(CITUS_SRC)" scripts/citus build; fi
+	scripts/citus start
+	TEST_DATABASE_URL=$$(scripts/citus url) $(BIN)/pytest $(CITUS_TESTS) $(PYTEST_ARGS)
 
 SOAK_SECONDS ?= 600
 SOAK_SEED ?=

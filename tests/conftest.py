@@ -4,6 +4,11 @@ By default the session starts an embedded PostgreSQL (the newest, from the embed
 wheel); TEST_DATABASE_URL points the suite at another server instead (CI also runs it against
 the machine's PostgreSQL 15). Each test gets its own database cloned from a template that was
 migrated once, and dropped afterwards.
+
+A Citus coordinator as TEST_DATABASE_URL (`make test-citus`) cannot clone databases (Citus
+creates a database on its workers only from template1): there every test gets the URL's own
+database, migrated (so distributed) once, with every table emptied and the migration's rows put
+back before the test.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from paceline.app import create_app
 from paceline.config import Settings
 from paceline.db import migrate
 from paceline.db.embedded import EmbeddedPostgres
+from paceline.db.queries import use_citus
 from tests.browser import require_chromium
 
 # For the test server only: durability is not what these tests measure, speed is welcome.
@@ -62,9 +68,71 @@ async def _admin(dsn: str, *statements: str) -> None:
         await conn.close()
 
 
+async def _has_citus(dsn: str) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+            )
+        )
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
-def template_database(server_dsn: str) -> Iterator[str]:
-    """Name of a database migrated to head, to clone per test."""
+def citus_cluster(server_dsn: str) -> bool:
+    """Whether the session's database is a Citus coordinator (`make test-citus`)."""
+    return asyncio.run(_has_citus(server_dsn))
+
+
+# Tables a test may write, and those whose rows the migrations make (put back after emptying).
+_CLUSTER_TABLES = (
+    "jobs, job_attempts, object_slots, object_starts, kind_limits, key_limits, workers, "
+    "idempotency_keys, service_state, sessions"
+)
+_SEEDED_TABLES = ("service_state",)
+
+
+async def _snapshot(dsn: str) -> dict[str, list[asyncpg.Record]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {table: await conn.fetch(f"SELECT * FROM {table}") for table in _SEEDED_TABLES}
+    finally:
+        await conn.close()
+
+
+async def _reset_cluster_database(dsn: str, seeded: dict[str, list[asyncpg.Record]]) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"TRUNCATE {_CLUSTER_TABLES}")
+        for table, rows in seeded.items():
+            if rows:
+                await conn.copy_records_to_table(
+                    table, records=[tuple(row) for row in rows], columns=list(rows[0].keys())
+                )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_seed(server_dsn: str, citus_cluster: bool) -> dict[str, list[asyncpg.Record]]:
+    """On a Citus coordinator: its database migrated, and the rows the migrations made."""
+    if not citus_cluster:
+        return {}
+    migrate.upgrade(server_dsn)
+    # What the app does when it starts, for tests that call the data layer without one.
+    use_citus(True)
+    return asyncio.run(_snapshot(server_dsn))
+
+
+@pytest.fixture(scope="session")
+def template_database(server_dsn: str, citus_cluster: bool) -> Iterator[str]:
+    """Name of a database migrated to head, to clone per test (on a Citus coordinator: the
+    session's own database, migrated, which tests empty instead of cloning)."""
+    if citus_cluster:
+        yield URL(server_dsn).path.lstrip("/") or "postgres"
+        return
     name = f"paceline_template_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}"'))
     try:
@@ -84,8 +152,18 @@ async def empty_database_url(server_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def database_url(server_dsn: str, template_database: str) -> AsyncIterator[str]:
-    """A new database at the newest migration, only this test's."""
+async def database_url(
+    server_dsn: str,
+    template_database: str,
+    citus_cluster: bool,
+    cluster_seed: dict[str, list[asyncpg.Record]],
+) -> AsyncIterator[str]:
+    """A new database at the newest migration, only this test's (on a Citus coordinator: the
+    session's database, emptied)."""
+    if citus_cluster:
+        await _reset_cluster_database(server_dsn, cluster_seed)
+        yield server_dsn
+        return
     name = f"paceline_test_{uuid.uuid4().hex[:12]}"
     await _admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     yield with_database(server_dsn, name)

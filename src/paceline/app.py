@@ -8,11 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp_jinja2
+import asyncpg
 import jinja2
 from aiohttp import web
 
 from paceline.config import Settings
-from paceline.db.pool import create_pool
+from paceline.db import citus
+from paceline.db.pool import create_pool, is_unavailable
 from paceline.queue.events import JobEvents
 from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.handlers import Handler, resolve_handlers
@@ -110,12 +112,42 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.database_url is not None
     app[POOL] = await create_pool(settings.database_url, settings.pool_size)
+    # A Citus cluster runs its own form of some statements (paceline.db.queries). The app
+    # starts with the database down too: then it finds out once the database answers.
+    detecting = (
+        None
+        if await _detected_citus(app[POOL])
+        else asyncio.create_task(_detect_citus_later(app[POOL]))
+    )
     await seed_default_limit(app[POOL], settings.rate_window)
     yield
+    if detecting is not None:
+        detecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await detecting
     try:
         await asyncio.wait_for(app[POOL].close(), 10)
     except TimeoutError:
         app[POOL].terminate()
+
+
+async def _detected_citus(pool: asyncpg.Pool) -> bool:
+    """Whether the database answered (and so the right statements are chosen)."""
+    try:
+        await citus.detect(pool)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        log.warning("could not tell whether the database is a Citus cluster yet (%s)", exc)
+        return False
+    return True
+
+
+async def _detect_citus_later(pool: asyncpg.Pool) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        if await _detected_citus(pool):
+            return
 
 
 async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -20,7 +20,7 @@ from aiohttp import web
 from paceline import __version__
 from paceline.config import ConfigError, Settings
 from paceline.contract import DEFAULT_KIND
-from paceline.db import embedded, migrate
+from paceline.db import citus, embedded, migrate
 from paceline.db.pool import CONNECT_TIMEOUT, create_pool, is_unavailable
 from paceline.logs import configure_logging
 from paceline.queue import limits, rerun
@@ -196,6 +196,7 @@ def _wait_for_database(dsn: str) -> None:
 
 async def _seed_default_limit(dsn: str, window: float) -> None:
     pool = await create_pool(dsn, 1)
+    await citus.detect(pool)
     try:
         await limits.seed_default_limit(pool, window)
     finally:
@@ -205,6 +206,7 @@ async def _seed_default_limit(dsn: str, window: float) -> None:
 async def _limits(dsn: str, args: argparse.Namespace) -> int:
     """`paceline limits ACTION`: print the limit, and the slots a change moves."""
     pool = await create_pool(dsn, 2)
+    await citus.detect(pool)
     try:
         if args.action == "show":
             if args.kind is None:
@@ -265,6 +267,7 @@ async def _retry(dsn: str, args: argparse.Namespace) -> int:
             print("paceline: --payload must be a JSON object with a member", file=sys.stderr)
             return 2
     pool = await create_pool(dsn, 2)
+    await citus.detect(pool)
     try:
         if args.job_id is not None:
             try:

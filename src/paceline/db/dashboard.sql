@@ -225,7 +225,7 @@ CROSS JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT p.job_id, p.attempt, p.started_at
     FROM job_attempts AS p
-    WHERE p.kind = a.kind
+    WHERE p.kind = a.kind  -- citus: AND p.bucket = a.bucket
       AND p.object_id = a.object_id
       AND p.started_at <= a.started_at
       -- Starts at the same instant are counted once each, in one order.
@@ -239,7 +239,7 @@ CROSS JOIN LATERAL (
     FROM (
         SELECT p.job_id, p.started_at, p.finished_at
         FROM job_attempts AS p
-        WHERE p.kind = a.kind
+        WHERE p.kind = a.kind  -- citus: AND p.bucket = a.bucket
           AND p.object_id = a.object_id
           AND p.started_at <= a.started_at
           AND (p.started_at, p.job_id, p.attempt) < (a.started_at, a.job_id, a.attempt)

@@ -13,6 +13,7 @@ run inside a caller's transaction say so; the caller starts it with `plan_per_ca
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -20,6 +21,7 @@ from datetime import datetime
 import asyncpg
 
 from paceline.contract import DEFAULT_KIND
+from paceline.db.citus import SHARDS
 from paceline.db.plans import fetch_planned, plan_per_call
 from paceline.db.pool import Connection, Executor, fetch_committed
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
@@ -53,11 +55,27 @@ async def enqueue_batch(
     """One job per (kind, object_id, payload) (parallel sequences), each in its key's next free
     slot, for the keys the one-statement path may plan; their rows in request order (in id
     order, which is the request's). Jobs of other keys are not made."""
+    if QUERIES.citus:
+        return await _enqueue_batch_on_cluster(db, kinds, object_ids, payloads)
     # The plain batch sends its ids alone (the statement reads missing arrays as NULLs).
     sent_kinds = None if all(kind == DEFAULT_KIND for kind in kinds) else list(kinds)
     sent_payloads = None if all(p is None for p in payloads) else list(payloads)
     return await fetch_committed(
         db, QUERIES["enqueue_batch"], sent_kinds, list(object_ids), sent_payloads
+    )
+
+
+async def _enqueue_batch_on_cluster(
+    db: Executor,
+    kinds: Sequence[str],
+    object_ids: Sequence[int],
+    payloads: Sequence[str | None],
+) -> list[asyncpg.Record]:
+    # One key: the call runs on its worker. Several: on the coordinator, in one transaction.
+    one_key = len(set(zip(kinds, object_ids, strict=True))) == 1
+    route = await db.fetchval(QUERIES["bucket_of"], kinds[0], object_ids[0]) if one_key else None
+    return await fetch_committed(
+        db, QUERIES["enqueue_batch"], list(kinds), list(object_ids), list(payloads), route
     )
 
 
@@ -117,14 +135,44 @@ async def claim_due_jobs(
     kinds: Sequence[str],
 ) -> list[asyncpg.Record]:
     """Start up to `limit` due jobs of `kinds` under a lease held by `worker_id`; their rows."""
-    return await fetch_planned(db, QUERIES["claim_due_jobs"], limit, lease, worker_id, list(kinds))
+    if not QUERIES.citus:
+        return await fetch_planned(
+            db, QUERIES["claim_due_jobs"], limit, lease, worker_id, list(kinds)
+        )
+    # A cluster claims shard by shard (FOR UPDATE SKIP LOCKED is refused across shards), each
+    # claim one call of a function that runs on the worker holding the shard; not in a
+    # transaction of the caller's, where Citus would run it on the coordinator.
+    claimed: list[asyncpg.Record] = []
+    for shard, buckets in await SHARDS.due(db):
+        wanted = limit - len(claimed)
+        got = await db.fetch(
+            QUERIES["claim_due_jobs"], wanted, lease, worker_id, list(kinds), buckets[0], buckets
+        )
+        claimed += got
+        if len(got) < wanted:
+            SHARDS.found_nothing_more(shard)
+        if len(claimed) >= limit:
+            break
+    return claimed
 
 
 async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> asyncpg.Record:
     """The database's `now` and when the next pending job of `kinds` may start (`next_start`,
     NULL if none is pending), both in epoch seconds."""
-    (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds))
-    return row
+    if not QUERIES.citus:
+        (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds))
+        return row
+    # A cluster asks each shard (a call run on the shard's worker, at once on separate
+    # connections when `db` is the pool); the earliest answer is the next start.
+    asks = [
+        db.fetch(QUERIES["seconds_until_next_due"], list(kinds), buckets[0], buckets)
+        for buckets in await SHARDS.buckets(db)
+    ]
+    # One connection runs one statement at a time.
+    rows = await asyncio.gather(*asks) if isinstance(db, asyncpg.Pool) else [await a for a in asks]
+    SHARDS.learnt(rows[0][0]["now"], [row["next_start"] for (row,) in rows])
+    due = [row for (row,) in rows if row["next_start"] is not None]
+    return min(due, key=lambda row: row["next_start"]) if due else rows[0][0]
 
 
 async def lock_running_job(
@@ -133,7 +181,14 @@ async def lock_running_job(
     """Lock the job if `attempt` still holds it (PROCESSING); its (kind, object_id), or None.
     First step of a requeue, in the caller's transaction, planned per call (`plan_per_call`
     first)."""
-    row = await conn.fetchrow(QUERIES["lock_running_job"], job_id, attempt)
+    if not QUERIES.citus:
+        row = await conn.fetchrow(QUERIES["lock_running_job"], job_id, attempt)
+    else:
+        # A cluster locks on the job's shard only: find it first.
+        bucket = await conn.fetchval(QUERIES["bucket_of_job"], job_id)
+        if bucket is None:
+            return None
+        row = await conn.fetchrow(QUERIES["lock_running_job"], job_id, attempt, bucket)
     return None if row is None else (row["kind"], row["object_id"])
 
 
@@ -201,7 +256,15 @@ async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record
     """Running jobs whose lease ran out (id, attempts, attempts_at_retry, kind, object_id),
     locked, SKIP LOCKED. In the caller's transaction, planned per call (`plan_per_call`
     first)."""
-    return await conn.fetch(QUERIES["expired_leases"], limit)
+    if not QUERIES.citus:
+        return await conn.fetch(QUERIES["expired_leases"], limit)
+    # A cluster locks shard by shard: each statement one shard's, in the caller's transaction.
+    expired: list[asyncpg.Record] = []
+    for buckets in await SHARDS.buckets(conn):
+        expired += await conn.fetch(QUERIES["expired_leases"], limit - len(expired), buckets)
+        if len(expired) >= limit:
+            break
+    return expired
 
 
 async def fail_lost_job(conn: Connection, *, job_id: int, attempt: int, error: str) -> None:

@@ -45,6 +45,12 @@ job AS (
 -- burst of enqueues instead of one per job.
 SELECT * FROM job;
 
+-- name: enqueue citus
+-- The same on a Citus cluster: the key's bucket routes the call to the worker holding the key's
+-- shard, which runs the same steps there (paceline_enqueue, citus.sql).
+SELECT {job_columns}
+FROM paceline_enqueue(paceline_bucket($1, $2), $1, $2, $3::jsonb, $4);
+
 -- name: enqueue_batch
 -- $1 kinds, $2 object ids, $3 payloads (JSON, or NULL): parallel arrays in request order,
 -- repeats allowed. Many jobs in one statement, each in its (kind, object)'s next free slot:
@@ -112,6 +118,18 @@ created AS (
 -- the planner's guess of one row for `created`, a join by id was a nested loop: 1000 x 1000
 -- rows, 90 ms of a 110 ms batch).
 SELECT * FROM created ORDER BY id;
+
+-- name: bucket_of citus
+-- $1 kind, $2 object_id. The key's bucket (computed on the coordinator, no table read).
+SELECT paceline_bucket($1, $2);
+
+-- name: enqueue_batch citus
+-- The same on a Citus cluster (paceline_enqueue_batch, citus.sql): $1 kinds and $3 payloads
+-- in full (no NULL for "all default"), $4 a bucket when every job is of one key (the call then
+-- runs on that key's worker), else NULL.
+SELECT {job_columns}
+FROM paceline_enqueue_batch($4::smallint, $1::text[], $2::bigint[], $3::jsonb[])
+ORDER BY id;
 
 -- name: claim_due_jobs
 -- $1 how many (the worker's free capacity), $2 lease seconds, $3 worker id, $4 the kinds this
@@ -216,15 +234,23 @@ history AS (
 )
 SELECT * FROM started;
 
+-- name: claim_due_jobs citus
+-- The same on a Citus cluster, for one shard: $5 a bucket of the shard (which routes the call to
+-- the worker that holds it), $6 all the shard's buckets (paceline_claim, citus.sql).
+SELECT {job_columns}
+FROM paceline_claim($5::smallint, $6::smallint[], $1, $2, $3, $4::text[]);
+
 -- name: seconds_until_next_due
 -- $1 the worker's kinds. (database clock now, when the next pending job may start), both in
 -- epoch seconds; the second is NULL if nothing is pending. Looks only at the first 100 pending
--- jobs by slot, so its cost does not grow with the backlog. A head held back only by a running
+-- jobs by slot, so its cost does not grow with the backlog. On a Citus cluster, of one shard:
+-- $2 its buckets (each relation restricted to them, so Citus routes it to that shard). A head held back only by a running
 -- job of its key (max_running) is left out: the finish of that job wakes the workers.
 WITH first_pending AS (
-    SELECT kind, object_id, id, run_at
+    SELECT kind, object_id, id, run_at  -- citus: , bucket
     FROM jobs
     WHERE status = 'PENDING' AND kind = ANY ($1::text[]) AND run_at < 'infinity'
+      -- citus-instead: AND bucket = ANY ($2::smallint[])
     ORDER BY run_at, id
     LIMIT 100
 ),
@@ -238,12 +264,15 @@ heads AS (
                f.run_at,
                (SELECT a.started_at FROM job_attempts AS a
                 WHERE a.kind = f.kind AND a.object_id = f.object_id
+                  -- citus-instead: AND a.bucket = f.bucket AND a.bucket = ANY ($2::smallint[])
                 ORDER BY a.started_at DESC
                 OFFSET lim.per_window - 1 LIMIT 1)
                + make_interval(secs => lim.window_seconds),
                CASE WHEN lim.per_window = 1 THEN
                    (SELECT s.last_started_at FROM object_starts AS s
-                    WHERE s.kind = f.kind AND s.object_id = f.object_id)
+                    WHERE s.kind = f.kind AND s.object_id = f.object_id
+                      -- citus-instead: AND s.bucket = f.bucket AND s.bucket = ANY ($2::smallint[])
+                   )
                    + make_interval(secs => lim.window_seconds)
                END
            ) AS earliest
@@ -254,12 +283,14 @@ heads AS (
         SELECT 1 FROM jobs AS older
         WHERE older.kind = f.kind AND older.object_id = f.object_id
           AND older.status = 'PENDING' AND (older.run_at, older.id) < (f.run_at, f.id)
+          -- citus-instead: AND older.bucket = f.bucket AND older.bucket = ANY ($2::smallint[])
         LIMIT 1
       ) IS NULL
       AND (
           SELECT count(*) FROM (
               SELECT 1 FROM jobs AS r
               WHERE r.kind = f.kind AND r.object_id = f.object_id AND r.status = 'PROCESSING'
+                -- citus-instead: AND r.bucket = f.bucket AND r.bucket = ANY ($2::smallint[])
               LIMIT lim.max_running
           ) AS running
       ) < lim.max_running
@@ -274,13 +305,24 @@ SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
         ELSE (SELECT min(earliest) FROM heads)
     END)::float8 AS next_start;
 
+-- name: seconds_until_next_due citus
+-- The same on a Citus cluster, for one shard: $2 a bucket of it (routes the call to its
+-- worker), $3 its buckets (paceline_next_due, citus.sql).
+SELECT * FROM paceline_next_due($2::smallint, $3::smallint[], $1::text[]);
+
 -- name: lock_running_job
 -- $1 id, $2 attempt. First step of putting a running job back to PENDING (retry, release):
 -- lock it if this attempt still holds it; its key. Jobs are always locked before object_slots
 -- rows.
 SELECT kind, object_id FROM jobs
 WHERE id = $1 AND attempts = $2 AND status = 'PROCESSING'
+  -- citus-instead: AND bucket = $3  -- the job's shard (FOR UPDATE is one shard's on a cluster)
 FOR UPDATE;
+
+-- name: bucket_of_job citus
+-- $1 id. The job's bucket on a Citus cluster (every shard looks; a job's bucket never changes,
+-- so this needs no lock).
+SELECT bucket FROM jobs WHERE id = $1;
 
 -- name: requeue_job
 -- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 error, $5 outcome for the
@@ -322,6 +364,7 @@ RETURNING j.id;
 SELECT id, attempts, attempts_at_retry, kind, object_id
 FROM jobs
 WHERE status = 'PROCESSING' AND lease_expires_at < now()
+  -- citus-instead: AND bucket = ANY ($2::smallint[])  -- one shard's (SKIP LOCKED is per shard)
 ORDER BY lease_expires_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED;
@@ -373,6 +416,21 @@ WITH doomed AS (
 )
 DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id;
 
+-- name: prune_finished_jobs citus
+-- The same on a Citus cluster, which refuses FOR UPDATE across shards: the batch is chosen
+-- without locks (each shard's oldest, merged on the coordinator), and the delete tests each
+-- row again, so a job retried by hand meanwhile is not deleted.
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE status IN ('SUCCESS', 'FAILED', 'CANCELLED')
+      AND finished_at < now() - make_interval(secs => $1)
+    ORDER BY finished_at
+    LIMIT $2
+)
+  AND status IN ('SUCCESS', 'FAILED', 'CANCELLED')
+  AND finished_at < now() - make_interval(secs => $1);
+
 -- name: prune_passed_windows
 -- Window rows whose window has passed constrain nothing (a missing row means "free now"), so
 -- they go; the tables stay as small as the set of recently active keys. Each key by its own
@@ -399,6 +457,40 @@ DELETE FROM object_starts AS t
 WHERE t.last_started_at < now() - (
     SELECT make_interval(secs => l.window_seconds)
     FROM paceline_limit(t.kind, t.object_id) AS l);
+
+-- name: prune_passed_windows citus
+-- The same on a Citus cluster, which refuses a per-row window here (now() minus a column's
+-- interval in a DELETE): every row is judged by the longest window of any limit, so a key with
+-- a shorter window keeps its rows a little longer (a row kept constrains nothing its window has
+-- not already passed, so nothing is started later for it). Each shard joins its own rows on
+-- the bucket.
+WITH horizon AS (
+    SELECT now() - make_interval(secs => max(w.window_seconds)) AS passed
+    FROM (
+        SELECT window_seconds FROM kind_limits WHERE window_seconds IS NOT NULL
+        UNION ALL
+        SELECT window_seconds FROM key_limits WHERE window_seconds IS NOT NULL
+        UNION ALL
+        -- paceline_limit's own fallback, when the default kind has no window.
+        SELECT 300.0 WHERE NOT EXISTS (
+            SELECT 1 FROM kind_limits WHERE kind = 'default' AND window_seconds IS NOT NULL)
+    ) AS w
+),
+slots AS (
+    DELETE FROM object_slots AS s
+    WHERE s.next_slot < (SELECT passed FROM horizon)
+      AND NOT EXISTS (
+          SELECT 1 FROM key_limits AS o WHERE o.kind = s.kind AND o.object_id = s.object_id)
+      AND NOT EXISTS (
+          SELECT 1 FROM jobs AS j
+          WHERE j.bucket = s.bucket AND j.kind = s.kind AND j.object_id = s.object_id
+            AND j.status = 'PENDING')
+      AND NOT EXISTS (
+          SELECT 1 FROM object_starts AS t
+          WHERE t.bucket = s.bucket AND t.kind = s.kind AND t.object_id = s.object_id
+            AND t.last_started_at >= (SELECT passed FROM horizon))
+)
+DELETE FROM object_starts AS t WHERE t.last_started_at < (SELECT passed FROM horizon);
 
 -- name: get_job
 -- $1 id.
@@ -565,3 +657,37 @@ wake AS (
 )
 -- count(*) makes the wake run (a CTE nothing reads is never evaluated).
 SELECT id FROM finished WHERE (SELECT count(*) FROM wake) >= 0;
+
+-- name: finish_jobs citus
+-- The same on a Citus cluster, where each UPDATE runs on every shard at once (the ids name no
+-- bucket) in one distributed transaction. Each row's values come from a join with the arrays
+-- (Citus crashed on the per-row array_position of the one-server form, issue 19's notes). The
+-- wake-up cannot look at each finished job's key (Citus runs no correlated subquery over a
+-- CTE's rows): a batch that finished a job wakes the workers, one NOTIFY per batch.
+WITH finished AS (
+    UPDATE jobs AS j
+    SET status = o.status, finished_at = statement_timestamp(), duration = o.duration,
+        error = o.error, result = o.result, lease_expires_at = NULL
+    FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[], $6::jsonb[])
+        AS o(id, attempt, status, duration, error, result)
+    WHERE j.id = ANY ($1::bigint[]) AND j.id = o.id
+      AND j.attempts = o.attempt
+      AND j.lease_expires_at IS NOT NULL
+    RETURNING j.id
+),
+history AS (
+    UPDATE job_attempts AS a
+    SET outcome = o.status, finished_at = statement_timestamp(), error = o.error
+    FROM unnest($1::bigint[], $2::int[], $3::text[], $5::text[])
+        AS o(id, attempt, status, error)
+    WHERE a.job_id = ANY ($1::bigint[]) AND a.job_id = o.id
+      AND a.attempt = o.attempt
+      AND a.outcome IS NULL
+),
+wake AS (
+    -- Counted, not returned: Citus keeps a CTE's rows, and a void column cannot be kept.
+    SELECT count(*) AS n FROM (
+        SELECT pg_notify('paceline_jobs', '0') WHERE EXISTS (SELECT 1 FROM finished)
+    ) AS woke
+)
+SELECT id FROM finished WHERE (SELECT n FROM wake) >= 0;

@@ -58,12 +58,14 @@ LIMIT $3;
 
 -- name: put_kind_limit
 -- $1 kind, $2 W, $3 N, $4 M (NULL: inherit), $5 paused (NULL: keep, false for a new row).
+-- updated_at from EXCLUDED (its default, now()) rather than now() in the SET: the same time,
+-- and the form Citus accepts for an upsert of a replicated table (it refuses now() there).
 INSERT INTO kind_limits (kind, window_seconds, per_window, max_running, paused)
 VALUES ($1, $2, $3, $4, COALESCE($5, false))
 ON CONFLICT (kind) DO UPDATE
 SET window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
     max_running = EXCLUDED.max_running,
-    paused = COALESCE($5, kind_limits.paused), updated_at = now();
+    paused = COALESCE($5, kind_limits.paused), updated_at = EXCLUDED.updated_at;
 
 -- name: set_kind_paused
 -- $1 kind, $2 paused. Creates the kind's row (inheriting everything) if it has none. Not an
@@ -88,12 +90,13 @@ VALUES ($1, $2, $3, $4, $5, COALESCE($6, false))
 ON CONFLICT (kind, object_id) DO UPDATE
 SET window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
     max_running = EXCLUDED.max_running,
-    paused = COALESCE($6, key_limits.paused), updated_at = now();
+    paused = COALESCE($6, key_limits.paused), updated_at = EXCLUDED.updated_at;
 
 -- name: set_key_paused
 -- $1 kind, $2 object_id, $3 paused. Creates the override (inheriting every number) if none.
 INSERT INTO key_limits (kind, object_id, paused) VALUES ($1, $2, $3)
-ON CONFLICT (kind, object_id) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+ON CONFLICT (kind, object_id) DO UPDATE
+SET paused = EXCLUDED.paused, updated_at = EXCLUDED.updated_at;
 
 -- name: drop_key_limit
 -- $1 kind, $2 object_id.
@@ -141,7 +144,7 @@ WHERE $1 = 'default' AND NOT EXISTS (SELECT 1 FROM kind_limits AS k WHERE k.kind
 -- $1 kind, $2 object_id. The key's pending jobs in slot order, locked: claims skip them while
 -- their slots move.
 SELECT id, created_at, run_at, not_before FROM jobs
-WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'  -- citus: AND bucket = paceline_bucket($1, $2)
 ORDER BY run_at, id
 FOR UPDATE;
 
@@ -149,28 +152,33 @@ FOR UPDATE;
 -- $1 kind, $2 object_id. The same as pending_of_key, unlocked: for a reader (the timeline),
 -- which runs in a read-only transaction and moves nothing.
 SELECT id, created_at, run_at, not_before FROM jobs
-WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'  -- citus: AND bucket = paceline_bucket($1, $2)
 ORDER BY run_at, id;
 
 -- name: starts_of_key
 -- $1 kind, $2 object_id, $3 since. The key's starts after $3 (its attempts), and the last
 -- start object_starts remembers (it outlives pruned history); the same instant may come twice.
 SELECT started_at FROM job_attempts
-WHERE kind = $1 AND object_id = $2 AND started_at > $3
+WHERE kind = $1 AND object_id = $2 AND started_at > $3  -- citus: AND bucket = paceline_bucket($1, $2)
 UNION ALL
 SELECT last_started_at FROM object_starts
-WHERE kind = $1 AND object_id = $2;
+WHERE kind = $1 AND object_id = $2  -- citus: AND bucket = paceline_bucket($1, $2)
+;
 
 -- name: set_key_row
 -- $1 kind, $2 object_id, $3 next_slot, $4 open_until. After the planner placed or moved the
 -- key's jobs: where the one-statement enqueue may put the next one.
-UPDATE object_slots SET next_slot = $3, open_until = $4 WHERE kind = $1 AND object_id = $2;
+UPDATE object_slots SET next_slot = $3, open_until = $4
+WHERE kind = $1 AND object_id = $2  -- citus: AND bucket = paceline_bucket($1, $2)
+;
 
 -- name: insert_planned_job
 -- $1 kind, $2 object_id, $3 run_at (the planner's slot; 'infinity' while the key is paused),
 -- $4 payload (JSON text or NULL), $5 absorbed, $6 not_before.
-INSERT INTO jobs (kind, object_id, run_at, payload, absorbed, not_before)
-VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+INSERT INTO jobs (kind, object_id, run_at, payload, absorbed, not_before  -- citus: , bucket
+)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6  -- citus: , paceline_bucket($1, $2)
+)
 RETURNING {job_columns};
 
 -- name: park_pending
@@ -211,5 +219,28 @@ SELECT pg_advisory_xact_lock(7421093120);
 -- name: running_jobs_of_key
 -- $1 kind, $2 object_id. The key's running jobs (the "waits for job N to finish" reason).
 SELECT id FROM jobs
-WHERE kind = $1 AND object_id = $2 AND status = 'PROCESSING'
+WHERE kind = $1 AND object_id = $2 AND status = 'PROCESSING'  -- citus: AND bucket = paceline_bucket($1, $2)
 ORDER BY started_at, id;
+
+-- name: plan_exactly citus
+-- The same on a Citus cluster, which refuses FOR UPDATE across shards: the update locks each
+-- shard's rows in its own order. A batch enqueue locking the same keys in key order may then
+-- meet it in a deadlock, which PostgreSQL breaks by failing one of the two (both are retried).
+UPDATE object_slots
+SET open_until = '-infinity'
+WHERE ($1::text[] IS NULL OR kind = ANY ($1::text[]))
+  AND ($2::bigint IS NULL OR object_id = $2);
+
+-- name: park_pending citus
+-- The same on a Citus cluster: the slot before is read by a join on (bucket, id), which each
+-- shard runs on its own rows; the update tests "still pending" again on each row it changes.
+UPDATE jobs AS j
+SET run_at = 'infinity'
+FROM (
+    SELECT bucket, id, run_at FROM jobs
+    WHERE kind = $1 AND status = 'PENDING' AND ($2::bigint IS NULL OR object_id = $2)
+      AND run_at <> 'infinity'
+) AS parked
+WHERE j.bucket = parked.bucket AND j.id = parked.id
+  AND j.status = 'PENDING' AND j.run_at <> 'infinity'
+RETURNING j.id, j.kind, j.object_id, parked.run_at AS before;

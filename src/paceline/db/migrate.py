@@ -6,6 +6,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from paceline.db import citus
 from paceline.resources import migrations_dir
 
 # Key of the transaction-scoped advisory lock every migration run takes first, so that
@@ -22,8 +23,13 @@ def alembic_config(dsn: str) -> Config:
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:
-    """Migrate the database at `dsn` up to `revision`. Blocking; runs its own event loop."""
+    """Migrate the database at `dsn` up to `revision`, then, on a database with the citus
+    extension at the head, distribute its per-key tables (once). Blocking; runs its own loop."""
     command.upgrade(alembic_config(dsn), revision)
+    # After Alembic, not in a revision: an existing database that gets the extension later
+    # (an upgrade from one server to a cluster) is distributed by its next `paceline migrate`.
+    if revision == "head":
+        citus.distribute(dsn, lock_key=MIGRATION_LOCK_KEY)
 
 
 def downgrade(dsn: str, revision: str) -> None:

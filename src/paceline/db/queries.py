@@ -1,10 +1,20 @@
 """Named SQL: every `*.sql` file here (one per concern), split on `-- name: x` lines, as one
-read-only mapping. Names are unique across files."""
+read-only mapping. Names are unique across files.
+
+A statement that a Citus cluster runs differently says so in place, so the two stay one text:
+a line ending in `-- citus: <sql>` gets `<sql>` added on a cluster (typically the key's bucket,
+which routes the statement to one shard), and a line ending in `-- citus-instead: <sql>` is
+`<sql>` there. On one server those are comments: its statements are what they were. A
+statement the cluster runs quite differently is a block of its own, `-- name: <name> citus`
+(usually a call of a function `paceline migrate` made on the cluster, `citus.sql`). Which
+of the two a process uses is chosen once, when it learns what its database is
+(`use_citus`): a process serves one database.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from types import MappingProxyType
 
@@ -13,7 +23,11 @@ from types import MappingProxyType
 # this many ids per statement (docs/performance-notes.md).
 MAX_IDS_PER_STATEMENT = 500
 
-_NAME_LINE = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
+_NAME_LINE = re.compile(r"^-- name: (?P<name>\w+(?: citus)?)\s*$", re.MULTILINE)
+_CITUS_VARIANT = " citus"
+_CITUS_LINE = re.compile(
+    r"^(?P<indent>\s*)(?P<code>.*?)\s*-- citus(?P<instead>-instead)?: (?P<sql>.*)$"
+)
 
 # The columns of a job row, in the order `paceline.queue.jobs.Job` has them: every query that
 # returns jobs says `{job_columns}`, so the list is written once.
@@ -22,6 +36,44 @@ JOB_COLUMNS = (
     "error, kind, payload, result, not_before, attempts_at_retry"
 )
 _FRAGMENTS = {"{job_columns}": JOB_COLUMNS}
+
+
+# Citus refuses a statement that calls a SQL function reading distributed (here: reference)
+# tables with the statement's parameters, which paceline_limit() is; its body, inlined, is
+# what PostgreSQL makes of the call anyway.
+_LIMIT_CALL = re.compile(r"paceline_limit\((?P<kind>[\w.$]+), (?P<object_id>[\w.$]+)\)")
+_LIMIT_BODY = """(
+    SELECT COALESCE(o.window_seconds, k.window_seconds, d.window_seconds, 300.0) AS window_seconds,
+           COALESCE(o.per_window, k.per_window, d.per_window, 1) AS per_window,
+           COALESCE(o.max_running, k.max_running, d.max_running, 1) AS max_running,
+           COALESCE(o.paused, false) OR COALESCE(k.paused, false) AS paused
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN kind_limits AS d ON d.kind = 'default'
+    LEFT JOIN kind_limits AS k ON k.kind = {kind}
+    LEFT JOIN key_limits AS o ON o.kind = {kind} AND o.object_id = {object_id})"""
+
+
+# Citus refuses a VOLATILE function in an UPDATE of a distributed table: a finish time written
+# with clock_timestamp() is the statement's start there (the same to a few milliseconds).
+_VOLATILE_FINISH = "finished_at = clock_timestamp()"
+
+
+def for_citus(sql: str) -> str:
+    """The statement as a Citus cluster runs it: its `-- citus` lines applied."""
+    sql = sql.replace(_VOLATILE_FINISH, "finished_at = statement_timestamp()")
+    sql = _LIMIT_CALL.sub(
+        lambda call: _LIMIT_BODY.format(kind=call["kind"], object_id=call["object_id"]), sql
+    )
+    lines = []
+    for line in sql.splitlines():
+        marked = _CITUS_LINE.match(line)
+        if marked is None:
+            lines.append(line)
+        elif marked["instead"]:
+            lines.append(marked["indent"] + marked["sql"])
+        else:
+            lines.append(f"{marked['indent']}{marked['code']} {marked['sql']}".rstrip())
+    return "\n".join(lines)
 
 
 def parse(text: str) -> dict[str, str]:
@@ -58,4 +110,44 @@ def _load() -> Mapping[str, str]:
     return MappingProxyType(found)
 
 
-QUERIES: Mapping[str, str] = _load()
+class _Registry(Mapping[str, str]):
+    """The statements of the database this process serves: one server's, or a cluster's."""
+
+    def __init__(self, parsed: Mapping[str, str]) -> None:
+        plain = {name: sql for name, sql in parsed.items() if not name.endswith(_CITUS_VARIANT)}
+        citus = {name: for_citus(sql) for name, sql in plain.items()}
+        for name, sql in parsed.items():
+            if name.endswith(_CITUS_VARIANT):
+                citus[name.removesuffix(_CITUS_VARIANT)] = sql
+        self._plain: Mapping[str, str] = MappingProxyType(plain)
+        self._citus: Mapping[str, str] = MappingProxyType(citus)
+        self._current: Mapping[str, str] = self._plain
+
+    def use_citus(self, citus: bool) -> None:
+        self._current = self._citus if citus else self._plain
+
+    def cluster(self, name: str) -> str:
+        """A cluster's statement, whichever database this process serves (for the steps that
+        find out what the database is and make it a cluster)."""
+        return self._citus[name]
+
+    @property
+    def citus(self) -> bool:
+        return self._current is self._citus
+
+    def __getitem__(self, name: str) -> str:
+        return self._current[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current)
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+
+QUERIES = _Registry(_load())
+
+
+def use_citus(citus: bool) -> None:
+    """Run the cluster's statements from now on (True), or one server's (False)."""
+    QUERIES.use_citus(citus)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     Uuid,
@@ -76,6 +77,9 @@ jobs = Table(
     # The client's earliest start (POST /jobs "not_before"): every re-plan keeps the job's slot
     # at or after it. NULL for a job that may start as soon as its key's limit allows.
     Column("not_before", DateTime(timezone=True)),
+    # paceline_bucket(kind, object_id) on a Citus cluster, which distributes the table on it
+    # (migration 0013, paceline.db.citus); NULL and unused on one PostgreSQL server.
+    Column("bucket", SmallInteger),
     CheckConstraint("kind ~ '^[a-z0-9_.-]{1,64}$'", name="kind"),
     CheckConstraint(
         "status IN ('PENDING', 'PROCESSING', 'SUCCESS', 'FAILED', 'CANCELLED')",
@@ -172,6 +176,9 @@ job_attempts = Table(
     Column("window_seconds", Double),
     Column("per_window", Integer),
     Column("max_running", Integer),
+    # paceline_bucket(kind, object_id) on a Citus cluster, which distributes the table on it
+    # (migration 0013, paceline.db.citus); NULL and unused on one PostgreSQL server.
+    Column("bucket", SmallInteger),
     Index("ix_job_attempts_kind_object_id_started_at", "kind", "object_id", "started_at"),
     # The window auditor reads the starts of the last few seconds, of every object.
     Index("ix_job_attempts_started_at", "started_at"),
@@ -209,6 +216,9 @@ object_slots = Table(
     Column(
         "open_until", DateTime(timezone=True), nullable=False, server_default=text("'infinity'")
     ),
+    # paceline_bucket(kind, object_id) on a Citus cluster, which distributes the table on it
+    # (migration 0013, paceline.db.citus); NULL and unused on one PostgreSQL server.
+    Column("bucket", SmallInteger),
     PrimaryKeyConstraint("kind", "object_id"),
 )
 
@@ -221,6 +231,9 @@ object_starts = Table(
     Column("kind", Text, nullable=False, server_default=text("'default'")),
     Column("object_id", BigInteger, nullable=False, autoincrement=False),
     Column("last_started_at", DateTime(timezone=True), nullable=False),
+    # paceline_bucket(kind, object_id) on a Citus cluster, which distributes the table on it
+    # (migration 0013, paceline.db.citus); NULL and unused on one PostgreSQL server.
+    Column("bucket", SmallInteger),
     PrimaryKeyConstraint("kind", "object_id"),
 )
 

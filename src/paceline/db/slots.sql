@@ -9,9 +9,12 @@
 -- key is new or its row was pruned (rolled back with the transaction if a request is refused),
 -- so enqueues of the key wait, and the slot moves that follow always find the row. The
 -- statements after it in the transaction see every job a previous holder committed.
-INSERT INTO object_slots AS s (kind, object_id, next_slot)
-VALUES ($1, $2, now())
-ON CONFLICT (kind, object_id) DO UPDATE SET next_slot = s.next_slot
+INSERT INTO object_slots AS s (kind, object_id, next_slot  -- citus: , bucket
+)
+VALUES ($1, $2, now()  -- citus: , paceline_bucket($1, $2)
+)
+ON CONFLICT (kind, object_id  -- citus-instead: ON CONFLICT (bucket, kind, object_id
+) DO UPDATE SET next_slot = s.next_slot
 RETURNING s.next_slot;
 
 -- name: object_backlog
@@ -19,13 +22,14 @@ RETURNING s.next_slot;
 -- the backlog size and the key's first pending job in slot order.
 SELECT (SELECT count(*) FROM (
             SELECT 1 FROM jobs
-            WHERE kind = $1 AND object_id = $2 AND status = 'PENDING' LIMIT $3
+            WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'  -- citus: AND bucket = paceline_bucket($1, $2)
+            LIMIT $3
         ) AS capped) AS pending,
        head.id AS head_id, head.run_at AS head_run_at
 FROM (VALUES (1)) AS one (x)
 LEFT JOIN LATERAL (
     SELECT id, run_at FROM jobs
-    WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
+    WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'  -- citus: AND bucket = paceline_bucket($1, $2)
     ORDER BY run_at, id
     LIMIT 1
 ) AS head ON true;
@@ -39,7 +43,7 @@ LEFT JOIN LATERAL (
 -- started job is never changed). Call with the key's slot row locked.
 SELECT id, absorbed, octet_length(payload::text) AS payload_bytes
 FROM jobs
-WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'
+WHERE kind = $1 AND object_id = $2 AND status = 'PENDING'  -- citus: AND bucket = paceline_bucket($1, $2)
 ORDER BY run_at DESC, id DESC
 LIMIT 1
 FOR UPDATE;
@@ -113,6 +117,14 @@ SET run_at = moved.run_at
 FROM unnest($1::bigint[], $2::timestamptz[]) AS moved(id, run_at)
 WHERE j.id = ANY ($1::bigint[]) AND j.id = moved.id;
 
+-- name: move_slots_of_key citus
+-- The same for jobs of one key, $3 kind, $4 object_id, on a Citus cluster: its bucket routes
+-- the statement to the key's shard.
+UPDATE jobs AS j
+SET run_at = moved.run_at
+FROM unnest($1::bigint[], $2::timestamptz[]) AS moved(id, run_at)
+WHERE j.bucket = paceline_bucket($3, $4) AND j.id = ANY ($1::bigint[]) AND j.id = moved.id;
+
 -- name: objects_with_pending
 -- $1 kinds, $2 object ids (parallel: keys). Those keys with a pending job (one probe of
 -- ix_jobs_pending_kind_object_id_run_at_id each).
@@ -123,3 +135,13 @@ WHERE (
     WHERE j.kind = k.kind AND j.object_id = k.object_id AND j.status = 'PENDING'
     LIMIT 1
 ) IS NOT NULL;
+
+-- name: objects_with_pending citus
+-- The same on a Citus cluster, which runs no correlated subquery beside a set-returning
+-- function: the keys are a list every shard matches against its pending jobs' index.
+SELECT DISTINCT j.kind, j.object_id
+FROM jobs AS j
+WHERE j.status = 'PENDING'
+  AND (j.kind, j.object_id) IN (
+      SELECT k.kind, k.object_id FROM unnest($1::text[], $2::bigint[]) AS k(kind, object_id)
+  );

@@ -301,6 +301,7 @@ async def replan_key(
                 conn,
                 job_ids=[change.job_id for change in changes],
                 run_at=[FOREVER if c.after is None else c.after for c in changes],
+                key=(kind, object_id),
             )
         moved = [dataclasses.replace(job, run_at=slot) for job, slot in plan]
         moved.sort(key=lambda job: (job.run_at is None, job.run_at or state.now, job.id))

@@ -1,0 +1,206 @@
+"""paceline on a Citus cluster: `paceline migrate` distributes the per-key tables, once, also on a
+database that held jobs before it had the extension; and a key's statements reach one shard.
+
+These need a Citus coordinator as TEST_DATABASE_URL (`make test-citus`); elsewhere (CI) they
+skip, saying how to run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from paceline.db import jobs as store
+from paceline.db import migrate
+from paceline.db.queries import QUERIES, for_citus
+from tests.conftest import with_database
+
+HOW_TO_RUN = (
+    "needs a Citus cluster: build one from a Citus source tree with "
+    "`CITUS_SRC=<tree> scripts/citus build` (once), then run `make test-citus`"
+)
+PER_KEY_TABLES = {"jobs", "job_attempts", "object_slots", "object_starts"}
+
+
+def test_cluster_markers_turn_into_sql_only_on_a_cluster() -> None:
+    """One text, two statements: a `-- citus:` line adds its SQL on a cluster, a
+    `-- citus-instead:` line replaces its own, and one server reads both as comments."""
+    text = (
+        "SELECT id FROM jobs\n"
+        "WHERE kind = $1  -- citus: AND bucket = paceline_bucket($1, $2)\n"
+        "  -- citus-instead: AND bucket = ANY ($3)\n"
+        "LIMIT 1"
+    )
+    assert for_citus(text) == (
+        "SELECT id FROM jobs\n"
+        "WHERE kind = $1 AND bucket = paceline_bucket($1, $2)\n"
+        "  AND bucket = ANY ($3)\n"
+        "LIMIT 1"
+    )
+
+
+@pytest.fixture
+def cluster(citus_cluster: bool) -> None:
+    if not citus_cluster:
+        pytest.skip(HOW_TO_RUN)
+
+
+async def _fetchval(dsn: str, sql: str) -> object:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def fresh_cluster_database(server_dsn: str, cluster: None) -> AsyncIterator[str]:
+    """A new database on every node of the cluster, without the citus extension yet: what a
+    single-server paceline database is before it moves to the cluster."""
+    name = f"paceline_citus_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server_dsn)
+    # Citus makes the database on every node (it then needs the extension made in each).
+    await admin.execute("SET citus.enable_create_database_propagation = on")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _join_cluster(dsn: str, coordinator_dsn: str) -> None:
+    """Make the database at `dsn` a Citus coordinator with the session cluster's workers."""
+    admin = await asyncpg.connect(coordinator_dsn)
+    nodes = await admin.fetch("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0")
+    coordinator = await admin.fetchrow(
+        "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid = 0"
+    )
+    assert coordinator is not None
+    await admin.close()
+    name = dsn.rsplit("/", 1)[1]
+    for node in nodes:
+        worker = await asyncpg.connect(
+            host=node["nodename"], port=node["nodeport"], user="postgres", database=name
+        )
+        await worker.execute("CREATE EXTENSION IF NOT EXISTS citus")
+        await worker.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
+        await conn.execute(
+            "SELECT citus_set_coordinator_host($1, $2)",
+            coordinator["nodename"],
+            coordinator["nodeport"],
+        )
+        for node in nodes:
+            await conn.execute("SELECT citus_add_node($1, $2)", node["nodename"], node["nodeport"])
+    finally:
+        await conn.close()
+
+
+@pytest.mark.usefixtures("cluster")
+async def test_migrate_distributes_a_single_server_database_once_keeping_its_jobs(
+    fresh_cluster_database: str, server_dsn: str
+) -> None:
+    """A database migrated and filled as one server, then given the citus extension: the next
+    `paceline migrate` distributes its per-key tables co-located on `bucket` (the limits as
+    reference tables), every job kept and findable on its key's shard; a second run changes
+    nothing."""
+    dsn = fresh_cluster_database
+    await asyncio.to_thread(migrate.upgrade, dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        # Rows as one server leaves them: no bucket.
+        await conn.execute(
+            "INSERT INTO kind_limits (kind, window_seconds, per_window, max_running)"
+            " VALUES ('default', 300, 1, 1)"
+        )
+        for object_id in (1, 2, 2, 3):
+            await conn.execute(
+                "INSERT INTO object_slots (kind, object_id, next_slot)"
+                " VALUES ('default', $1, now()) ON CONFLICT DO NOTHING",
+                object_id,
+            )
+            await conn.execute(
+                "INSERT INTO jobs (kind, object_id, run_at) VALUES ('default', $1, now())",
+                object_id,
+            )
+    finally:
+        await conn.close()
+
+    await _join_cluster(dsn, server_dsn)
+    await asyncio.to_thread(migrate.upgrade, dsn)
+    await asyncio.to_thread(migrate.upgrade, dsn)  # idempotent
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = {
+            row["table_name"]: row
+            for row in await conn.fetch(
+                "SELECT table_name::text, citus_table_type, distribution_column, colocation_id"
+                " FROM citus_tables"
+            )
+        }
+        assert {
+            name for name, row in tables.items() if row["citus_table_type"] == "distributed"
+        } == (PER_KEY_TABLES)
+        assert {tables[name]["distribution_column"] for name in PER_KEY_TABLES} == {"bucket"}
+        assert len({tables[name]["colocation_id"] for name in PER_KEY_TABLES}) == 1
+        assert tables["kind_limits"]["citus_table_type"] == "reference"
+        assert tables["key_limits"]["citus_table_type"] == "reference"
+        assert await conn.fetchval("SELECT count(*) FROM jobs") == 4
+        assert await conn.fetchval("SELECT count(*) FROM jobs WHERE bucket IS NULL") == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM jobs WHERE bucket = paceline_bucket('default', 2)"
+                " AND kind = 'default' AND object_id = 2"
+            )
+            == 2
+        )
+        plan = "\n".join(
+            row[0]
+            for row in await conn.fetch(
+                "EXPLAIN SELECT id FROM jobs WHERE kind = 'default' AND object_id = 2"
+                " AND bucket = paceline_bucket('default', 2)"
+            )
+        )
+        assert "Task Count: 1" in plan
+    finally:
+        await conn.close()
+
+
+@pytest.mark.usefixtures("cluster")
+async def test_a_keys_enqueue_and_claim_each_run_on_one_worker(database_url: str) -> None:
+    """The hot path's calls are delegated whole to the worker holding the key's shard: the
+    coordinator's plan of each is one task on one node."""
+    assert QUERIES.citus
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO kind_limits (kind, window_seconds, per_window, max_running)"
+            " VALUES ('default', 0.1, 1, 1)"
+        )
+        job = await store.enqueue(conn, kind="default", object_id=7)
+        assert job is not None
+        for sql in (
+            "EXPLAIN SELECT * FROM paceline_enqueue(paceline_bucket('default', 8), 'default', 8,"
+            " NULL, NULL)",
+            "EXPLAIN SELECT * FROM paceline_claim(paceline_bucket('default', 7),"
+            " ARRAY[paceline_bucket('default', 7)], 1, 30,"
+            " '00000000-0000-0000-0000-000000000000', '{default}')",
+        ):
+            plan = "\n".join(row[0] for row in await conn.fetch(sql))
+            assert "Task Count: 1" in plan, plan
+        # A claim visits the shards the last next-due query found due.
+        await store.seconds_until_next_due(conn, kinds=["default"])
+        claimed = await store.claim_due_jobs(
+            conn, limit=5, lease=30, worker_id=uuid.uuid4(), kinds=["default"]
+        )
+        assert [row["id"] for row in claimed] == [job["id"]]
+    finally:
+        await conn.close()
