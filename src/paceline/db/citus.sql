@@ -233,6 +233,7 @@ DECLARE
     v_per_window int[];
     v_max_running int[];
     v_at int;
+    v_started timestamptz;
     v_job jobs;
 BEGIN
     SELECT array_agg(due.id), array_agg(due.window_seconds), array_agg(due.per_window),
@@ -298,12 +299,14 @@ BEGIN
     IF v_ids IS NULL THEN
         RETURN;
     END IF;
+    -- The start is read after the checks' snapshot, as the one-server claim reads it
+    -- (jobs.sql, claim_due_jobs, says why); a variable, as Citus refuses a VOLATILE function
+    -- in an UPDATE of a distributed table.
+    v_started := clock_timestamp();
     FOR v_job IN
         UPDATE jobs AS j
-        -- Started at clock_timestamp(), after the checks' snapshot, as the one-server claim
-        -- records it (jobs.sql, claim_due_jobs, says why).
-        SET status = 'PROCESSING', started_at = clock_timestamp(), attempts = j.attempts + 1,
-            lease_expires_at = clock_timestamp() + make_interval(secs => p_lease),
+        SET status = 'PROCESSING', started_at = v_started, attempts = j.attempts + 1,
+            lease_expires_at = v_started + make_interval(secs => p_lease),
             worker_id = p_worker
         WHERE j.bucket = ANY (p_buckets) AND j.id = ANY (v_ids)
         RETURNING j.*
