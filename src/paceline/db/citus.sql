@@ -330,10 +330,11 @@ $$;
 
 -- name: citus_next_due_function citus
 -- The cluster's next-due query of one shard (jobs.sql, `seconds_until_next_due citus`): the
--- one-server statement restricted to the shard's buckets (its comments say why each step is
--- there), as a function distributed by a bucket of the shard so it runs on the worker holding
--- it, where PL/pgSQL keeps its plan (planning the statement anew through Citus cost more than
--- running it).
+-- one-server statement with its `-- citus` lines applied, its parameters named, written in
+-- when the queries are read (queries.py, `{citus_body:...}`), so the two stay one text. A
+-- function distributed by a bucket of the shard, so it runs on the worker holding it, where
+-- PL/pgSQL keeps its plan (planning the statement anew through Citus cost more than running
+-- it).
 CREATE OR REPLACE FUNCTION paceline_next_due(
     p_bucket smallint, p_buckets smallint[], p_kinds text[]
 ) RETURNS TABLE (now float8, next_start float8) LANGUAGE plpgsql
@@ -342,72 +343,7 @@ SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
 BEGIN
     RETURN QUERY
-    WITH first_pending AS (
-        SELECT kind, object_id, id, run_at , bucket
-        FROM jobs
-        WHERE status = 'PENDING' AND kind = ANY (p_kinds) AND run_at < 'infinity'
-          AND bucket = ANY (p_buckets)
-        ORDER BY run_at, id
-        LIMIT 100
-    ),
-    heads AS (
-        -- When a head may start: at its slot, and once the window since its key's N-th last start
-        -- has passed (later than the slot when an earlier run started late). Jobs behind a head
-        -- wait for it. Per-row probes as scalar subqueries, never joins, as in claim_due_jobs: a
-        -- few probes of indexes per job whatever the statistics say.
-        SELECT f.run_at,
-               GREATEST(
-                   f.run_at,
-                   (SELECT a.started_at FROM job_attempts AS a
-                    WHERE a.kind = f.kind AND a.object_id = f.object_id
-                      AND a.bucket = f.bucket AND a.bucket = ANY (p_buckets)
-                    ORDER BY a.started_at DESC
-                    OFFSET lim.per_window - 1 LIMIT 1)
-                   + make_interval(secs => lim.window_seconds),
-                   CASE WHEN lim.per_window = 1 THEN
-                       (SELECT s.last_started_at FROM object_starts AS s
-                        WHERE s.kind = f.kind AND s.object_id = f.object_id
-                          AND s.bucket = f.bucket AND s.bucket = ANY (p_buckets)
-                       )
-                       + make_interval(secs => lim.window_seconds)
-                   END
-               ) AS earliest
-        FROM first_pending AS f
-        CROSS JOIN LATERAL (
-        SELECT COALESCE(o.window_seconds, k.window_seconds, d.window_seconds, 300.0) AS window_seconds,
-               COALESCE(o.per_window, k.per_window, d.per_window, 1) AS per_window,
-               COALESCE(o.max_running, k.max_running, d.max_running, 1) AS max_running,
-               COALESCE(o.paused, false) OR COALESCE(k.paused, false) AS paused
-        FROM (VALUES (1)) AS one (x)
-        LEFT JOIN kind_limits AS d ON d.kind = 'default'
-        LEFT JOIN kind_limits AS k ON k.kind = f.kind
-        LEFT JOIN key_limits AS o ON o.kind = f.kind AND o.object_id = f.object_id) AS lim
-        WHERE NOT lim.paused
-          AND (
-            SELECT 1 FROM jobs AS older
-            WHERE older.kind = f.kind AND older.object_id = f.object_id
-              AND older.status = 'PENDING' AND (older.run_at, older.id) < (f.run_at, f.id)
-              AND older.bucket = f.bucket AND older.bucket = ANY (p_buckets)
-            LIMIT 1
-          ) IS NULL
-          AND (
-              SELECT count(*) FROM (
-                  SELECT 1 FROM jobs AS r
-                  WHERE r.kind = f.kind AND r.object_id = f.object_id AND r.status = 'PROCESSING'
-                    AND r.bucket = f.bucket AND r.bucket = ANY (p_buckets)
-                  LIMIT lim.max_running
-              ) AS running
-          ) < lim.max_running
-    )
-    SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now,
-           EXTRACT(EPOCH FROM
-        CASE
-            -- All 100 seen: a job further on has a slot at least the last one's, so waking
-            -- then at the latest is safe.
-            WHEN (SELECT count(*) FROM first_pending) = 100
-                THEN LEAST((SELECT min(earliest) FROM heads), (SELECT max(run_at) FROM first_pending))
-            ELSE (SELECT min(earliest) FROM heads)
-        END)::float8 AS next_start;
+    {citus_body:seconds_until_next_due $1=p_kinds $2=p_buckets};
 END
 $$;
 

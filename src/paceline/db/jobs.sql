@@ -243,9 +243,9 @@ FROM paceline_claim($5::smallint, $6::smallint[], $1, $2, $3, $4::text[]);
 -- name: seconds_until_next_due
 -- $1 the worker's kinds. (database clock now, when the next pending job may start), both in
 -- epoch seconds; the second is NULL if nothing is pending. Looks only at the first 100 pending
--- jobs by slot, so its cost does not grow with the backlog. On a Citus cluster, of one shard:
--- $2 its buckets (each relation restricted to them, so Citus routes it to that shard). A head held back only by a running
--- job of its key (max_running) is left out: the finish of that job wakes the workers.
+-- jobs by slot, so its cost does not grow with the backlog. A head held back only by a running
+-- job of its key (max_running) is left out: the finish of that job wakes the workers. On a
+-- Citus cluster, of one shard, $2 its buckets: the body of paceline_next_due (citus.sql).
 WITH first_pending AS (
     SELECT kind, object_id, id, run_at  -- citus: , bucket
     FROM jobs

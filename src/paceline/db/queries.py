@@ -28,6 +28,10 @@ _CITUS_VARIANT = " citus"
 _CITUS_LINE = re.compile(
     r"^(?P<indent>\s*)(?P<code>.*?)\s*-- citus(?P<instead>-instead)?: (?P<sql>.*)$"
 )
+# In a cluster block, `{citus_body:<name> $1=<param> ...}` is the cluster's form of the statement
+# <name> with its parameters renamed (a function's body that runs that statement).
+_CITUS_BODY = re.compile(r"\{citus_body:(?P<name>\w+)(?P<renames>(?: \$\d+=\w+)*)\}")
+_RENAME = re.compile(r"\$(?P<number>\d+)=(?P<to>\w+)")
 
 # The columns of a job row, in the order `paceline.queue.jobs.Job` has them: every query that
 # returns jobs says `{job_columns}`, so the list is written once.
@@ -76,6 +80,14 @@ def for_citus(sql: str) -> str:
     return "\n".join(lines)
 
 
+def _body(sql: str, renames: str) -> str:
+    """`sql` (a cluster's statement) with its `$n` parameters renamed as `renames` says
+    (" $1=p_kinds $2=p_buckets"), without its final semicolon."""
+    names = {match["number"]: match["to"] for match in _RENAME.finditer(renames)}
+    renamed = re.sub(r"\$(\d+)\b", lambda param: names.get(param[1], param[0]), sql)
+    return renamed.rstrip().removesuffix(";")
+
+
 def parse(text: str) -> dict[str, str]:
     """Split a queries file into {name: sql}; the text before the first name is a preamble."""
     parts = _NAME_LINE.split(text)
@@ -118,7 +130,9 @@ class _Registry(Mapping[str, str]):
         citus = {name: for_citus(sql) for name, sql in plain.items()}
         for name, sql in parsed.items():
             if name.endswith(_CITUS_VARIANT):
-                citus[name.removesuffix(_CITUS_VARIANT)] = sql
+                citus[name.removesuffix(_CITUS_VARIANT)] = _CITUS_BODY.sub(
+                    lambda body: _body(citus[body["name"]], body["renames"]), sql
+                )
         self._plain: Mapping[str, str] = MappingProxyType(plain)
         self._citus: Mapping[str, str] = MappingProxyType(citus)
         self._current: Mapping[str, str] = self._plain
