@@ -242,17 +242,9 @@ BEGIN
     FROM (
         SELECT j.id, lim.window_seconds, lim.per_window, lim.max_running
         FROM jobs AS j
-        CROSS JOIN LATERAL (
-            SELECT COALESCE(o.window_seconds, k.window_seconds, d.window_seconds, 300.0)
-                       AS window_seconds,
-                   COALESCE(o.per_window, k.per_window, d.per_window, 1) AS per_window,
-                   COALESCE(o.max_running, k.max_running, d.max_running, 1) AS max_running,
-                   COALESCE(o.paused, false) OR COALESCE(k.paused, false) AS paused
-            FROM (VALUES (1)) AS one (x)
-            LEFT JOIN kind_limits AS d ON d.kind = 'default'
-            LEFT JOIN kind_limits AS k ON k.kind = j.kind
-            LEFT JOIN key_limits AS o ON o.kind = j.kind AND o.object_id = j.object_id
-        ) AS lim
+        -- The key's limit, inlined when the queries are read (queries.py, as in every cluster
+        -- statement).
+        CROSS JOIN LATERAL paceline_limit(j.kind, j.object_id) AS lim
         WHERE j.bucket = ANY (p_buckets)
           AND j.status = 'PENDING'
           AND j.run_at <= now()

@@ -45,7 +45,8 @@ _FRAGMENTS = {"{job_columns}": JOB_COLUMNS}
 # Citus refuses a statement that calls a SQL function reading distributed (here: reference)
 # tables with the statement's parameters, which paceline_limit() is; its body, inlined, is
 # what PostgreSQL makes of the call anyway.
-_LIMIT_CALL = re.compile(r"paceline_limit\((?P<kind>[\w.$]+), (?P<object_id>[\w.$]+)\)")
+# A quoted name is the function's signature (create_distributed_function), not a call.
+_LIMIT_CALL = re.compile(r"(?<!')paceline_limit\((?P<kind>[\w.$]+), (?P<object_id>[\w.$]+)\)")
 _LIMIT_BODY = """(
     SELECT COALESCE(o.window_seconds, k.window_seconds, d.window_seconds, 300.0) AS window_seconds,
            COALESCE(o.per_window, k.per_window, d.per_window, 1) AS per_window,
@@ -62,12 +63,16 @@ _LIMIT_BODY = """(
 _VOLATILE_FINISH = "finished_at = clock_timestamp()"
 
 
-def for_citus(sql: str) -> str:
-    """The statement as a Citus cluster runs it: its `-- citus` lines applied."""
-    sql = sql.replace(_VOLATILE_FINISH, "finished_at = statement_timestamp()")
-    sql = _LIMIT_CALL.sub(
+def inline_limits(sql: str) -> str:
+    """Every paceline_limit() call of `sql` replaced by the function's body."""
+    return _LIMIT_CALL.sub(
         lambda call: _LIMIT_BODY.format(kind=call["kind"], object_id=call["object_id"]), sql
     )
+
+
+def for_citus(sql: str) -> str:
+    """The statement as a Citus cluster runs it: its `-- citus` lines applied."""
+    sql = inline_limits(sql.replace(_VOLATILE_FINISH, "finished_at = statement_timestamp()"))
     lines = []
     for line in sql.splitlines():
         marked = _CITUS_LINE.match(line)
@@ -130,8 +135,8 @@ class _Registry(Mapping[str, str]):
         citus = {name: for_citus(sql) for name, sql in plain.items()}
         for name, sql in parsed.items():
             if name.endswith(_CITUS_VARIANT):
-                citus[name.removesuffix(_CITUS_VARIANT)] = _CITUS_BODY.sub(
-                    lambda body: _body(citus[body["name"]], body["renames"]), sql
+                citus[name.removesuffix(_CITUS_VARIANT)] = inline_limits(
+                    _CITUS_BODY.sub(lambda body: _body(citus[body["name"]], body["renames"]), sql)
                 )
         self._plain: Mapping[str, str] = MappingProxyType(plain)
         self._citus: Mapping[str, str] = MappingProxyType(citus)
