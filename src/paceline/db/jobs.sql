@@ -136,7 +136,8 @@ ORDER BY id;
 -- worker has handlers for. Start due jobs under a lease held by this worker; returns them.
 -- The rules are per (kind, object): a "key" below, each under its limit paceline_limit().
 WITH due AS (
-    SELECT j.id
+    -- Named apart from the job's columns, which `started` returns unqualified.
+    SELECT j.id AS due_id, lim.window_seconds, lim.per_window, lim.max_running
     FROM jobs AS j
     -- The key's limit: an inlined function, three primary-key probes (a LATERAL on the row,
     -- so it stays a nested loop of probes, whatever the statistics say).
@@ -207,11 +208,13 @@ started AS (
     UPDATE jobs AS j
     SET status = 'PROCESSING', started_at = clock_timestamp(), attempts = j.attempts + 1,
         lease_expires_at = clock_timestamp() + make_interval(secs => $2), worker_id = $3
-    -- By primary key: joined to the CTE instead, the planner may hash-join it against a
-    -- sequential scan of the whole table.
-    WHERE j.id = ANY (ARRAY(SELECT id FROM due))
-    -- Unqualified, the columns are the updated row's (the statement has no FROM).
-    RETURNING {job_columns}
+    -- A nested loop of primary-key probes, one per due job (the statement is planned from
+    -- index paths only, paceline.db.plans), which also hands each started row the limit it
+    -- was started under. Not a join of `started` with `due` below: between two CTEs, that
+    -- nested loop is of scans, quadratic in the claim's size (512 jobs: 21 of 43 ms).
+    FROM due
+    WHERE j.id = due.due_id
+    RETURNING {job_columns}, due.window_seconds, due.per_window, due.max_running
 ),
 window_start AS (
     -- Record the start for the I1 check above. At most one job per key is in `started`, so
@@ -222,20 +225,15 @@ window_start AS (
 ),
 history AS (
     -- The attempt's own record; the job row will only show the latest attempt. With the
-    -- limit it was started under, which the limit auditor judges it by: read again, three
-    -- probes per job, the values `due` saw (one statement, one snapshot). Not a join with
-    -- `due`: planned from index paths only, a join of two CTEs is a nested loop of scans,
-    -- quadratic in the claim's size (512 jobs: 21 of the claim's 43 ms).
+    -- limit it was started under, which the limit auditor judges it by.
     INSERT INTO job_attempts (
         job_id, attempt, kind, object_id, worker_id, started_at,
         window_seconds, per_window, max_running
     )
-    SELECT s.id, s.attempts, s.kind, s.object_id, $3, s.started_at,
-           lim.window_seconds, lim.per_window, lim.max_running
-    FROM started AS s
-    CROSS JOIN LATERAL paceline_limit(s.kind, s.object_id) AS lim
+    SELECT id, attempts, kind, object_id, $3, started_at, window_seconds, per_window, max_running
+    FROM started
 )
-SELECT * FROM started;
+SELECT {job_columns} FROM started;
 
 -- name: claim_due_jobs citus
 -- The same on a Citus cluster, for one shard: $5 a bucket of the shard (which routes the call to
