@@ -293,10 +293,13 @@ async def test_retention_prunes_old_jobs_but_not_the_window(
         assert await db.fetchval("SELECT count(*) FROM jobs") == 1
         # Even with a retention of a millisecond the window of object 5 survives its job.
         short = Janitor(pool, retention=0.001, interval=1)
+        assert await db.fetchval("SELECT count(*) FROM job_attempts") == 1
         assert await short.prune() == 1
     finally:
         await pool.close()
     assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+    # The pruned job's history goes with it (retention keeps the table from growing).
+    assert await db.fetchval("SELECT count(*) FROM job_attempts") == 0
     again = await post(client, 5)
     rows = await wait_until_finished(database_url, 1, timeout=10)
     assert rows[0]["id"] == again["id"]

@@ -406,7 +406,7 @@ DELETE FROM workers WHERE last_heartbeat < now() - make_interval(secs => $1);
 
 -- name: prune_finished_jobs
 -- $1 retention seconds, $2 batch size. Oldest finished jobs first, a small batch per
--- transaction so pruning never holds many locks; their attempts go with them (cascade).
+-- transaction so pruning never holds many locks; their attempts go with them. How many jobs.
 WITH doomed AS (
     SELECT id FROM jobs
     WHERE status IN ('SUCCESS', 'FAILED', 'CANCELLED')
@@ -414,13 +414,22 @@ WITH doomed AS (
     ORDER BY finished_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+),
+pruned AS (
+    DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id RETURNING jobs.id
+),
+their_attempts AS (
+    -- An attempt goes with its job (no foreign key cascades it: schema.py, job_attempts). By
+    -- the primary key's first column, whatever the planner thinks of the batch's size.
+    DELETE FROM job_attempts WHERE job_id = ANY (ARRAY(SELECT id FROM pruned))
 )
-DELETE FROM jobs USING doomed WHERE jobs.id = doomed.id;
+SELECT count(*) FROM pruned;
 
 -- name: prune_finished_jobs citus
 -- The same on a Citus cluster, which refuses FOR UPDATE across shards: the batch is chosen
 -- without locks (each shard's oldest, merged on the coordinator), and the delete tests each
--- row again, so a job retried by hand meanwhile is not deleted.
+-- row again, so a job retried by hand meanwhile is not deleted. The cluster keeps the foreign
+-- key of job_attempts (migration 0014): it deletes their attempts.
 DELETE FROM jobs
 WHERE id IN (
     SELECT id FROM jobs
