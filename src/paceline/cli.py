@@ -146,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _database(settings) as dsn:
             settings = settings.replace(database_url=dsn)
-            _wait_for_database(dsn)
-            migrate.upgrade(dsn)
+            _migrate(dsn)
             if args.command == "migrate":
                 # A fresh database takes this environment's PACELINE_RATE_WINDOW as the default
                 # kind's limit here too, as `serve` would (a replica started before the
@@ -192,6 +191,35 @@ def _wait_for_database(dsn: str) -> None:
                 log.warning("waiting for the database (%s); retrying", exc)
                 last_said = time.monotonic()
             time.sleep(backoff.next())
+
+
+def _migrate(dsn: str) -> None:
+    """Wait for PostgreSQL, then migrate; again from the wait when the database went away
+    meanwhile (a restart, a terminated session: each migration is one transaction, so a cut
+    one left nothing half done). A replica restarted in an outage then comes up with the
+    database instead of exiting. Any other error is raised."""
+    backoff = Backoff(0.2, 2.0)
+    while True:
+        _wait_for_database(dsn)
+        try:
+            migrate.upgrade(dsn)
+            return
+        except Exception as exc:
+            if not _from_an_outage(exc):
+                raise
+            log.warning("the database went away while migrating (%s); retrying", exc)
+            time.sleep(backoff.next())
+
+
+def _from_an_outage(exc: BaseException) -> bool:
+    """Whether `exc`, or what it was raised from (SQLAlchemy wraps the driver's errors in its
+    own), means the database could not be reached."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if is_unavailable(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 async def _seed_default_limit(dsn: str, window: float) -> None:

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -750,3 +751,40 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
     assert await snapshot() == done
     assert (done[0]["status"], done[0]["duration"]) == ("SUCCESS", 0.5)
     assert [(a["attempt"], a["outcome"]) for a in done[1]] == [(1, "LOST"), (2, "SUCCESS")]
+
+
+async def test_a_migration_whose_session_is_terminated_retries_and_finishes(
+    empty_database_url: str,
+) -> None:
+    """`paceline migrate` (and so a replica starting) whose sessions the server terminates
+    mid-migration (pg_terminate_backend, a failover) waits, migrates again and exits 0 with
+    the database at the head, instead of exiting 1: the chaos soak saw a replica restarted
+    during a connection-killing spell die at its migration."""
+    env = {**os.environ, "DATABASE_URL": empty_database_url, "PACELINE_LOG_LEVEL": "WARNING"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "paceline",
+        "migrate",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    admin = await asyncpg.connect(empty_database_url)
+    terminated = 0
+    try:
+        # Every session of the migration the moment it appears, a few times over; then let it be.
+        while process.returncode is None and terminated < 4:
+            terminated += await admin.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await asyncio.sleep(0.02)
+        output = (await asyncio.wait_for(process.communicate(), timeout=120))[0].decode()
+        version = await admin.fetchval("SELECT version_num FROM alembic_version")
+    finally:
+        await admin.close()
+    assert terminated >= 1
+    assert process.returncode == 0, output
+    assert "retrying" in output  # it said why it started again
+    assert version == migrate.known_revisions()[-1]
