@@ -157,6 +157,7 @@ async def run(config: BenchConfig) -> int:
     cluster = Cluster(Path(workdir))
     began = time.monotonic()
     failures = 0
+    finished = False
     try:
         await cluster.start()
         report.meta["postgres"] = await _server_version(cluster)
@@ -179,14 +180,17 @@ async def run(config: BenchConfig) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        finished = True
     finally:
         with contextlib.suppress(Exception):
             await cluster.stop()
         report.meta["elapsed"] = f"{time.monotonic() - began:.0f} s"
         report.meta["load average at end"] = _loadavg()
-        report.write(config.results)
+        # An interrupted run keeps the last whole run's report: its figures are only a part.
+        name = "latest" if finished else "interrupted"
+        report.write(config.results, name)
         print(report.table())
-        print(f"\nwritten: {config.results / 'latest.json'}, {config.results / 'latest.md'}")
+        print(f"\nwritten: {config.results / name}.json, {config.results / name}.md")
         if config.keep:
             print(f"kept: {workdir}")
         else:

@@ -136,11 +136,11 @@ class Report:
             "sections": dict(self.sections),
         }
 
-    def write(self, directory: Path) -> None:
-        """Write `latest.json` and `latest.md` into `directory`."""
+    def write(self, directory: Path, name: str = "latest") -> None:
+        """Write `<name>.json` and `<name>.md` into `directory`."""
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "latest.json").write_text(json.dumps(self.as_json(), indent=2, default=str))
-        (directory / "latest.md").write_text(self.markdown())
+        (directory / f"{name}.json").write_text(json.dumps(self.as_json(), indent=2, default=str))
+        (directory / f"{name}.md").write_text(self.markdown())
 
 
 def _cells(row: Row) -> tuple[str, ...]:
