@@ -24,9 +24,11 @@ from hypothesis import strategies as st
 from paceline.db import jobs as jobs_store
 from paceline.db import limits as limits_store
 from paceline.queue import limits
+from paceline.queue.jobs import NewJob
 from paceline.queue.limits import LimitFields
 from paceline.queue.reaper import Reaper
 from paceline.queue.requeue import requeue
+from paceline.queue.scheduling import create_many
 from paceline.web.keys import POOL
 from tests.conftest import MakeClient
 from tests.support import assert_starts_apart, eventually, gaps, parse_time, post
@@ -528,3 +530,108 @@ async def test_a_resume_cut_off_after_its_commit_leaves_no_job_behind(
     assert await reaper.replan_stranded_keys() == 1
     assert await slot(parked[1]["id"]) is not None
     assert await reaper.replan_stranded_keys() == 0
+
+
+# --- batches that lock several keys --------------------------------------------------------------
+
+
+async def lock_waiters(db: asyncpg.Connection) -> int:
+    """How many sessions of this database wait for a lock."""
+    waiting: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    return waiting
+
+
+async def test_batches_placing_the_same_keys_in_opposite_orders_do_not_deadlock(
+    make_client: MakeClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """The planner places a batch's keys in key order, whatever order they were sent in: two
+    batches of one kind under N > 1 (the planner's, not the one statement's), one sending
+    objects 1, 2 and the other 2, 1, met with each holding one key and waiting for the other's,
+    until PostgreSQL broke one off (a deadlock, after a second). Driven here without the
+    submit's retry, which would hide that second."""
+    client = await make_client(
+        concurrency=0, rate_window=60, handlers="notify=tests.handlers:shout"
+    )
+    pool = client.app[POOL]
+    await limits.set_limit(pool, "notify", None, LimitFields(window=60.0, per_window=3))
+    for object_id in (1, 2):  # both keys' slot rows exist
+        await post(client, object_id, kind="notify")
+
+    async def batch(object_ids: list[int]) -> list[int]:
+        new = [NewJob(object_id, "notify") for object_id in object_ids]
+        async with pool.acquire() as conn, conn.transaction():
+            return [job.object_id for job in await create_many(conn, new)]
+
+    holder = await asyncpg.connect(database_url)
+    try:
+        # Hold object 1 so that both batches line up behind it: the one sent 1, 2 first.
+        await holder.execute("BEGIN")
+        await holder.execute(
+            "SELECT 1 FROM object_slots WHERE kind = 'notify' AND object_id = 1 FOR UPDATE"
+        )
+        one_two = asyncio.create_task(batch([1, 2]))
+        await eventually(lambda: _at_least(db, 1))
+        # Placed in request order, this one would take object 2 and wait for 1.
+        two_one = asyncio.create_task(batch([2, 1]))
+        await eventually(lambda: _at_least(db, 2))
+        await holder.execute("COMMIT")
+        assert list(await asyncio.gather(one_two, two_one)) == [[1, 2], [2, 1]]
+    finally:
+        await holder.close()
+    # Each key's slots are the rule's: three a window.
+    for object_id in (1, 2):
+        slots = sorted(s for s in (await slots_of(db, object_id)).values() if s is not None)
+        assert len(slots) == 3
+        assert rule_holds(slots, timedelta(seconds=60), 3)
+
+
+async def test_a_batch_broken_off_by_a_deadlock_is_run_again_not_refused(
+    make_client: MakeClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A batch with a plain job (placed by the one statement) and one under N > 1 (placed
+    after it) locks object 1 of `default` before object 1 of `notify`; a limit change of
+    `default` re-plans the kinds inheriting from it in key order, `notify` first. Here another
+    session takes the two the other way round: PostgreSQL breaks the batch's transaction off
+    after deadlock_timeout, and the batch must run again and be accepted (the chaos soak got a
+    500)."""
+    client = await make_client(
+        concurrency=0, rate_window=60, handlers="notify=tests.handlers:shout"
+    )
+    pool = client.app[POOL]
+    await limits.set_limit(pool, "notify", None, LimitFields(window=60.0, per_window=3))
+    first_plain = await post(client, 1)
+    await post(client, 1, kind="notify")
+    other = await asyncpg.connect(database_url)
+    try:
+        await other.execute("BEGIN")
+        # The batch's own deadlock check (after the default second) is the one that fires.
+        await other.execute("SET LOCAL deadlock_timeout = '30s'")
+        await other.execute(
+            "SELECT 1 FROM object_slots WHERE kind = 'notify' AND object_id = 1 FOR UPDATE"
+        )
+        sent = asyncio.create_task(
+            client.post("/jobs", json=[{"object_id": 1}, {"object_id": 1, "kind": "notify"}])
+        )
+        await eventually(lambda: _at_least(db, 1))
+        # Waits for the batch's lock on (default, 1) until PostgreSQL breaks the batch off.
+        await other.execute(
+            "SELECT 1 FROM object_slots WHERE kind = 'default' AND object_id = 1 FOR UPDATE"
+        )
+        await other.execute("COMMIT")
+        response = await sent
+        assert response.status == 201, await response.text()
+        plain, notify = (await response.json())["jobs"]
+    finally:
+        await other.close()
+    # Run again in full: exact slots, and nothing of the broken-off try is left.
+    assert parse_time(plain["run_at"]) == parse_time(first_plain["run_at"]) + timedelta(minutes=1)
+    assert notify["kind"] == "notify"
+    counts = await db.fetch("SELECT kind, count(*) FROM jobs GROUP BY kind ORDER BY kind")
+    assert [(row["kind"], row["count"]) for row in counts] == [("default", 2), ("notify", 2)]
+
+
+async def _at_least(db: asyncpg.Connection, waiting: int) -> bool:
+    return await lock_waiters(db) >= waiting

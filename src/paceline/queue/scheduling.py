@@ -346,11 +346,14 @@ async def create_in(conn: Connection, new: NewJob, *, absorbed: int | None = Non
 
 async def create_many(conn: Connection, new: list[NewJob]) -> list[Job]:
     """Create the jobs in the caller's transaction (all or nothing), in `new`'s order: one
-    statement for the keys it may plan, then the rest placed here one by one."""
+    statement for the keys it may plan, then the rest placed here one by one, key by key in
+    key order (each key's jobs in the order sent). Key order, as the one statement and a
+    limit change lock their keys: two batches that place the same keys the other way round
+    would each hold one key's slot row and wait for the other's (a deadlock)."""
     made = await _one_statement(conn, new)
-    for position, item in enumerate(new):
-        if position not in made:
-            made[position] = await place(conn, item)
+    rest = [position for position in range(len(new)) if position not in made]
+    for position in sorted(rest, key=lambda at: (new[at].kind, new[at].object_id, at)):
+        made[position] = await place(conn, new[position])
     return [made[position] for position in range(len(new))]
 
 
