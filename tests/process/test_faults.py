@@ -263,6 +263,19 @@ async def test_kill_9_a_replica_its_running_jobs_run_again_once_elsewhere(
     await asyncio.to_thread(victim.kill)
     killed_at = time.time()
     victim_id = worker_ids[victim.process.pid]
+
+    async def victim_sessions_ended() -> bool:
+        # A statement the victim sent just before it died still runs to its end (on a Citus
+        # cluster a claim is one statement outside a transaction, and commits): what it ran
+        # is known once its sessions are gone.
+        rows = await query(
+            database_url,
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = $1",
+            f"paceline/{victim.process.pid}",
+        )
+        return not rows
+
+    await eventually(victim_sessions_ended, timeout=lease / 3)
     # Its leases have ≥ lease·2/3 left: nothing was reaped yet.
     running_at_kill = {
         row["id"]

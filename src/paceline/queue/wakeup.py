@@ -18,7 +18,12 @@ from collections.abc import Callable
 import asyncpg
 
 from paceline.db import jobs as store
-from paceline.db.pool import CONNECT_TIMEOUT, is_unavailable
+from paceline.db.pool import (
+    CONNECT_TIMEOUT,
+    TypeCachingConnection,
+    is_unavailable,
+    session_settings,
+)
 from paceline.queue.service import Backoff, Service
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,12 @@ class DueListener(Service):
         raise exc
 
     async def _listen_once(self) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=CONNECT_TIMEOUT,
+            server_settings=session_settings(self._dsn),
+            connection_class=TypeCachingConnection,
+        )
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
