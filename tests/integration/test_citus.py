@@ -204,3 +204,61 @@ async def test_a_keys_enqueue_and_claim_each_run_on_one_worker(database_url: str
         assert [row["id"] for row in claimed] == [job["id"]]
     finally:
         await conn.close()
+
+
+@pytest.mark.usefixtures("cluster")
+async def test_a_workers_outcomes_and_lease_renewals_each_reach_one_shard(
+    database_url: str,
+) -> None:
+    """The claim tells the worker each job's bucket, and the statements that renew the leases
+    and record the outcomes of a shard's jobs run on that shard alone (before, every shard ran
+    each of them, in a distributed transaction)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO kind_limits (kind, window_seconds, per_window, max_running)"
+            " VALUES ('default', 0.1, 1, 1)"
+        )
+        made = [await store.enqueue(conn, kind="default", object_id=n) for n in range(1, 21)]
+        worker = uuid.uuid4()
+        await store.seconds_until_next_due(conn, kinds=["default"])
+        claimed = await store.claim_due_jobs(
+            conn, limit=50, lease=30, worker_id=worker, kinds=["default"]
+        )
+        assert sorted(row["id"] for row in claimed) == sorted(job["id"] for job in made if job)
+        buckets = await conn.fetch(
+            "SELECT id, paceline_bucket(kind, object_id) AS bucket FROM jobs"
+        )
+        assert {row["id"]: row["bucket"] for row in claimed} == {
+            row["id"]: row["bucket"] for row in buckets
+        }
+        # Each shard's statement is one task on one node.
+        (shard, *_) = await conn.fetch(QUERIES["citus_shard_buckets"])
+        for name, args in (
+            ("renew_leases", ([1], [1], 30.0, worker, shard["buckets"])),
+            ("finish_jobs", ([1], [1], ["SUCCESS"], [0.1], [None], [None], shard["buckets"])),
+        ):
+            plan = await conn.fetch(f"EXPLAIN {QUERIES[name]}", *args)
+            assert "Task Count: 1" in "\n".join(row[0] for row in plan), name
+        ids = [row["id"] for row in claimed]
+        attempts = [row["attempts"] for row in claimed]
+        known = [row["bucket"] for row in claimed]
+        renewed = await store.renew_leases(
+            conn, job_ids=ids, attempts=attempts, lease=30, worker_id=worker, buckets=known
+        )
+        assert renewed == set(ids)
+        recorded = await store.finish_jobs(
+            conn,
+            job_ids=ids,
+            attempts=attempts,
+            statuses=["SUCCESS"] * len(ids),
+            durations=[0.1] * len(ids),
+            errors=[None] * len(ids),
+            results=[None] * len(ids),
+            buckets=known,
+        )
+        assert recorded == set(ids)
+        outcomes = await conn.fetch("SELECT DISTINCT outcome FROM job_attempts")
+        assert [row["outcome"] for row in outcomes] == ["SUCCESS"]
+    finally:
+        await conn.close()

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from paceline.db import jobs as jobs_store
 from paceline.db import limits as limits_store
+from paceline.db.queries import QUERIES
 from paceline.queue import limits
 from paceline.queue.jobs import NewJob
 from paceline.queue.limits import LimitFields
@@ -441,6 +442,9 @@ async def start_and_retry(delay: float, model: Model, db: asyncpg.Connection) ->
     """A worker's claim, then a handler's RetryLater(delay) for every job it started."""
     # Just before the claim's own transaction began: a key startable then must be started.
     now = await db.fetchval("SELECT now()")
+    # As a worker does before it sleeps: on a Citus cluster a claim visits the shards this
+    # found due (on one server it changes nothing).
+    await jobs_store.seconds_until_next_due(db, kinds=["default"])
     claimed = await jobs_store.claim_due_jobs(
         db, limit=100, lease=30.0, worker_id=uuid.uuid4(), kinds=["default"]
     )
@@ -536,12 +540,25 @@ async def test_a_resume_cut_off_after_its_commit_leaves_no_job_behind(
 
 
 async def lock_waiters(db: asyncpg.Connection) -> int:
-    """How many sessions of this database wait for a lock."""
+    """How many sessions of this database wait for a lock (on a Citus cluster they wait on
+    the worker holding the key's shard: citus_lock_waits sees them there)."""
     waiting: int = await db.fetchval(
-        "SELECT count(*) FROM pg_stat_activity "
+        "SELECT count(DISTINCT waiting_gpid) FROM citus_lock_waits"
+        if QUERIES.citus
+        else "SELECT count(*) FROM pg_stat_activity "
         "WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
     return waiting
+
+
+async def hold_key(conn: asyncpg.Connection, kind: str, object_id: int) -> None:
+    """Lock the key's slot row in `conn`'s transaction, as the planner does (on a cluster
+    FOR UPDATE must name the key's shard: its bucket)."""
+    route = f" AND bucket = paceline_bucket('{kind}', {object_id})" if QUERIES.citus else ""
+    await conn.execute(
+        f"SELECT 1 FROM object_slots WHERE kind = '{kind}' AND object_id = {object_id}"
+        f"{route} FOR UPDATE"
+    )
 
 
 async def test_batches_placing_the_same_keys_in_opposite_orders_do_not_deadlock(
@@ -569,9 +586,7 @@ async def test_batches_placing_the_same_keys_in_opposite_orders_do_not_deadlock(
     try:
         # Hold object 1 so that both batches line up behind it: the one sent 1, 2 first.
         await holder.execute("BEGIN")
-        await holder.execute(
-            "SELECT 1 FROM object_slots WHERE kind = 'notify' AND object_id = 1 FOR UPDATE"
-        )
+        await hold_key(holder, "notify", 1)
         one_two = asyncio.create_task(batch([1, 2]))
         await eventually(lambda: _at_least(db, 1))
         # Placed in request order, this one would take object 2 and wait for 1.
@@ -609,17 +624,13 @@ async def test_a_batch_broken_off_by_a_deadlock_is_run_again_not_refused(
         await other.execute("BEGIN")
         # The batch's own deadlock check (after the default second) is the one that fires.
         await other.execute("SET LOCAL deadlock_timeout = '30s'")
-        await other.execute(
-            "SELECT 1 FROM object_slots WHERE kind = 'notify' AND object_id = 1 FOR UPDATE"
-        )
+        await hold_key(other, "notify", 1)
         sent = asyncio.create_task(
             client.post("/jobs", json=[{"object_id": 1}, {"object_id": 1, "kind": "notify"}])
         )
         await eventually(lambda: _at_least(db, 1))
         # Waits for the batch's lock on (default, 1) until PostgreSQL breaks the batch off.
-        await other.execute(
-            "SELECT 1 FROM object_slots WHERE kind = 'default' AND object_id = 1 FOR UPDATE"
-        )
+        await hold_key(other, "default", 1)
         await other.execute("COMMIT")
         response = await sent
         assert response.status == 201, await response.text()

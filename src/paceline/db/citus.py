@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -85,6 +86,7 @@ class Shards:
 
     def __init__(self) -> None:
         self._buckets: list[list[int]] | None = None
+        self._shard_of: dict[int, int] = {}  # bucket -> its shard's index in _buckets
         self._next_start: list[float] = []
         self._clock: tuple[float, float] = (0.0, 0.0)  # (database now, monotonic) when learnt
         self._turn = 0
@@ -94,8 +96,31 @@ class Shards:
         if self._buckets is None:
             rows = await db.fetch(QUERIES.cluster("citus_shard_buckets"))
             self._buckets = [list(row["buckets"]) for row in rows]
+            self._shard_of = {b: i for i, shard in enumerate(self._buckets) for b in shard}
             self._next_start = [-math.inf] * len(self._buckets)
         return self._buckets
+
+    async def group(
+        self, db: Executor, buckets: Sequence[int | None] | None, count: int
+    ) -> list[tuple[list[int], list[int]]]:
+        """Positions 0..count-1 of a statement's arrays grouped by the shard of their bucket
+        (`buckets`, parallel to them): (the shard's buckets, the positions), one statement each,
+        which Citus routes to that shard alone. Positions whose bucket is not known (None, or no
+        `buckets`) form one group with every bucket: a statement every shard runs."""
+        shards = await self.buckets(db)
+        by_shard: dict[int, list[int]] = {}
+        unknown: list[int] = []
+        for at in range(count):
+            bucket = None if buckets is None else buckets[at]
+            shard = None if bucket is None else self._shard_of.get(bucket)
+            if shard is None:
+                unknown.append(at)
+            else:
+                by_shard.setdefault(shard, []).append(at)
+        groups = [(shards[shard], at) for shard, at in by_shard.items()]
+        if unknown:
+            groups.append(([bucket for shard in shards for bucket in shard], unknown))
+        return groups
 
     async def due(self, db: Executor) -> list[tuple[int, list[int]]]:
         """The shards (index, buckets) whose next job may start by now, in turn."""

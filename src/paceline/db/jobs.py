@@ -217,13 +217,29 @@ async def renew_leases(
     attempts: Sequence[int],
     lease: float,
     worker_id: uuid.UUID,
+    buckets: Sequence[int | None] | None = None,
 ) -> set[int]:
     """Extend the leases `worker_id` still holds (at most MAX_IDS_PER_STATEMENT); the ids
-    renewed (one missing was taken back)."""
-    rows = await fetch_planned(
-        db, QUERIES["renew_leases"], list(job_ids), list(attempts), lease, worker_id
-    )
-    return {row["id"] for row in rows}
+    renewed (one missing was taken back). `buckets`: each job's, as its claim said (a Citus
+    cluster then renews each shard's jobs on that shard alone)."""
+    if not QUERIES.citus:
+        rows = await fetch_planned(
+            db, QUERIES["renew_leases"], list(job_ids), list(attempts), lease, worker_id
+        )
+        return {row["id"] for row in rows}
+    renewed: set[int] = set()
+    for shard_buckets, at in await SHARDS.group(db, buckets, len(job_ids)):
+        rows = await fetch_planned(
+            db,
+            QUERIES["renew_leases"],
+            [job_ids[i] for i in at],
+            [attempts[i] for i in at],
+            lease,
+            worker_id,
+            shard_buckets,
+        )
+        renewed.update(row["id"] for row in rows)
+    return renewed
 
 
 async def finish_jobs(
@@ -235,21 +251,40 @@ async def finish_jobs(
     durations: Sequence[float],
     errors: Sequence[str | None],
     results: Sequence[str | None],
+    buckets: Sequence[int | None] | None = None,
 ) -> set[int]:
     """Record the outcomes of attempts that ended (at most MAX_IDS_PER_STATEMENT, parallel
     sequences; results as JSON text) in one statement; the ids recorded (an attempt taken back
-    meanwhile is not)."""
-    rows = await fetch_planned(
-        db,
-        QUERIES["finish_jobs"],
-        list(job_ids),
-        list(attempts),
-        list(statuses),
-        list(durations),
-        list(errors),
-        list(results),
-    )
-    return {row["id"] for row in rows}
+    meanwhile is not). `buckets`: each job's, as its claim said: a Citus cluster records each
+    shard's outcomes on that shard alone, one statement per shard (a job's outcome is its own:
+    nothing needs the shards' statements to commit together)."""
+    if not QUERIES.citus:
+        rows = await fetch_planned(
+            db,
+            QUERIES["finish_jobs"],
+            list(job_ids),
+            list(attempts),
+            list(statuses),
+            list(durations),
+            list(errors),
+            list(results),
+        )
+        return {row["id"] for row in rows}
+    recorded: set[int] = set()
+    for shard_buckets, at in await SHARDS.group(db, buckets, len(job_ids)):
+        rows = await fetch_planned(
+            db,
+            QUERIES["finish_jobs"],
+            [job_ids[i] for i in at],
+            [attempts[i] for i in at],
+            [statuses[i] for i in at],
+            [durations[i] for i in at],
+            [errors[i] for i in at],
+            [results[i] for i in at],
+            shard_buckets,
+        )
+        recorded.update(row["id"] for row in rows)
+    return recorded
 
 
 async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record]:

@@ -238,7 +238,8 @@ SELECT {job_columns} FROM started;
 -- name: claim_due_jobs citus
 -- The same on a Citus cluster, for one shard: $5 a bucket of the shard (which routes the call to
 -- the worker that holds it), $6 all the shard's buckets (paceline_claim, citus.sql).
-SELECT {job_columns}
+-- The job's bucket too: the worker's outcome and lease statements name it (finish_jobs citus).
+SELECT {job_columns}, bucket
 FROM paceline_claim($5::smallint, $6::smallint[], $1, $2, $3, $4::text[]);
 
 -- name: seconds_until_next_due
@@ -346,7 +347,8 @@ history AS (
 SELECT run_at FROM requeued;
 
 -- name: renew_leases
--- $1 job ids, $2 their attempts, $3 lease seconds, $4 worker id. Extends the leases this
+-- $1 job ids, $2 their attempts, $3 lease seconds, $4 worker id (on a Citus cluster, $5 the
+-- buckets of the shard that holds the jobs). Extends the leases this
 -- worker still holds; a job missing from the answer was taken back and must stop. At most
 -- MAX_IDS_PER_STATEMENT ids (queries.py): array_position is a linear search.
 UPDATE jobs AS j
@@ -356,6 +358,7 @@ WHERE j.id = ANY ($1::bigint[])
   AND j.attempts = ($2::int[])[array_position($1::bigint[], j.id)]
   AND j.lease_expires_at IS NOT NULL
   AND j.worker_id = $4
+  -- citus: AND j.bucket = ANY ($5::smallint[])  -- one shard's jobs (see finish_jobs citus)
 RETURNING j.id;
 
 -- name: expired_leases
@@ -669,8 +672,10 @@ wake AS (
 SELECT id FROM finished WHERE (SELECT count(*) FROM wake) >= 0;
 
 -- name: finish_jobs citus
--- The same on a Citus cluster, where each UPDATE runs on every shard at once (the ids name no
--- bucket) in one distributed transaction. Each row's values come from a join with the arrays
+-- The same on a Citus cluster, for the jobs of one shard: $7 the shard's buckets, which route the
+-- statement to that shard alone (paceline.db.jobs groups the outcomes by shard; outcomes of jobs
+-- whose bucket the worker does not know are sent with every bucket, to every shard at once, in
+-- one distributed transaction). Each row's values come from a join with the arrays
 -- (Citus crashed on the per-row array_position of the one-server form, issue 19's notes). The
 -- wake-up cannot look at each finished job's key (Citus runs no correlated subquery over a
 -- CTE's rows): a batch that finished a job wakes the workers, one NOTIFY per batch.
@@ -681,6 +686,7 @@ WITH finished AS (
     FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::text[], $6::jsonb[])
         AS o(id, attempt, status, duration, error, result)
     WHERE j.id = ANY ($1::bigint[]) AND j.id = o.id
+      AND j.bucket = ANY ($7::smallint[])
       AND j.attempts = o.attempt
       AND j.lease_expires_at IS NOT NULL
     RETURNING j.id
@@ -691,6 +697,7 @@ history AS (
     FROM unnest($1::bigint[], $2::int[], $3::text[], $5::text[])
         AS o(id, attempt, status, error)
     WHERE a.job_id = ANY ($1::bigint[]) AND a.job_id = o.id
+      AND a.bucket = ANY ($7::smallint[])
       AND a.attempt = o.attempt
       AND a.outcome IS NULL
 ),

@@ -66,6 +66,7 @@ class CompletionWriter(BatchWriter[_Outcome, bool]):
                     durations=[o.duration for o in items],
                     errors=[o.error for o in items],
                     results=[o.result for o in items],
+                    buckets=[o.job.bucket for o in items],
                 )
             return [outcome.job.id in recorded for outcome in items]
 

@@ -66,6 +66,10 @@ class Job:
     # `attempts` when the job was last retried by hand (0: never). `attempts` counts every
     # attempt of its life; PACELINE_MAX_ATTEMPTS allows that many since the retry.
     attempts_at_retry: int = 0
+    # On a Citus cluster, the job's shard key (paceline_bucket(kind, object_id)) as the claim
+    # returns it: the worker's statements about the job (its outcome, its lease) then name it and
+    # reach the one shard that holds the job. None on one server, and where no claim said it.
+    bucket: int | None = None
 
     @property
     def attempts_since_retry(self) -> int:
@@ -102,6 +106,7 @@ class Job:
             result_json=record["result"],
             not_before=record["not_before"],
             attempts_at_retry=record["attempts_at_retry"],
+            bucket=record.get("bucket"),
         )
 
     def to_json(self) -> dict[str, Any]:

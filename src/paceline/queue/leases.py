@@ -92,6 +92,7 @@ class LeaseKeeper(Service):
                 attempts=[entry.job.attempts for entry in held],
                 lease=self._lease,
                 worker_id=self._worker_id,
+                buckets=[entry.job.bucket for entry in held],
             )
         for entry in held:
             if entry.job.id in renewed:
