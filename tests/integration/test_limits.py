@@ -644,5 +644,38 @@ async def test_a_batch_broken_off_by_a_deadlock_is_run_again_not_refused(
     assert [(row["kind"], row["count"]) for row in counts] == [("default", 2), ("notify", 2)]
 
 
+async def test_a_limit_change_broken_off_by_a_deadlock_is_run_again_not_refused(
+    make_client: MakeClient, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A limit change marks its kind's slot rows for the planner in key order (object 1, then
+    2). Here another session holds object 2 and then asks for object 1: PostgreSQL breaks the
+    change's transaction off after deadlock_timeout, and the change must run again and apply
+    (the chaos soak got a 500 from PUT /limits/{kind})."""
+    client = await make_client(concurrency=0, rate_window=60)
+    for object_id in (1, 2):
+        await post(client, object_id)
+        await post(client, object_id)  # one pending job each waits a window: a re-plan moves it
+    other = await asyncpg.connect(database_url)
+    try:
+        await other.execute("BEGIN")
+        # The change's own deadlock check (after the default second) is the one that fires.
+        await other.execute("SET LOCAL deadlock_timeout = '30s'")
+        await hold_key(other, "default", 2)
+        sent = asyncio.create_task(client.put("/limits/default", json={"window": 30}))
+        await eventually(lambda: _at_least(db, 1))
+        # Waits for the change's lock on object 1 until PostgreSQL breaks the change off.
+        await hold_key(other, "default", 1)
+        await other.execute("COMMIT")
+        response = await sent
+        assert response.status == 200, await response.text()
+    finally:
+        await other.close()
+    # Applied in full: each key's second job moved from a minute to 30 s after its first.
+    for object_id in (1, 2):
+        slots = sorted(s for s in (await slots_of(db, object_id)).values() if s is not None)
+        assert len(slots) == 2
+        assert slots[1] - slots[0] == timedelta(seconds=30)
+
+
 async def _at_least(db: asyncpg.Connection, waiting: int) -> bool:
     return await lock_waiters(db) >= waiting

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
-from typing import Any
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -15,6 +16,11 @@ from asyncpg.pool import PoolConnectionProxy
 Connection = asyncpg.Connection | PoolConnectionProxy
 # What a query function runs on: the pool (a connection of its own) or the caller's connection.
 Executor = asyncpg.Pool | Connection
+
+T = TypeVar("T")
+
+# How many times a transaction runs when PostgreSQL breaks it off to end a deadlock.
+LOCK_CONFLICT_ATTEMPTS = 5
 
 # How long a request waits for a connection or for PostgreSQL to answer a connect before
 # it is told the database is unavailable; short, so the API answers 503 instead of hanging.
@@ -170,3 +176,34 @@ async def fetch_committed(db: Executor, query: str, *args: Any) -> list[asyncpg.
         return await db.fetch(query, *args)
     async with committed_connection(db) as conn:
         return await conn.fetch(query, *args)
+
+
+async def in_transaction(
+    db: asyncpg.Pool | Connection, work: Callable[[Connection], Awaitable[T]]
+) -> T:
+    """`work` in a transaction of its own (on a connection of the pool, or on `db`), run again
+    if PostgreSQL broke it off to end a deadlock (or a serialization failure): that rolled the
+    whole transaction back, so running it again is the same request, and it then finds the
+    locks free. An exception of `work`'s own ends the transaction and is raised.
+
+    Writers that lock several keys' slot rows lock them in key order where they can (a batch's
+    planner, a limit change's `plan_exactly`), but not all can: a batch locks the keys the
+    one-statement enqueue places before the ones the planner places, the reaper takes expired
+    jobs' keys in expiry order, and a Citus cluster locks each shard's rows in its own order. Two
+    of them can meet the other way round; PostgreSQL then aborts one after deadlock_timeout, and
+    the request must not end in a 500 for it (the chaos soak got one from a batch and one from
+    a limit change).
+    """
+    for attempt in range(1, LOCK_CONFLICT_ATTEMPTS + 1):
+        try:
+            if isinstance(db, asyncpg.Pool):
+                async with db.acquire() as conn, conn.transaction():
+                    return await work(conn)
+            async with db.transaction():
+                return await work(db)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == LOCK_CONFLICT_ATTEMPTS:
+                raise
+        # Apart by a random moment, so the two that collided do not collide again in step.
+        await asyncio.sleep(random.uniform(0.0, 0.05 * attempt))
+    raise AssertionError("unreachable")

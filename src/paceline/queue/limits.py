@@ -14,6 +14,7 @@ an advisory lock: two at once could otherwise re-plan a key with two different l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -25,7 +26,7 @@ from paceline.contract import DEFAULT_KIND, MAX_LIMIT_CHANGES_SHOWN
 from paceline.db import jobs as jobs_store
 from paceline.db import limits as store
 from paceline.db import slots
-from paceline.db.pool import Connection, is_unavailable
+from paceline.db.pool import Connection, in_transaction, is_unavailable
 from paceline.queue.jobs import finite, isoformat
 from paceline.queue.scheduling import KeyLimit, SlotChange, read_limit, replan_key
 from paceline.queue.wakeup import CHANNEL
@@ -297,7 +298,12 @@ def _paused_writer(
 
 
 class _DryRun(Exception):
-    """Rolls a dry run's transaction back."""
+    """Rolls a dry run's transaction back, carrying what it would have done."""
+
+    def __init__(self, after: LimitView, changes: list[SlotChange]) -> None:
+        super().__init__("dry run")
+        self.after = after
+        self.changes = changes
 
 
 async def _change(
@@ -310,52 +316,59 @@ async def _change(
     from_now: bool = False,
     park: bool = False,
 ) -> Replanned:
-    changes: list[SlotChange] = []
-    keys: list[tuple[str, int]] = []
+    async def decide(conn: Connection) -> tuple[LimitView, list[tuple[str, int]], list[SlotChange]]:
+        # The change itself, in one transaction: the new limit, its keys marked for the planner,
+        # and a pause's parked jobs (or the keys to re-plan). Run again whole if PostgreSQL
+        # broke it off to end a deadlock (plan_exactly locks many slot rows).
+        await store.lock_limit_changes(conn)
+        await write(conn)
+        after = await view(conn, kind, object_id)
+        kinds = [kind] if object_id is not None else await store.kinds_inheriting(conn, kind=kind)
+        if object_id is not None:
+            # The key may have no slot row yet (no job so far, or pruned): make one, or
+            # plan_exactly has nothing to mark and the one-statement enqueue would place the
+            # key's jobs under its kind's limit, ignoring the override.
+            await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
+        # Until each key is re-planned, the one-statement enqueue leaves them be.
+        await store.plan_exactly(conn, kinds=kinds, object_id=object_id)
+        if park:
+            # A pause parks every pending job of the kind (or key) in one statement; nothing
+            # needs a re-plan.
+            parked = [
+                SlotChange(row["id"], row["kind"], row["object_id"], finite(row["before"]), None)
+                for row in await store.park_pending(conn, kind=kind, object_id=object_id)
+            ]
+            if dry_run:
+                raise _DryRun(after, parked)
+            return after, [], parked
+        keys = await store.keys_with_pending(conn, kinds=kinds, object_id=object_id)
+        if dry_run:
+            planned: list[SlotChange] = []
+            for key_kind, key_object in keys:
+                planned += await replan_key(
+                    conn, key_kind, key_object, from_now=from_now, apply=False
+                )
+            raise _DryRun(after, planned)
+        return after, keys, []
+
     async with pool.acquire() as conn:
         try:
-            async with conn.transaction():
-                await store.lock_limit_changes(conn)
-                await write(conn)
-                after = await view(conn, kind, object_id)
-                kinds = (
-                    [kind]
-                    if object_id is not None
-                    else await store.kinds_inheriting(conn, kind=kind)
-                )
-                if object_id is not None:
-                    # The key may have no slot row yet (no job so far, or pruned): make one,
-                    # or plan_exactly has nothing to mark and the one-statement enqueue would
-                    # place the key's jobs under its kind's limit, ignoring the override.
-                    await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
-                # Until each key is re-planned, the one-statement enqueue leaves them be.
-                await store.plan_exactly(conn, kinds=kinds, object_id=object_id)
-                if park:
-                    # A pause parks every pending job of the kind (or key) in one statement;
-                    # nothing needs a re-plan.
-                    changes = [
-                        SlotChange(
-                            row["id"], row["kind"], row["object_id"], finite(row["before"]), None
-                        )
-                        for row in await store.park_pending(conn, kind=kind, object_id=object_id)
-                    ]
-                else:
-                    keys = await store.keys_with_pending(conn, kinds=kinds, object_id=object_id)
-                if dry_run:
-                    for key_kind, key_object in keys:
-                        changes += await replan_key(
-                            conn, key_kind, key_object, from_now=from_now, apply=False
-                        )
-                    raise _DryRun
-        except _DryRun:
-            return Replanned(after, changes, dry_run=True)
+            after, keys, changes = await in_transaction(conn, decide)
+        except _DryRun as dry:
+            return Replanned(dry.after, dry.changes, dry_run=True)
+
+        async def replan(conn: Connection, some: list[tuple[str, int]]) -> list[SlotChange]:
+            await jobs_store.plan_per_call(conn)
+            moved: list[SlotChange] = []
+            for key_kind, key_object in some:
+                moved += await replan_key(conn, key_kind, key_object, from_now=from_now)
+            return moved
+
         # Applied: the new limit is committed (the claim obeys it from now on); the pending
         # slots follow, a few keys per transaction.
         for start in range(0, len(keys), KEYS_PER_TRANSACTION):
-            async with conn.transaction():
-                await jobs_store.plan_per_call(conn)
-                for key_kind, key_object in keys[start : start + KEYS_PER_TRANSACTION]:
-                    changes += await replan_key(conn, key_kind, key_object, from_now=from_now)
+            some = keys[start : start + KEYS_PER_TRANSACTION]
+            changes += await in_transaction(conn, functools.partial(replan, some=some))
         await jobs_store.notify_due(conn, channel=CHANNEL, seconds=0.0)
     log.info(
         "limit of %s%s changed: %d pending job(s) moved in %d key(s)",

@@ -9,11 +9,9 @@ previous ones committed), then decides, then enqueues, changes the key's pending
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import math
-import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
@@ -23,7 +21,7 @@ import asyncpg
 from paceline import contract
 from paceline.contract import DEFAULT_KIND, MAX_APPENDED, MAX_PAYLOAD_BYTES
 from paceline.db import slots
-from paceline.db.pool import Connection
+from paceline.db.pool import Connection, in_transaction
 from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.jobs import Job, NewJob, finite, get_job, get_jobs
 from paceline.queue.scheduling import create, create_in, create_many, next_free
@@ -32,8 +30,6 @@ T = TypeVar("T")
 
 # How long an Idempotency-Key returns the same job.
 IDEMPOTENCY_TTL = 24 * 3600.0
-# How many times a submit's transaction runs when PostgreSQL breaks it off to end a deadlock.
-LOCK_CONFLICT_ATTEMPTS = 5
 
 
 # What a request wants when its key's window is busy (queue, coalesce, reject, replace, append).
@@ -183,30 +179,6 @@ async def submit_batch(
         return AdmittedBatch(jobs)
 
     return await in_transaction(pool, admit)
-
-
-async def in_transaction(pool: asyncpg.Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
-    """`work` in a transaction of its own, run again if PostgreSQL broke it off to end a
-    deadlock (or a serialization failure): that rolled the whole transaction back, so running
-    it again is the same request, and it then finds the locks free.
-
-    A submit locks several keys' slot rows when it places a batch, and other writers (a limit
-    change re-planning a kind, another batch) lock several too. They all lock in key order
-    where they can (`create_many`, `plan_exactly`), but a batch locks the keys the
-    one-statement enqueue places before the ones the planner places, so it can still meet a
-    writer that takes the same two keys the other way round. PostgreSQL then aborts one of
-    them after deadlock_timeout; the client must not get a 500 for it (the soak saw one).
-    """
-    for attempt in range(1, LOCK_CONFLICT_ATTEMPTS + 1):
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                return await work(conn)
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
-            if attempt == LOCK_CONFLICT_ATTEMPTS:
-                raise
-        # Apart by a random moment, so the two that collided do not collide again in step.
-        await asyncio.sleep(random.uniform(0.0, 0.05 * attempt))
-    raise AssertionError("unreachable")
 
 
 async def _claim_batch_key(conn: Connection, key: str, fingerprint: str) -> list[Job] | None:
