@@ -27,6 +27,11 @@ FINAL = {"SUCCESS", "FAILED", "CANCELLED"}
 OUTAGE_TAIL = 10.0
 # A 503 this long after the connection killer struck is its (a request on a killed connection).
 KILL_TAIL = 5.0
+# The history is read while the replicas run: a job due this little before the snapshot may
+# not have been claimed yet, and a lease run out this little before may not have been taken
+# back yet (the reaper looks every lease/3 = 1 s).
+START_GRACE = 5.0
+REAP_GRACE = 5.0
 # Slack around a limit change or a pause: a claim's transaction may have begun just before.
 CHANGE_SLACK = 1.0
 PAUSE_SLACK = 0.2
@@ -46,7 +51,17 @@ class Findings:
 
 
 async def read_history(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], ...]:
-    """Every job and every attempt, times as UNIX seconds on the database clock."""
+    """Every job and every attempt, times as UNIX seconds on the database clock, as one
+    snapshot, and its moment ("now"). The replicas are still running: read statement by
+    statement, a job read PENDING could start before its attempts were read, and its slot
+    come due before "now" was (both seen as failures that were not)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        return await _read_snapshot(conn)
+
+
+async def _read_snapshot(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], ...]:
+    # now() is the transaction's start, taken with its first statement's snapshot.
+    now = float(await conn.fetchval("SELECT extract(epoch FROM now())"))
     jobs = await conn.fetch(
         "SELECT id, kind, object_id, status, attempts, "
         "extract(epoch FROM run_at)::float8 AS run_at, "
@@ -65,7 +80,6 @@ async def read_history(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], 
         "SELECT kind, NULL::bigint AS object_id FROM kind_limits WHERE paused "
         "UNION ALL SELECT kind, object_id FROM key_limits WHERE paused"
     )
-    now = float(await conn.fetchval("SELECT extract(epoch FROM now())"))
     return (
         [dict(r) for r in jobs],
         [dict(r) for r in attempts],
@@ -105,11 +119,13 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
             job["kind"],
             job["object_id"],
         ) in paused_keys
-        due = job["run_at"] is not None and job["run_at"] <= now
+        # Due long enough before the snapshot that a worker would have started it.
+        due = job["run_at"] is not None and job["run_at"] <= now - START_GRACE
         # Parked ('infinity') is waiting only while its key is paused: else nothing runs it.
         parked = job["run_at"] == math.inf
-        # Still running under a live lease when the drain's time ran out: in progress.
-        leased = job["lease_expires_at"] is not None and job["lease_expires_at"] > now
+        # Still running under a lease that was live (or ran out too recently for a reaper to
+        # have taken it back yet) when the drain's time ran out: in progress.
+        leased = job["lease_expires_at"] is not None and job["lease_expires_at"] > now - REAP_GRACE
         in_progress = job["status"] == "PROCESSING" and leased
         if in_progress or (job["status"] == "PENDING" and (key_paused or not (due or parked))):
             waiting.append(job["id"])
@@ -131,6 +147,9 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
         rows.sort(key=lambda row: row["attempt"])
     outcome = {(r["job_id"], r["attempt"]): r["outcome"] for r in attempts}
     starts = Counter((r["id"], r["attempt"]) for r in runs if r["ev"] == "start")
+    # A handler starts after its claim committed: one that started before the snapshot has
+    # its attempt in it. Later ones (the replicas ran on until stopped) are not in it.
+    started_before = {(r["id"], r["attempt"]) for r in runs if r["ev"] == "start" and r["t"] < now}
     ends = {(r["id"], r["attempt"]): r["outcome"] for r in runs if r["ev"] == "end"}
     duplicated: list[object] = [pair for pair, n in sorted(starts.items()) if n > 1]
     duplicated += sorted(
@@ -138,7 +157,7 @@ def audit(  # noqa: PLR0915 - one pass over the history, check by check, reads b
         for job_id, rows in per_job.items()
         if sum(r["outcome"] == "SUCCESS" for r in rows) > 1
     )
-    unrecorded = [pair for pair in starts if pair not in outcome]
+    unrecorded = [pair for pair in started_before if pair not in outcome]
     explained, unexplained = 0, []
     for job_id, rows in per_job.items():
         for row in rows[:-1]:

@@ -59,6 +59,9 @@ class Replica:
     process: ServeProcess
     busy: bool = False  # a fault is being done to it
     frozen: bool = False
+    # How many times it was frozen: a request it took before a freeze and answered after the
+    # thaw was faulted too (its timers ran out while it was stopped).
+    freezes: int = 0
     violations_seen: int = 0  # the auditor counters of its earlier processes, summed
 
     @property
@@ -147,6 +150,7 @@ class Cluster:
     def freeze(self, replica: Replica) -> None:
         os.kill(replica.process.process.pid, signal.SIGSTOP)
         replica.frozen = True
+        replica.freezes += 1
 
     def thaw(self, replica: Replica) -> None:
         with contextlib.suppress(ProcessLookupError):

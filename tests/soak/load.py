@@ -111,6 +111,7 @@ class Load:
         replica = next(r for r in self.cluster.replicas if r.url == url)
         started = time.time()
         faulted_before = replica.busy or replica.frozen
+        freezes = replica.freezes
         self.requests += 1
         try:
             async with self.session.request(
@@ -119,12 +120,18 @@ class Load:
                 text = await response.text()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            faulted = faulted_before or replica.busy or replica.frozen or not replica.alive()
+            faulted = (
+                faulted_before
+                or replica.busy
+                or replica.frozen
+                or replica.freezes != freezes
+                or not replica.alive()
+            )
             self.troubles.append(Answer(time.time(), started, None, url, faulted, repr(exc)))
             return None, None
         self.statuses[status] += 1
         if status >= 500:
-            faulted = faulted_before or replica.busy or replica.frozen
+            faulted = faulted_before or replica.busy or replica.frozen or replica.freezes != freezes
             self.troubles.append(Answer(time.time(), started, status, url, faulted, text[:300]))
         try:
             return status, json.loads(text)
