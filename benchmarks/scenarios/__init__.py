@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from benchmarks.context import Bench
 from benchmarks.scenarios import (
     batch,
+    citus,
     drain,
     enqueue,
     experiments,
@@ -32,5 +33,6 @@ SCENARIOS: dict[str, Scenario] = {
     "stale": stale.run,
     "limits": limits.run,
     "search": search.run,
+    "citus": citus.run,
     "experiments": experiments.run,
 }

@@ -133,22 +133,27 @@ def _profile_text(recorded: Path | None, output: Path) -> str:
     return f"{output.name}\n\n{profiling.top_frames(output)}"
 
 
-async def preload_due(url: str, jobs: int, base: int, window: float) -> None:
-    """`jobs` due jobs over distinct objects (and their slots), then fresh planner statistics."""
+async def preload_due(
+    url: str, jobs: int, base: int, window: float, *, citus: bool = False
+) -> None:
+    """`jobs` due jobs over distinct objects (and their slots), then fresh planner statistics.
+    `citus`: the database is a Citus cluster's, whose rows carry their key's bucket."""
+    bucket = (", bucket", ", paceline_bucket($3, $2::bigint + g)") if citus else ("", "")
+    slot_bucket = (", bucket", ", paceline_bucket($4, $2::bigint + g)") if citus else ("", "")
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            "INSERT INTO jobs (kind, object_id, run_at) "
-            "SELECT $3, $2::bigint + g, now() FROM generate_series(1, $1::int) AS g",
+            f"INSERT INTO jobs (kind, object_id, run_at{bucket[0]}) "
+            f"SELECT $3, $2::bigint + g, now(){bucket[1]} FROM generate_series(1, $1::int) AS g",
             jobs,
             base,
             KIND,
         )
         await conn.execute(
-            "INSERT INTO object_slots AS s (kind, object_id, next_slot) "
-            "SELECT $4, $2::bigint + g, now() + make_interval(secs => $3) "
+            f"INSERT INTO object_slots AS s (kind, object_id, next_slot{slot_bucket[0]}) "
+            f"SELECT $4, $2::bigint + g, now() + make_interval(secs => $3){slot_bucket[1]} "
             "FROM generate_series(1, $1::int) AS g "
-            "ON CONFLICT (kind, object_id) DO UPDATE "
+            f"ON CONFLICT ({'bucket, ' if citus else ''}kind, object_id) DO UPDATE "
             "SET next_slot = GREATEST(s.next_slot, EXCLUDED.next_slot)",
             jobs,
             base,
@@ -190,6 +195,7 @@ async def drain(
     *,
     jobs: int | None = None,
     cap: float | None = None,
+    citus: bool = False,
 ) -> DrainResult:
     """Preload `jobs` due jobs, wake the workers, wait until done (or `cap` s); the rate.
     Both default to the run's --drain-jobs and its cap.
@@ -203,7 +209,7 @@ async def drain(
     cap = bench.config.drain_cap if cap is None else cap
     low = await _fresh_drain_base(url)
     high = low + jobs - 1
-    await preload_due(url, jobs, low - 1, bench_window(bench))
+    await preload_due(url, jobs, low - 1, bench_window(bench), citus=citus)
     meter = bench.cpu_meter(replicas)
     meter.start()
     await post_one(replicas[0].url, WAKE_BASE + int(time.time() * 1000))
