@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -262,3 +263,64 @@ async def test_a_workers_outcomes_and_lease_renewals_each_reach_one_shard(
         assert [row["outcome"] for row in outcomes] == ["SUCCESS"]
     finally:
         await conn.close()
+
+
+@pytest.mark.usefixtures("cluster")
+async def test_the_group_commit_enqueues_each_shards_jobs_on_its_worker(
+    database_url: str,
+) -> None:
+    """Concurrent POSTs grouped into one batch are separate requests: on a cluster each shard's
+    jobs go in one call delegated to that shard's worker (which runs it there), not in one
+    distributed transaction run from the coordinator, as a batch request's must be."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    assert pool is not None
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO kind_limits (kind, window_seconds, per_window, max_running)"
+            " VALUES ('default', 60, 1, 1)"
+        )
+        nodes = [
+            f"postgresql://postgres@{row['nodename']}:{row['nodeport']}/postgres"
+            for row in await conn.fetch(
+                "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid > 0"
+            )
+        ]
+
+        async def delegated_calls() -> int:
+            # The batch function's calls each worker ran itself.
+            total = 0
+            for node in nodes:
+                worker = await asyncpg.connect(node)
+                try:
+                    total += await worker.fetchval(
+                        "SELECT coalesce(sum(calls), 0)::int FROM pg_stat_statements"
+                        " WHERE query LIKE '%paceline_enqueue_batch(%'"
+                    )
+                finally:
+                    await worker.close()
+            return total
+
+        objects = [*range(1, 21), 3]  # object 3 twice: its second job a window after its first
+        shards = {
+            row["shard"]
+            for row in await conn.fetch(
+                "SELECT get_shard_id_for_distribution_column('jobs', paceline_bucket('default', o))"
+                " AS shard FROM unnest($1::bigint[]) AS o",
+                objects,
+            )
+        }
+        before = await delegated_calls()
+        grouped = await store.enqueue_batch(
+            pool,
+            kinds=["default"] * len(objects),
+            object_ids=objects,
+            payloads=[None] * len(objects),
+            independent=True,
+        )
+        assert [row["object_id"] for row in grouped] == objects
+        assert grouped[-1]["run_at"] - grouped[2]["run_at"] == timedelta(seconds=60)
+        assert await delegated_calls() - before == len(shards) > 1
+    finally:
+        await conn.close()
+        await pool.close()

@@ -229,10 +229,10 @@ async def test_the_pools_sessions_name_their_replica_and_learn_built_in_types_on
     connection's first statement with an array does not ask the catalog about it again (on a
     Citus node that query took 0.5-0.9 s, so every new connection's first claim was late)."""
     asked: list[frozenset[int]] = []
-    learn = asyncpg.Connection._introspect_types
+    learn = asyncpg.Connection._introspect_types  # type: ignore[attr-defined]
 
-    async def counted(self: asyncpg.Connection, typeoids: object, timeout: object) -> object:
-        asked.append(frozenset(typeoids))  # type: ignore[arg-type]
+    async def counted(self: asyncpg.Connection, typeoids: list[int], timeout: object) -> object:
+        asked.append(frozenset(typeoids))
         return await learn(self, typeoids, timeout)
 
     monkeypatch.setattr(asyncpg.Connection, "_introspect_types", counted)

@@ -14,9 +14,11 @@ run inside a caller's transaction say so; the caller starts it with `plan_per_ca
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 
@@ -27,6 +29,9 @@ from paceline.db.pool import Connection, Executor, fetch_committed
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 
 __all__ = ["MAX_IDS_PER_STATEMENT", "plan_per_call"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def enqueue(
@@ -51,10 +56,20 @@ async def enqueue_batch(
     kinds: Sequence[str],
     object_ids: Sequence[int],
     payloads: Sequence[str | None],
+    independent: bool = False,
 ) -> list[asyncpg.Record]:
     """One job per (kind, object_id, payload) (parallel sequences), each in its key's next free
     slot, for the keys the one-statement path may plan; their rows in request order (in id
-    order, which is the request's). Jobs of other keys are not made."""
+    order, which is the request's). Jobs of other keys are not made.
+
+    `independent`: the jobs are separate requests (the group commit's), not one batch that is
+    made all or none. On a Citus cluster each shard's jobs then go in a call of their own, run
+    on the worker holding the shard, instead of one distributed transaction over every shard
+    they touch (coordinated by the coordinator, two-phase commit on the workers); a shard whose
+    call failed makes none of its jobs, which the caller places one by one like any job the
+    statement did not make. On one server it changes nothing."""
+    if QUERIES.citus and independent and len(set(zip(kinds, object_ids, strict=True))) > 1:
+        return await _enqueue_by_shard(db, kinds, object_ids, payloads)
     if QUERIES.citus:
         return await _enqueue_batch_on_cluster(db, kinds, object_ids, payloads)
     # The plain batch sends its ids alone (the statement reads missing arrays as NULLs).
@@ -77,6 +92,58 @@ async def _enqueue_batch_on_cluster(
     return await fetch_committed(
         db, QUERIES["enqueue_batch"], list(kinds), list(object_ids), list(payloads), route
     )
+
+
+async def _enqueue_by_shard(
+    db: Executor,
+    kinds: Sequence[str],
+    object_ids: Sequence[int],
+    payloads: Sequence[str | None],
+) -> list[asyncpg.Record]:
+    buckets = [row["bucket"] for row in await db.fetch(QUERIES["buckets_of"], kinds, object_ids)]
+    groups = await SHARDS.group(db, buckets, len(kinds))
+
+    async def one_shard(at: list[int]) -> list[tuple[int, asyncpg.Record]]:
+        # Routed by one of the shard's buckets: the call runs on the worker holding the shard,
+        # and every statement in it touches that shard alone.
+        records = await fetch_committed(
+            db,
+            QUERIES["enqueue_batch"],
+            [kinds[i] for i in at],
+            [object_ids[i] for i in at],
+            [payloads[i] for i in at],
+            buckets[at[0]],
+        )
+        # Its rows in its request order, only those of the keys it planned (every job of
+        # such a key): each goes to the next position of its key.
+        positions: dict[tuple[str, int], list[int]] = {}
+        for i in at:
+            positions.setdefault((kinds[i], object_ids[i]), []).append(i)
+        return [(positions[(r["kind"], r["object_id"])].pop(0), r) for r in records]
+
+    calls = [one_shard(at) for _, at in groups]
+    if isinstance(db, asyncpg.Pool):  # each call on a connection of its own, all at once
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    else:  # one connection runs one statement at a time
+        outcomes = [await _outcome(call) for call in calls]
+    made: list[tuple[int, asyncpg.Record]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):
+                raise outcome
+            log.warning("a shard's part of a group of enqueues failed (%s)", outcome)
+            continue
+        made += outcome
+    return [record for _, record in sorted(made, key=lambda pair: pair[0])]
+
+
+async def _outcome(call: Awaitable[T]) -> T | BaseException:
+    """What `call` returned, or the exception it raised (as asyncio.gather with
+    return_exceptions)."""
+    try:
+        return await call
+    except Exception as exc:
+        return exc
 
 
 async def get_job(db: Executor, *, job_id: int) -> asyncpg.Record | None:

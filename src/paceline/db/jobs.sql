@@ -123,6 +123,12 @@ SELECT * FROM created ORDER BY id;
 -- $1 kind, $2 object_id. The key's bucket (computed on the coordinator, no table read).
 SELECT paceline_bucket($1, $2);
 
+-- name: buckets_of citus
+-- $1 kinds, $2 object_ids (parallel). Each key's bucket, in order (on the coordinator).
+SELECT paceline_bucket(k, o) AS bucket
+FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS key (k, o, n)
+ORDER BY n;
+
 -- name: enqueue_batch citus
 -- The same on a Citus cluster (paceline_enqueue_batch, citus.sql): $1 kinds and $3 payloads
 -- in full (no NULL for "all default"), $4 a bucket when every job is of one key (the call then

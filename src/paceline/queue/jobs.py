@@ -182,14 +182,18 @@ async def enqueue(db: Executor, new: NewJob, *, absorbed: int | None = None) -> 
     return None if record is None else Job.from_record(record)
 
 
-async def enqueue_batch(db: Executor, new: list[NewJob]) -> dict[int, Job]:
+async def enqueue_batch(
+    db: Executor, new: list[NewJob], *, independent: bool = False
+) -> dict[int, Job]:
     """Create the jobs in one statement, repeats of a key a window apart, for the keys one
-    statement may plan; {position in `new`: job}. The others need the exact planner."""
+    statement may plan; {position in `new`: job}. The others need the exact planner.
+    `independent`: separate requests, not all or none (see `paceline.db.jobs.enqueue_batch`)."""
     records = await store.enqueue_batch(
         db,
         kinds=[job.kind for job in new],
         object_ids=[job.object_id for job in new],
         payloads=[job.payload_json for job in new],
+        independent=independent,
     )
     # The rows come in batch order, only those of the keys the statement planned; every job of
     # such a key is among them.

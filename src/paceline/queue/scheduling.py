@@ -366,7 +366,7 @@ async def create_each(pool: asyncpg.Pool, new: list[NewJob]) -> list[Job | Excep
     one key in arrival order, so its plain jobs keep their order (I4'): one at a time, the
     placements of a burst under N = 10 or with overrides would take a round trip each in turn.
     """
-    made: dict[int, Job | Exception] = dict(await _one_statement(pool, new))
+    made: dict[int, Job | Exception] = dict(await _one_statement(pool, new, independent=True))
     by_key: dict[tuple[str, int], list[int]] = {}
     for position, item in enumerate(new):
         if position not in made:
@@ -384,10 +384,12 @@ async def create_each(pool: asyncpg.Pool, new: list[NewJob]) -> list[Job | Excep
     return [made[position] for position in range(len(new))]
 
 
-async def _one_statement(db: Executor, new: list[NewJob]) -> dict[int, Job]:
+async def _one_statement(
+    db: Executor, new: list[NewJob], *, independent: bool = False
+) -> dict[int, Job]:
     """The jobs the one-statement batch enqueue placed, by position in `new`."""
     plain = [position for position, item in enumerate(new) if item.not_before is None]
     if not plain:
         return {}
-    sent = await enqueue_batch(db, [new[position] for position in plain])
+    sent = await enqueue_batch(db, [new[position] for position in plain], independent=independent)
     return {plain[index]: job for index, job in sent.items()}
