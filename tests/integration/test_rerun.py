@@ -38,11 +38,12 @@ async def fail(db: asyncpg.Connection, job_ids: list[int], *, attempts: int = 1)
             UPDATE jobs SET status = 'FAILED', attempts = $2, error = 'boom',
                             started_at = now() - interval '1 hour',
                             finished_at = now() - interval '1 hour', duration = 0.1
-            WHERE id = ANY ($1::bigint[]) RETURNING id, kind, object_id, started_at
+            WHERE id = ANY ($1::bigint[]) RETURNING id, kind, object_id, started_at, bucket
         )
+        -- bucket: the job's shard key on a Citus cluster (make test-citus), NULL on one server
         INSERT INTO job_attempts (job_id, attempt, kind, object_id, started_at, finished_at,
-                                  outcome, error)
-        SELECT id, n, kind, object_id, started_at, started_at, 'FAILED', 'boom'
+                                  outcome, error, bucket)
+        SELECT id, n, kind, object_id, started_at, started_at, 'FAILED', 'boom', bucket
         FROM failed, generate_series(1, $2) AS n
         """,
         job_ids,
@@ -327,10 +328,10 @@ async def test_the_reaper_gives_a_retried_job_its_attempts_again(
         WITH started AS (
             UPDATE jobs SET status = 'PROCESSING', attempts = 4, started_at = now(),
                             lease_expires_at = now() - interval '1 second'
-            WHERE id = $1 RETURNING id, kind, object_id, started_at
+            WHERE id = $1 RETURNING id, kind, object_id, started_at, bucket
         )
-        INSERT INTO job_attempts (job_id, attempt, kind, object_id, started_at)
-        SELECT id, 4, kind, object_id, started_at FROM started
+        INSERT INTO job_attempts (job_id, attempt, kind, object_id, started_at, bucket)
+        SELECT id, 4, kind, object_id, started_at, bucket FROM started
         """,
         job["id"],
     )

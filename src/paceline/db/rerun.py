@@ -11,8 +11,10 @@ from datetime import datetime
 
 import asyncpg
 
+from paceline.db.citus import SHARDS
 from paceline.db.pool import Connection
 from paceline.db.queries import QUERIES
+from paceline.db.slots import lock_object_slots
 
 # A plan made for this call's values (the NULL tests of the filters fold away), for this
 # transaction only. Bitmap scans stay allowed: a GIN index is read no other way.
@@ -35,7 +37,13 @@ async def retry_candidates(
 
 
 async def lock_slot_rows(conn: Connection, *, keys: Sequence[tuple[str, int]]) -> None:
-    """Take the slot-row locks of the keys (kind, object_id), in key order, in one statement."""
+    """Take the slot-row locks of the keys (kind, object_id), in key order, in one statement
+    (on a Citus cluster, which cannot keep one statement's order across shards, one statement
+    per key, each on its key's shard)."""
+    if QUERIES.citus:
+        for kind, object_id in sorted(set(keys)):
+            await lock_object_slots(conn, kind=kind, object_id=object_id)
+        return
     await conn.execute(
         QUERIES["lock_slot_rows"], [kind for kind, _ in keys], [obj for _, obj in keys]
     )
@@ -43,8 +51,21 @@ async def lock_slot_rows(conn: Connection, *, keys: Sequence[tuple[str, int]]) -
 
 async def lock_jobs_to_retry(conn: Connection, *, job_ids: Sequence[int]) -> list[asyncpg.Record]:
     """The jobs that exist among `job_ids` (id, kind, object_id, status, created_at,
-    not_before), locked, in id order."""
-    return list(await conn.fetch(QUERIES["lock_jobs_to_retry"], list(job_ids)))
+    not_before), locked, in id order (on a Citus cluster shard by shard, FOR UPDATE being
+    refused across shards: each job's bucket is read first)."""
+    if not QUERIES.citus:
+        return list(await conn.fetch(QUERIES["lock_jobs_to_retry"], list(job_ids)))
+    buckets = {
+        row["id"]: row["bucket"]
+        for row in await conn.fetch(QUERIES["buckets_of_jobs"], list(job_ids))
+    }
+    found = list(buckets)
+    locked: list[asyncpg.Record] = []
+    for shard_buckets, at in await SHARDS.group(conn, [buckets[i] for i in found], len(found)):
+        locked += await conn.fetch(
+            QUERIES["lock_jobs_to_retry"], [found[i] for i in at], shard_buckets
+        )
+    return sorted(locked, key=lambda row: row["id"])
 
 
 async def retry_jobs(

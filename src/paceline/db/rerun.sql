@@ -33,8 +33,14 @@ ON CONFLICT (kind, object_id) DO UPDATE SET next_slot = s.next_slot;
 SELECT id, kind, object_id, status, created_at, not_before
 FROM jobs
 WHERE id = ANY ($1::bigint[])
+  -- citus: AND bucket = ANY ($2::smallint[])  -- one shard's (FOR UPDATE is refused across shards)
 ORDER BY id
 FOR UPDATE;
+
+-- name: buckets_of_jobs citus
+-- $1 ids. Each job's bucket, to lock the jobs shard by shard (every shard looks; a job's
+-- bucket never changes, so this needs no lock).
+SELECT id, bucket FROM jobs WHERE id = ANY ($1::bigint[]);
 
 -- name: retry_jobs
 -- $1 ids, $2 their new slots ('infinity': the key is paused). Finished jobs back to PENDING,
