@@ -72,6 +72,11 @@ async def detect(db: Executor) -> bool:
     return citus
 
 
+# Timers and clocks are not exact: a shard due this little after the moment the claim reaches
+# it counts as due (the claim itself tests each job against the database's clock).
+_NOISE = 0.001
+
+
 class Shards:
     """Each shard's buckets, one list per shard, read once per process (like the statements,
     for the one database a process serves). Fixed while shards only move between nodes
@@ -89,6 +94,7 @@ class Shards:
         self._shard_of: dict[int, int] = {}  # bucket -> its shard's index in _buckets
         self._next_start: list[float] = []
         self._clock: tuple[float, float] = (0.0, 0.0)  # (database now, monotonic) when learnt
+        self._half_trip = 0.0  # of the last next-due query
         self._turn = 0
 
     async def buckets(self, db: Executor) -> list[list[int]]:
@@ -125,7 +131,11 @@ class Shards:
     async def due(self, db: Executor) -> list[tuple[int, list[int]]]:
         """The shards (index, buckets) whose next job may start by now, in turn."""
         buckets = await self.buckets(db)
-        database_now = self._clock[0] + (time.monotonic() - self._clock[1])
+        # When the claim will reach the shard: half a round trip from now (the worker woke
+        # that much before the next start, paceline.queue.worker).
+        database_now = (
+            self._clock[0] + (time.monotonic() - self._clock[1]) + self._half_trip + _NOISE
+        )
         self._turn = (self._turn + 1) % len(buckets)
         order = [*range(self._turn, len(buckets)), *range(self._turn)]
         return [(i, buckets[i]) for i in order if self._next_start[i] <= database_now]
@@ -134,9 +144,13 @@ class Shards:
         """A claim took all that was due in `shard`: not due until the next next-due query."""
         self._next_start[shard] = math.inf
 
-    def learnt(self, database_now: float, next_starts: list[float | None]) -> None:
-        """What a next-due query said: the database's now, and each shard's next start."""
-        self._clock = (database_now, time.monotonic())
+    def learnt(
+        self, database_now: float, next_starts: list[float | None], trip: float = 0.0
+    ) -> None:
+        """What a next-due query said: the database's now (read half its round trip `trip`
+        before the answer arrived), and each shard's next start."""
+        self._clock = (database_now + trip / 2, time.monotonic())
+        self._half_trip = trip / 2
         self._next_start = [math.inf if start is None else start for start in next_starts]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from datetime import datetime
@@ -235,9 +236,12 @@ async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> async
         db.fetch(QUERIES["seconds_until_next_due"], list(kinds), buckets[0], buckets)
         for buckets in await SHARDS.buckets(db)
     ]
+    sent = time.monotonic()
     # One connection runs one statement at a time.
     rows = await asyncio.gather(*asks) if isinstance(db, asyncpg.Pool) else [await a for a in asks]
-    SHARDS.learnt(rows[0][0]["now"], [row["next_start"] for (row,) in rows])
+    SHARDS.learnt(
+        rows[0][0]["now"], [row["next_start"] for (row,) in rows], time.monotonic() - sent
+    )
     due = [row for (row,) in rows if row["next_start"] is not None]
     return min(due, key=lambda row: row["next_start"]) if due else rows[0][0]
 
