@@ -17,9 +17,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any
 
 import asyncpg
 
@@ -32,7 +32,6 @@ from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 __all__ = ["MAX_IDS_PER_STATEMENT", "plan_per_call"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 async def enqueue(
@@ -69,7 +68,8 @@ async def enqueue_batch(
     they touch (coordinated by the coordinator, two-phase commit on the workers); a shard whose
     call failed makes none of its jobs, which the caller places one by one like any job the
     statement did not make. On one server it changes nothing."""
-    if QUERIES.citus and independent and len(set(zip(kinds, object_ids, strict=True))) > 1:
+    several_keys = len(set(zip(kinds, object_ids, strict=True))) > 1
+    if QUERIES.citus and independent and several_keys and isinstance(db, asyncpg.Pool):
         return await _enqueue_by_shard(db, kinds, object_ids, payloads)
     if QUERIES.citus:
         return await _enqueue_batch_on_cluster(db, kinds, object_ids, payloads)
@@ -96,19 +96,19 @@ async def _enqueue_batch_on_cluster(
 
 
 async def _enqueue_by_shard(
-    db: Executor,
+    pool: asyncpg.Pool,
     kinds: Sequence[str],
     object_ids: Sequence[int],
     payloads: Sequence[str | None],
 ) -> list[asyncpg.Record]:
-    buckets = [row["bucket"] for row in await db.fetch(QUERIES["buckets_of"], kinds, object_ids)]
-    groups = await SHARDS.group(db, buckets, len(kinds))
+    buckets = [row["bucket"] for row in await pool.fetch(QUERIES["buckets_of"], kinds, object_ids)]
+    groups = await SHARDS.group(pool, buckets, len(kinds))
 
     async def one_shard(at: list[int]) -> list[tuple[int, asyncpg.Record]]:
         # Routed by one of the shard's buckets: the call runs on the worker holding the shard,
         # and every statement in it touches that shard alone.
         records = await fetch_committed(
-            db,
+            pool,
             QUERIES["enqueue_batch"],
             [kinds[i] for i in at],
             [object_ids[i] for i in at],
@@ -122,11 +122,8 @@ async def _enqueue_by_shard(
             positions.setdefault((kinds[i], object_ids[i]), []).append(i)
         return [(positions[(r["kind"], r["object_id"])].pop(0), r) for r in records]
 
-    calls = [one_shard(at) for _, at in groups]
-    if isinstance(db, asyncpg.Pool):  # each call on a connection of its own, all at once
-        outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    else:  # one connection runs one statement at a time
-        outcomes = [await _outcome(call) for call in calls]
+    # Each call on a connection of its own, all at once.
+    outcomes = await asyncio.gather(*(one_shard(at) for _, at in groups), return_exceptions=True)
     made: list[tuple[int, asyncpg.Record]] = []
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
@@ -136,15 +133,6 @@ async def _enqueue_by_shard(
             continue
         made += outcome
     return [record for _, record in sorted(made, key=lambda pair: pair[0])]
-
-
-async def _outcome(call: Awaitable[T]) -> T | BaseException:
-    """What `call` returned, or the exception it raised (as asyncio.gather with
-    return_exceptions)."""
-    try:
-        return await call
-    except Exception as exc:
-        return exc
 
 
 async def get_job(db: Executor, *, job_id: int) -> asyncpg.Record | None:
@@ -293,24 +281,9 @@ async def renew_leases(
     """Extend the leases `worker_id` still holds (at most MAX_IDS_PER_STATEMENT); the ids
     renewed (one missing was taken back). `buckets`: each job's, as its claim said (a Citus
     cluster then renews each shard's jobs on that shard alone)."""
-    if not QUERIES.citus:
-        rows = await fetch_planned(
-            db, QUERIES["renew_leases"], list(job_ids), list(attempts), lease, worker_id
-        )
-        return {row["id"] for row in rows}
-    renewed: set[int] = set()
-    for shard_buckets, at in await SHARDS.group(db, buckets, len(job_ids)):
-        rows = await fetch_planned(
-            db,
-            QUERIES["renew_leases"],
-            [job_ids[i] for i in at],
-            [attempts[i] for i in at],
-            lease,
-            worker_id,
-            shard_buckets,
-        )
-        renewed.update(row["id"] for row in rows)
-    return renewed
+    return await _ids_by_shard(
+        db, QUERIES["renew_leases"], (job_ids, attempts), (lease, worker_id), buckets
+    )
 
 
 async def finish_jobs(
@@ -329,33 +302,34 @@ async def finish_jobs(
     meanwhile is not). `buckets`: each job's, as its claim said: a Citus cluster records each
     shard's outcomes on that shard alone, one statement per shard (a job's outcome is its own:
     nothing needs the shards' statements to commit together)."""
+    return await _ids_by_shard(
+        db,
+        QUERIES["finish_jobs"],
+        (job_ids, attempts, statuses, durations, errors, results),
+        (),
+        buckets,
+    )
+
+
+async def _ids_by_shard(
+    db: Executor,
+    query: str,
+    arrays: tuple[Sequence[Any], ...],
+    rest: tuple[Any, ...],
+    buckets: Sequence[int | None] | None,
+) -> set[int]:
+    """`query` (planned per call) with the parallel `arrays` then `rest` as its parameters; the
+    ids it returned. On a Citus cluster once per shard: that shard's positions of the arrays,
+    and the shard's buckets as the last parameter (each job's bucket from `buckets`)."""
     if not QUERIES.citus:
-        rows = await fetch_planned(
-            db,
-            QUERIES["finish_jobs"],
-            list(job_ids),
-            list(attempts),
-            list(statuses),
-            list(durations),
-            list(errors),
-            list(results),
-        )
+        rows = await fetch_planned(db, query, *(list(array) for array in arrays), *rest)
         return {row["id"] for row in rows}
-    recorded: set[int] = set()
-    for shard_buckets, at in await SHARDS.group(db, buckets, len(job_ids)):
-        rows = await fetch_planned(
-            db,
-            QUERIES["finish_jobs"],
-            [job_ids[i] for i in at],
-            [attempts[i] for i in at],
-            [statuses[i] for i in at],
-            [durations[i] for i in at],
-            [errors[i] for i in at],
-            [results[i] for i in at],
-            shard_buckets,
-        )
-        recorded.update(row["id"] for row in rows)
-    return recorded
+    found: set[int] = set()
+    for shard_buckets, at in await SHARDS.group(db, buckets, len(arrays[0])):
+        parts = ([array[i] for i in at] for array in arrays)
+        rows = await fetch_planned(db, query, *parts, *rest, shard_buckets)
+        found.update(row["id"] for row in rows)
+    return found
 
 
 async def expired_leases(conn: Connection, *, limit: int) -> list[asyncpg.Record]:
