@@ -90,9 +90,33 @@ async def _enqueue_batch_on_cluster(
     # One key: the call runs on its worker. Several: on the coordinator, in one transaction.
     one_key = len(set(zip(kinds, object_ids, strict=True))) == 1
     route = await db.fetchval(QUERIES["bucket_of"], kinds[0], object_ids[0]) if one_key else None
-    return await fetch_committed(
+    records = await fetch_committed(
         db, QUERIES["enqueue_batch"], list(kinds), list(object_ids), list(payloads), route
     )
+    return [
+        record for _, record in _in_request_order(kinds, object_ids, range(len(kinds)), records)
+    ]
+
+
+def _in_request_order(
+    kinds: Sequence[str],
+    object_ids: Sequence[int],
+    positions: Sequence[int],
+    records: Sequence[asyncpg.Record],
+) -> list[tuple[int, asyncpg.Record]]:
+    """A cluster's rows of a batch (those of the keys it planned, every job of such a key),
+    each with its position among `positions` (the request's, in order). By id they are not in
+    request order: each node hands out ids from its own range. One key's jobs are on one node,
+    so its rows by id are its jobs in request order."""
+    by_key: dict[tuple[str, int], list[asyncpg.Record]] = {}
+    for record in sorted(records, key=lambda record: record["id"]):
+        by_key.setdefault((record["kind"], record["object_id"]), []).append(record)
+    placed = []
+    for position in positions:
+        rows = by_key.get((kinds[position], object_ids[position]))
+        if rows:
+            placed.append((position, rows.pop(0)))
+    return placed
 
 
 async def _enqueue_by_shard(
@@ -115,12 +139,7 @@ async def _enqueue_by_shard(
             [payloads[i] for i in at],
             buckets[at[0]],
         )
-        # Its rows in its request order, only those of the keys it planned (every job of
-        # such a key): each goes to the next position of its key.
-        positions: dict[tuple[str, int], list[int]] = {}
-        for i in at:
-            positions.setdefault((kinds[i], object_ids[i]), []).append(i)
-        return [(positions[(r["kind"], r["object_id"])].pop(0), r) for r in records]
+        return _in_request_order(kinds, object_ids, at, records)
 
     # Each call on a connection of its own, all at once.
     outcomes = await asyncio.gather(*(one_shard(at) for _, at in groups), return_exceptions=True)
