@@ -47,15 +47,21 @@ _FRAGMENTS = {"{job_columns}": JOB_COLUMNS}
 # what PostgreSQL makes of the call anyway.
 # A quoted name is the function's signature (create_distributed_function), not a call.
 _LIMIT_CALL = re.compile(r"(?<!')paceline_limit\((?P<kind>[\w.$]+), (?P<object_id>[\w.$]+)\)")
+# Its aliases are the function's own (limit_*): the arguments are the caller's expressions,
+# and a caller's `k.kind` must not be read as the body's `k` (short aliases there made every
+# kind's limit the first kind row's on the cluster's page and in its limit reads).
 _LIMIT_BODY = """(
-    SELECT COALESCE(o.window_seconds, k.window_seconds, d.window_seconds, 300.0) AS window_seconds,
-           COALESCE(o.per_window, k.per_window, d.per_window, 1) AS per_window,
-           COALESCE(o.max_running, k.max_running, d.max_running, 1) AS max_running,
-           COALESCE(o.paused, false) OR COALESCE(k.paused, false) AS paused
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN kind_limits AS d ON d.kind = 'default'
-    LEFT JOIN kind_limits AS k ON k.kind = {kind}
-    LEFT JOIN key_limits AS o ON o.kind = {kind} AND o.object_id = {object_id})"""
+    SELECT COALESCE(limit_o.window_seconds, limit_k.window_seconds, limit_d.window_seconds,
+                    300.0) AS window_seconds,
+           COALESCE(limit_o.per_window, limit_k.per_window, limit_d.per_window, 1) AS per_window,
+           COALESCE(limit_o.max_running, limit_k.max_running, limit_d.max_running, 1)
+               AS max_running,
+           COALESCE(limit_o.paused, false) OR COALESCE(limit_k.paused, false) AS paused
+    FROM (VALUES (1)) AS limit_one (x)
+    LEFT JOIN kind_limits AS limit_d ON limit_d.kind = 'default'
+    LEFT JOIN kind_limits AS limit_k ON limit_k.kind = {kind}
+    LEFT JOIN key_limits AS limit_o
+        ON limit_o.kind = {kind} AND limit_o.object_id = {object_id})"""
 
 
 # Citus refuses a VOLATILE function in an UPDATE of a distributed table: a finish time written
