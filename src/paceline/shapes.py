@@ -44,7 +44,9 @@ UtcTime = Annotated[str, Meta(pattern="Z$", extra_json_schema=UTC_TIME_SCHEMA)]
 IdempotencyKey = Annotated[
     str, Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, pattern="^[!-~]+$")
 ]
-Cursor = Annotated[str, Meta(pattern="^[1-9][0-9]*$")]
+# Where a page of GET /jobs ended: the last job's id on one server; `<id>.<its created_at in
+# microseconds since 1970>` on a Citus cluster, which lists by (created_at, id) (docs/citus.md).
+Cursor = Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,18}(\.-?[0-9]{1,19})?$")]
 Kind = Annotated[
     str,
     Meta(

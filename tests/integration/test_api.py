@@ -239,6 +239,8 @@ async def test_list_pages_with_a_cursor(client: Client) -> None:
         {"limit": "0"},
         {"limit": "501"},
         {"cursor": "-5"},
+        {"cursor": "12.x"},
+        {"cursor": str(2**63)},
         {"sort": "asc"},
     ],
 )

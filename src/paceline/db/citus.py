@@ -54,6 +54,8 @@ async def distribute_if_citus(dsn: str, *, lock_key: int) -> bool:
                 await conn.execute(QUERIES.cluster(name))
             for statement in QUERIES.cluster("citus_distribute_functions").split(";\n"):
                 await conn.execute(statement)
+            for statement in QUERIES.cluster("citus_listing_indexes").split(";\n"):
+                await conn.execute(statement)
         return True
     finally:
         await conn.close()

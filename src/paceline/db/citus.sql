@@ -359,6 +359,24 @@ BEGIN
 END
 $$;
 
+-- name: citus_listing_indexes citus
+-- Every run (idempotent; a cluster distributed by an earlier release gets them too). Each node
+-- hands out job ids from a range of its own, so on a cluster ids are not acceptance order:
+-- the listings (GET /jobs, the page's oldest pending job and newest failures) order by
+-- (created_at, id), and these indexes replace those by id that one server lists through.
+DROP INDEX IF EXISTS ix_jobs_object_id_id;
+DROP INDEX IF EXISTS ix_jobs_kind_id;
+DROP INDEX IF EXISTS ix_jobs_status_id;
+DROP INDEX IF EXISTS ix_jobs_pending_id;
+CREATE INDEX IF NOT EXISTS ix_jobs_created_at_id ON jobs (created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS ix_jobs_object_id_created_at_id
+    ON jobs (object_id, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS ix_jobs_kind_created_at_id ON jobs (kind, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS ix_jobs_status_created_at_id
+    ON jobs (status, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS ix_jobs_pending_created_at_id
+    ON jobs (created_at, id) WHERE status = 'PENDING';
+
 -- name: citus_distribute_functions citus
 -- The functions above run where their bucket's shard is (a call in a transaction of several
 -- statements runs on the coordinator instead, and still works).

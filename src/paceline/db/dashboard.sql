@@ -33,11 +33,12 @@ LIMIT 1;
 -- name: overview_oldest_pending
 -- The pending job accepted first: the oldest wait. The first entry of the partial index
 -- ix_jobs_pending_id; ids grow with acceptance. (Through ix_jobs_status_id the planner
--- sometimes preferred walking the primary key through the history instead.)
+-- sometimes preferred walking the primary key through the history instead.) On a cluster ids
+-- are not acceptance order (each node has its own range): by ix_jobs_pending_created_at_id.
 SELECT id, kind, object_id, created_at, run_at
 FROM jobs
 WHERE status = 'PENDING'
-ORDER BY id
+ORDER BY id  -- citus-instead: ORDER BY created_at, id
 LIMIT 1;
 
 -- name: overview_table_estimates
@@ -79,11 +80,12 @@ ORDER BY 1, 2;
 
 -- name: overview_recent_failures
 -- $1 how many. The newest failed jobs with their error: the first FAILED entries of
--- ix_jobs_status_id (status, id DESC), however many jobs succeeded.
+-- ix_jobs_status_id (status, id DESC), however many jobs succeeded (on a cluster,
+-- ix_jobs_status_created_at_id: its ids are not acceptance order).
 SELECT id, kind, object_id, finished_at, attempts, error
 FROM jobs
 WHERE status = 'FAILED'
-ORDER BY id DESC
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $1;
 
 -- name: overview_kind_limits

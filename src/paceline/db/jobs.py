@@ -14,11 +14,13 @@ run inside a caller's transaction say so; the caller starts it with `plan_per_ca
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -171,22 +173,87 @@ async def list_jobs(
     object_id: int | None,
     status: str | None,
     payload: str | None = None,
-    before: int,
+    after: PageEnd | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """Jobs newest first with ids below `before`, optionally of one kind, object and/or status,
-    and whose payload contains `payload` (a JSON object as text)."""
+    """Jobs newest first after the end of the previous page (`after`; None: from the newest),
+    optionally of one kind, object and/or status, and whose payload contains `payload` (a JSON
+    object as text)."""
+    before = INT64_MAX if after is None else after.id
+    # A cluster orders by (created_at, id): the cursor carries the last job's created_at.
+    created = (await _page_end_created(db, after),) if QUERIES.citus else ()
     if payload is not None:
         # The payload's index narrows; the other filters are tested on what it finds.
         return await db.fetch(
-            QUERIES["list_jobs_by_payload"], payload, kind, object_id, status, before, limit
+            QUERIES["list_jobs_by_payload"],
+            payload,
+            kind,
+            object_id,
+            status,
+            before,
+            limit,
+            *created,
         )
     # One named query per filter combination, so each gets a plan that uses its index.
     given = {"kind": kind, "object": object_id, "status": status}
     used = [name for name, value in given.items() if value is not None]
     query = QUERIES[_LIST_QUERIES[tuple(used)]]
     filters = [given[name] for name in used]
-    return await db.fetch(query, *filters, before, limit)
+    return await db.fetch(query, *filters, before, limit, *created)
+
+
+INT64_MAX = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Later than any job's created_at (Python's datetime ends in 9999; PostgreSQL's in 294276).
+_AFTER_EVERY_JOB = datetime(9999, 12, 31, tzinfo=UTC)
+_CURSOR = re.compile(r"([1-9][0-9]{0,18})(?:\.(-?[0-9]{1,19}))?")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageEnd:
+    """The last job of a page of `list_jobs`, which the next page starts after: its id and,
+    from a cluster's cursor, its created_at."""
+
+    id: int
+    created_at: datetime | None = None
+
+
+def page_cursor(job_id: int, created_at: datetime) -> str:
+    """The `next_cursor` of a page that ends with this job. One server lists jobs by id (ids
+    grow with acceptance): the cursor is the id. A cluster lists them by (created_at, id),
+    since each of its nodes hands out ids from a range of its own (a job made on the worker
+    holding its key's shard takes that worker's next id): the cursor is `<id>.<created_at in
+    microseconds since 1970>`."""
+    if not QUERIES.citus:
+        return str(job_id)
+    return f"{job_id}.{(created_at - _EPOCH) // _MICROSECOND}"
+
+
+def parse_page_cursor(text: str) -> PageEnd | None:
+    """A cursor `page_cursor` made (either form, on either kind of database); None if the text
+    is not one."""
+    found = _CURSOR.fullmatch(text.strip())
+    if found is None or int(found[1]) > INT64_MAX:
+        return None
+    if found[2] is None:
+        return PageEnd(int(found[1]))
+    try:
+        created_at = _EPOCH + int(found[2]) * _MICROSECOND
+    except OverflowError:
+        return None
+    return PageEnd(int(found[1]), created_at)
+
+
+async def _page_end_created(db: Executor, after: PageEnd | None) -> datetime:
+    """On a cluster, the created_at the next page starts before: the cursor's, else (a cursor
+    from one server, before the database became a cluster) the job's own, if it still exists."""
+    if after is None:
+        return _AFTER_EVERY_JOB
+    if after.created_at is not None:
+        return after.created_at
+    created: datetime | None = await db.fetchval(QUERIES["job_created_at"], after.id)
+    return _AFTER_EVERY_JOB if created is None else created
 
 
 _LIST_QUERIES = {

@@ -517,6 +517,10 @@ SELECT {job_columns}
 FROM jobs
 WHERE id = $1;
 
+-- name: job_created_at
+-- $1 id. When the job was accepted (a cluster's listing cursor, from an id alone).
+SELECT created_at FROM jobs WHERE id = $1;
+
 -- name: get_jobs
 -- $1 ids. Those that exist, in any order.
 SELECT {job_columns}
@@ -524,67 +528,71 @@ FROM jobs
 WHERE id = ANY ($1::bigint[]);
 
 -- name: list_jobs
--- $1 before id (cursor), $2 limit. Newest first, over the primary key.
+-- $1 before id (cursor), $2 limit. Newest first, over the primary key. On a cluster every
+-- listing is newest first by (created_at, id) instead, after the cursor's ($3 and on: one
+-- more parameter than on one server), since each node hands out ids from its own range:
+-- by id, one worker's jobs would all list before the other's. The cluster's indexes on
+-- (created_at, id), (object_id | kind | status, created_at, id) replace those on id (citus.sql).
 SELECT {job_columns}
 FROM jobs
-WHERE id < $1
-ORDER BY id DESC
+WHERE id < $1  -- citus-instead: WHERE (created_at, id) < ($3::timestamptz, $1)
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $2;
 
 -- name: list_jobs_by_object
 -- $1 object_id, $2 before id, $3 limit. Uses ix_jobs_object_id_id.
 SELECT {job_columns}
 FROM jobs
-WHERE object_id = $1 AND id < $2
-ORDER BY id DESC
+WHERE object_id = $1 AND id < $2  -- citus-instead: WHERE object_id = $1 AND (created_at, id) < ($4::timestamptz, $2)
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $3;
 
 -- name: list_jobs_by_status
 -- $1 status, $2 before id, $3 limit. Uses ix_jobs_status_id.
 SELECT {job_columns}
 FROM jobs
-WHERE status = $1 AND id < $2
-ORDER BY id DESC
+WHERE status = $1 AND id < $2  -- citus-instead: WHERE status = $1 AND (created_at, id) < ($4::timestamptz, $2)
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $3;
 
 -- name: list_jobs_by_object_and_status
 -- $1 object_id, $2 status, $3 before id, $4 limit. Walks the object's jobs newest first.
 SELECT {job_columns}
 FROM jobs
-WHERE object_id = $1 AND status = $2 AND id < $3
-ORDER BY id DESC
+WHERE object_id = $1 AND status = $2 AND id < $3  -- citus-instead: WHERE object_id = $1 AND status = $2 AND (created_at, id) < ($5::timestamptz, $3)
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $4;
 
 -- name: list_jobs_by_kind
 -- $1 kind, $2 before id, $3 limit. Uses ix_jobs_kind_id.
 SELECT {job_columns}
 FROM jobs
-WHERE kind = $1 AND id < $2
-ORDER BY id DESC
+WHERE kind = $1 AND id < $2  -- citus-instead: WHERE kind = $1 AND (created_at, id) < ($4::timestamptz, $2)
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $3;
 
 -- name: list_jobs_by_kind_and_object
 -- $1 kind, $2 object_id, $3 before id, $4 limit. Walks the object's jobs newest first.
 SELECT {job_columns}
 FROM jobs
-WHERE kind = $1 AND object_id = $2 AND id < $3
-ORDER BY id DESC
+WHERE kind = $1 AND object_id = $2 AND id < $3  -- citus-instead: WHERE kind = $1 AND object_id = $2 AND (created_at, id) < ($5::timestamptz, $3)
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $4;
 
 -- name: list_jobs_by_kind_and_status
 -- $1 kind, $2 status, $3 before id, $4 limit. Walks the kind's jobs newest first.
 SELECT {job_columns}
 FROM jobs
-WHERE kind = $1 AND status = $2 AND id < $3
-ORDER BY id DESC
+WHERE kind = $1 AND status = $2 AND id < $3  -- citus-instead: WHERE kind = $1 AND status = $2 AND (created_at, id) < ($5::timestamptz, $3)
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $4;
 
 -- name: list_jobs_by_kind_object_and_status
 -- $1 kind, $2 object_id, $3 status, $4 before id, $5 limit. Walks the object's jobs.
 SELECT {job_columns}
 FROM jobs
-WHERE kind = $1 AND object_id = $2 AND status = $3 AND id < $4
-ORDER BY id DESC
+WHERE kind = $1 AND object_id = $2 AND status = $3 AND id < $4  -- citus-instead: WHERE kind = $1 AND object_id = $2 AND status = $3 AND (created_at, id) < ($6::timestamptz, $4)
+ORDER BY id DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $5;
 
 -- name: list_jobs_by_payload
@@ -604,8 +612,8 @@ WHERE payload @> $1::jsonb
   AND ($2::text IS NULL OR kind = $2)
   AND ($3::bigint IS NULL OR object_id = $3)
   AND ($4::text IS NULL OR status = $4)
-  AND id + 0 < $5
-ORDER BY id + 0 DESC
+  AND id + 0 < $5  -- citus-instead:   AND (created_at, id) < ($7::timestamptz, $5)
+ORDER BY id + 0 DESC  -- citus-instead: ORDER BY created_at DESC, id DESC
 LIMIT $6;
 
 -- name: ping

@@ -217,6 +217,16 @@ async def get_jobs(db: Executor, job_ids: list[int]) -> dict[int, Job]:
     return {record["id"]: Job.from_record(record) for record in records}
 
 
+# Where a page of `list_jobs` ended, and its text (the API's `next_cursor`) both ways.
+PageEnd = store.PageEnd
+parse_page_cursor = store.parse_page_cursor
+
+
+def page_cursor(job: Job) -> str:
+    """The `next_cursor` of a page of `list_jobs` whose last job is `job`."""
+    return store.page_cursor(job.id, job.created_at)
+
+
 async def list_jobs(
     db: asyncpg.Pool,
     *,
@@ -224,19 +234,19 @@ async def list_jobs(
     object_id: int | None = None,
     status: Status | None = None,
     payload: dict[str, Any] | None = None,
-    before: int = INT64_MAX,
+    after: PageEnd | None = None,
     limit: int = 50,
 ) -> list[Job]:
     """Jobs newest first, optionally of one kind, object and/or status, and whose payload
     contains `payload` (a JSON object: `{"customer": 42}` matches `{"customer": 42, "n": 1}`),
-    ids below `before`."""
+    after the end of a previous page."""
     records = await store.list_jobs(
         db,
         kind=kind,
         object_id=object_id,
         status=None if status is None else status.value,
         payload=None if payload is None else msgspec.json.encode(payload).decode(),
-        before=before,
+        after=after,
         limit=limit,
     )
     return [Job.from_record(record) for record in records]

@@ -234,11 +234,11 @@ async def list_jobs(request: web.Request) -> web.Response:
         object_id=query.object_id,
         status=query.status,
         payload=query.payload,
-        before=query.before,
+        after=query.after,
         limit=limit + 1,
     )
     page, more = found[:limit], len(found) > limit
-    next_cursor = str(page[-1].id) if more else None
+    next_cursor = jobs.page_cursor(page[-1]) if more else None
     headers = {}
     if next_cursor is not None:
         kept = {key: value for key, value in request.query.items() if key != "cursor"}

@@ -28,6 +28,7 @@ REF_TEMPLATE = "#/components/schemas/{name}"
 
 INT64: dict[str, Any] = shapes.schema(shapes.Int64, REF_TEMPLATE)
 JOB_ID: dict[str, Any] = shapes.schema(shapes.JobId, REF_TEMPLATE)
+CURSOR: dict[str, Any] = shapes.schema(shapes.Cursor, REF_TEMPLATE)
 UTC_TIME: dict[str, Any] = shapes.schema(shapes.UtcTime, REF_TEMPLATE)
 # JobBatch (a JSON array), and JobRequest, Job, JoinedJob, CreatedJobs, JobPage, Status.
 NAMED_SCHEMAS, SHAPE_SCHEMAS = shapes.json_schemas(REF_TEMPLATE)
@@ -296,7 +297,7 @@ PATHS: dict[str, Any] = {
                     "name": "cursor",
                     "in": "query",
                     "description": "The `next_cursor` of the previous page.",
-                    "schema": JOB_ID,
+                    "schema": CURSOR,
                 },
             ],
             "responses": {

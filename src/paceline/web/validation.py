@@ -23,7 +23,7 @@ from paceline.contract import (
     MAX_PAYLOAD_BYTES,
     OnBusyName,
 )
-from paceline.queue.jobs import NewJob, Status
+from paceline.queue.jobs import NewJob, PageEnd, Status, parse_page_cursor
 from paceline.queue.results import has_escaped_nul
 from paceline.shapes import BatchItem, JobBatch, JobRequest
 from paceline.web.problems import Problem, invalid, not_found
@@ -417,7 +417,7 @@ class ListQuery(Filters):
     """`GET /jobs` parameters."""
 
     limit: int
-    before: int
+    after: PageEnd | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -440,17 +440,23 @@ def refuse_unknown_params(query: Mapping[str, str], known: frozenset[str]) -> No
 
 
 def parse_list_query(query: Mapping[str, str]) -> ListQuery:
-    """`GET /jobs` parameters: kind, object_id, status, payload, limit, cursor (the id to list
-    below)."""
+    """`GET /jobs` parameters: kind, object_id, status, payload, limit, cursor (the
+    `next_cursor` of the previous page: where it ended)."""
     refuse_unknown_params(query, LIST_PARAMS)
     filters = _filters(query)
     limit = contract.DEFAULT_PAGE
     if "limit" in query:
         limit = int_param(query, "limit", 1, contract.MAX_PAGE)
-    before = INT64_MAX
+    after = None
     if "cursor" in query:
-        before = int_param(query, "cursor", 1, INT64_MAX)
-    return ListQuery(**_fields(filters), limit=limit, before=before)
+        after = parse_page_cursor(query["cursor"])
+        if after is None:
+            raise invalid(
+                f"cursor must be the next_cursor of a previous page (got {query['cursor']!r}).",
+                name="cursor",
+                status=400,
+            )
+    return ListQuery(**_fields(filters), limit=limit, after=after)
 
 
 def parse_retry_query(query: Mapping[str, str]) -> RetryQuery:
