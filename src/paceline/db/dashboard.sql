@@ -63,6 +63,64 @@ SELECT n_live_tup::float8 AS live_rows
 FROM pg_stat_user_tables
 WHERE relid = 'jobs'::regclass;
 
+-- name: overview_table_estimates citus
+-- The same on a cluster, whose coordinator keeps no statistics of the shards: each shard's
+-- live rows and status shares, read on its worker (run_command_on_shards: one catalog read per
+-- shard), combined here: the live rows summed, each status's share weighted by the rows of
+-- the shards analyzed. No row before any shard was analyzed.
+WITH shard AS (
+    SELECT (result::jsonb ->> 'rows')::float8 AS live_rows, result::jsonb -> 'shares' AS shares
+    FROM run_command_on_shards('jobs', $shard$
+        SELECT json_build_object(
+            -- A worker's counters reach its statistics when the backend that wrote goes idle,
+            -- up to 10 s later (PostgreSQL's idle flush): read as 0 while ANALYZE counted rows,
+            -- they are not flushed yet, and ANALYZE's count stands in.
+            'rows', CASE WHEN t.n_live_tup = 0 AND c.reltuples > 0 THEN c.reltuples
+                         ELSE t.n_live_tup END,
+            'shares', COALESCE((
+                SELECT json_object_agg(u.status, u.share)
+                FROM pg_stats AS s
+                CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+                    AS u (status, share)
+                WHERE s.schemaname = t.schemaname AND s.tablename = t.relname
+                  AND s.attname = 'status'
+            ), '{}'))
+        FROM pg_stat_user_tables AS t
+        JOIN pg_class AS c ON c.oid = t.relid
+        WHERE t.relid = '%s'::regclass
+    $shard$)
+    WHERE success AND result <> ''
+), total AS (
+    SELECT sum(live_rows) AS live_rows,
+           sum(live_rows) FILTER (WHERE shares <> '{}'::jsonb) AS analyzed_rows,
+           count(*) FILTER (WHERE shares <> '{}'::jsonb) AS analyzed_shards
+    FROM shard
+)
+-- Shards whose live rows read 0 (counters not flushed yet) weigh alike.
+SELECT t.live_rows,
+       v.status,
+       COALESCE(
+           sum(h.live_rows * v.share::float8) / NULLIF(t.analyzed_rows, 0),
+           sum(v.share::float8) / t.analyzed_shards
+       )::float8 AS share
+FROM shard AS h
+CROSS JOIN LATERAL jsonb_each_text(h.shares) AS v (status, share)
+CROSS JOIN total AS t
+GROUP BY t.live_rows, t.analyzed_rows, t.analyzed_shards, v.status;
+
+-- name: overview_live_rows citus
+-- The live rows of every shard of `jobs`, summed (one catalog read per shard, on its worker;
+-- counters not flushed yet as in overview_table_estimates citus).
+SELECT sum(NULLIF(result, '')::float8) AS live_rows
+FROM run_command_on_shards('jobs', $shard$
+    SELECT CASE WHEN t.n_live_tup = 0 AND c.reltuples > 0 THEN c.reltuples
+                ELSE t.n_live_tup END
+    FROM pg_stat_user_tables AS t
+    JOIN pg_class AS c ON c.oid = t.relid
+    WHERE t.relid = '%s'::regclass
+$shard$)
+WHERE success;
+
 -- name: overview_finished_per_minute
 -- $1 minutes. Jobs finished per minute and status over the last $1 minutes, exactly: a range
 -- scan of ix_jobs_finished from the first of those minutes, so the cost follows the recent
@@ -137,6 +195,29 @@ FROM key_limits AS p
 WHERE p.paused
 ORDER BY p.kind, p.object_id
 LIMIT $1;
+
+-- name: overview_paused_keys citus
+-- The same on a cluster, which refuses a subquery correlated with a reference table
+-- (key_limits): the first paused keys are read first (a subplan the coordinator runs), then
+-- their pending jobs counted in one statement every shard runs. The count is capped at $2 as
+-- on one server, but each shard counts a paused key's whole backlog.
+WITH paused AS MATERIALIZED (
+    SELECT kind, object_id, updated_at
+    FROM key_limits
+    WHERE paused
+    ORDER BY kind, object_id
+    LIMIT $1
+), waiting AS (
+    SELECT j.kind, j.object_id, count(*) AS waiting
+    FROM jobs AS j
+    JOIN paused AS p ON j.kind = p.kind AND j.object_id = p.object_id
+    WHERE j.status = 'PENDING'
+    GROUP BY j.kind, j.object_id
+)
+SELECT p.kind, p.object_id, p.updated_at, LEAST(COALESCE(w.waiting, 0), $2) AS waiting
+FROM paused AS p
+LEFT JOIN waiting AS w ON w.kind = p.kind AND w.object_id = p.object_id
+ORDER BY p.kind, p.object_id;
 
 -- name: replicas
 -- $1 seconds without a heartbeat after which a replica counts as dead. One row per process
