@@ -71,7 +71,24 @@ async def detect(db: Executor) -> bool:
     from now on if it is; True then."""
     citus = await installed(db) and bool(await db.fetchval(QUERIES.cluster("citus_distributed")))
     use_citus(citus)
+    if citus and isinstance(db, asyncpg.Pool):
+        await _warm_up(db)
     return citus
+
+
+async def _warm_up(pool: asyncpg.Pool) -> None:
+    """Open the connections a worker's first wake-up uses, before it needs them: its next-due
+    query asks every shard at once, one pooled connection each. A new connection's first
+    statements on a cluster are slow: the coordinator's backend loads Citus's metadata and
+    opens its own connections to the workers, whose backends load theirs (0.1-0.25 s late
+    first starts without this). Each connection here asks its shard about no kind (an answer
+    of nothing, routed like the real question)."""
+    shards = await SHARDS.buckets(pool)
+
+    async def ask(buckets: list[int]) -> None:
+        await pool.fetch(QUERIES["seconds_until_next_due"], [], buckets[0], buckets)
+
+    await asyncio.gather(*(ask(buckets) for buckets in shards))
 
 
 # Timers and clocks are not exact: a shard due this little after the moment the claim reaches
