@@ -89,9 +89,9 @@ def citus_cluster(server_dsn: str) -> bool:
 # Tables a test may write, and those whose rows the migrations make (put back after emptying).
 _CLUSTER_TABLES = (
     "jobs, job_attempts, object_slots, object_starts, kind_limits, key_limits, workers, "
-    "idempotency_keys, service_state, sessions"
+    "idempotency_keys, service_state, sessions, alembic_version"
 )
-_SEEDED_TABLES = ("service_state",)
+_SEEDED_TABLES = ("service_state", "alembic_version")
 
 
 async def _snapshot(dsn: str) -> dict[str, list[asyncpg.Record]]:
@@ -113,6 +113,15 @@ async def _reset_cluster_database(dsn: str, seeded: dict[str, list[asyncpg.Recor
                 )
     finally:
         await conn.close()
+
+
+@pytest.fixture(autouse=True)
+def _one_server_only(request: pytest.FixtureRequest) -> None:
+    """Skip a test marked `one_server` on a Citus cluster, saying why it does not apply there.
+    (Asks for the session's server only for such tests: the unit tests need none.)"""
+    marker = request.node.get_closest_marker("one_server")
+    if marker is not None and request.getfixturevalue("citus_cluster"):
+        pytest.skip(f"not on a Citus cluster: {marker.args[0]}")
 
 
 @pytest.fixture(scope="session")

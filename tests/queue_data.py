@@ -10,6 +10,15 @@ import uuid
 
 import asyncpg
 
+from paceline.db.queries import QUERIES
+
+
+def bucket_of(kind: str, object_id: str) -> str:
+    """The SQL of a per-key row's `bucket` (kind and object_id as SQL): its shard key on a Citus
+    cluster (make test-citus), which refuses a row without it; NULL on one server, as the queue
+    leaves it there."""
+    return f"paceline_bucket({kind}, {object_id})" if QUERIES.citus else "NULL"
+
 
 async def insert_job(
     db: asyncpg.Connection,
@@ -25,14 +34,15 @@ async def insert_job(
 ) -> int:
     """One job; returns its id. A finished job's duration is finished - started."""
     job_id: int = await db.fetchval(
-        """
+        f"""
         INSERT INTO jobs (object_id, status, created_at, run_at, started_at, finished_at,
-                          duration, attempts, error, lease_expires_at)
+                          duration, attempts, error, lease_expires_at, bucket)
         VALUES ($1, $2, now() + make_interval(secs => $3), now() + make_interval(secs => $4),
                 now() + make_interval(secs => $5), now() + make_interval(secs => $6),
                 $6 - $5, $7, $8,
                 -- A running job holds a lease (ck_jobs_lease_while_processing).
-                CASE WHEN $2 = 'PROCESSING' THEN now() + interval '30 seconds' END)
+                CASE WHEN $2 = 'PROCESSING' THEN now() + interval '30 seconds' END,
+                {bucket_of("'default'", "$1")})
         RETURNING id
         """,
         object_id,
@@ -62,9 +72,9 @@ async def insert_attempt(
     await db.execute(
         """
         INSERT INTO job_attempts (job_id, attempt, object_id, worker_id, started_at,
-                                  finished_at, outcome, error)
+                                  finished_at, outcome, error, bucket)
         SELECT $1, $2, object_id, $3, now() + make_interval(secs => $4),
-               now() + make_interval(secs => $5), $6, $7
+               now() + make_interval(secs => $5), $6, $7, bucket
         FROM jobs WHERE id = $1
         """,
         job_id,
@@ -136,15 +146,15 @@ async def seed_busy_queue(dsn: str, window: float) -> dict[str, int]:
         )
         # The last 13 minutes: one job every ~3.4 s (each object's 203 s apart); every 13th failed.
         await conn.execute(
-            """
+            f"""
             INSERT INTO jobs (object_id, status, created_at, run_at, started_at, finished_at,
-                              duration, attempts, error, worker_id)
+                              duration, attempts, error, worker_id, bucket)
             SELECT 1 + g % 60, CASE WHEN g % 13 = 0 THEN 'FAILED' ELSE 'SUCCESS' END,
                    f - interval '40 seconds', f - interval '2 seconds',
                    f - interval '1.5 seconds', f, 1.5,
                    1,
                    CASE WHEN g % 13 = 0 THEN ($2::text[])[1 + (g / 13) % 4] END,
-                   ($1::uuid[])[1 + g % 2]
+                   ($1::uuid[])[1 + g % 2], {bucket_of("'default'", "1 + g % 60")}
             FROM generate_series(1, 230) AS g,
                  LATERAL (SELECT now() - make_interval(secs => 780 - g * 3.39)) AS t (f)
             """,
@@ -153,27 +163,28 @@ async def seed_busy_queue(dsn: str, window: float) -> dict[str, int]:
         )
         # Running now, on the two live replicas.
         await conn.execute(
-            """
+            f"""
             INSERT INTO jobs (object_id, status, created_at, run_at, started_at, attempts,
-                              worker_id, lease_expires_at)
+                              worker_id, lease_expires_at, bucket)
             SELECT 100 + g, 'PROCESSING', now() - interval '1 minute', now() - interval '1 second',
                    now() - interval '1 second', 1, ($1::uuid[])[1 + g % 2],
-                   now() + interval '30 seconds'
+                   now() + interval '30 seconds', {bucket_of("'default'", "100 + g")}
             FROM generate_series(1, 6) AS g
             """,
             live,
         )
         await conn.execute(
-            """
+            f"""
             -- Yesterday's, and a few cancelled.
             INSERT INTO jobs (object_id, status, created_at, run_at, started_at, finished_at,
-                              duration, attempts)
-            SELECT 1 + g % 60, 'SUCCESS', t, t, t, t + interval '1 second', 1.0, 1
+                              duration, attempts, bucket)
+            SELECT 1 + g % 60, 'SUCCESS', t, t, t, t + interval '1 second', 1.0, 1,
+                   {bucket_of("'default'", "1 + g % 60")}
             FROM generate_series(1, 40) AS g,
                  LATERAL (SELECT now() - interval '1 day' + make_interval(mins => g)) AS a (t);
-            INSERT INTO jobs (object_id, status, created_at, run_at, finished_at)
+            INSERT INTO jobs (object_id, status, created_at, run_at, finished_at, bucket)
             SELECT 60 + g, 'CANCELLED', now() - interval '2 hours', now() + interval '1 hour',
-                   now() - interval '1 hour'
+                   now() - interval '1 hour', {bucket_of("'default'", "60 + g")}
             FROM generate_series(1, 4) AS g;
             """
         )
@@ -181,27 +192,35 @@ async def seed_busy_queue(dsn: str, window: float) -> dict[str, int]:
             f"""
             -- Waiting for their window: FIFO per object, each slot a window after the object's
             -- previous start or slot, as enqueue hands them out.
-            INSERT INTO jobs (object_id, created_at, run_at)
+            WITH last AS (
+                SELECT object_id, max(started_at) AS started FROM jobs GROUP BY object_id
+            )
+            INSERT INTO jobs (object_id, created_at, run_at, bucket)
             SELECT o, now() - make_interval(secs => 400 - g),
                    GREATEST(
                        now() + make_interval(secs => 20 + g * 3),
-                       (SELECT max(started_at) FROM jobs WHERE object_id = o)
-                           + make_interval(secs => {window})
-                   ) + make_interval(secs => (g / 20) * {window})
-            FROM generate_series(1, 65) AS g, LATERAL (SELECT 1 + g % 20) AS x (o);
+                       last.started + make_interval(secs => {window})
+                   ) + make_interval(secs => (g / 20) * {window}),
+                   {bucket_of("'default'", "o")}
+            FROM generate_series(1, 65) AS g
+            CROSS JOIN LATERAL (SELECT 1 + g % 20) AS x (o)
+            LEFT JOIN last ON last.object_id = o;
             -- Past their slot: the workers are behind.
-            INSERT INTO jobs (object_id, created_at, run_at)
-            SELECT 200 + g, now() - interval '20 seconds', now() - make_interval(secs => 6 - g)
+            INSERT INTO jobs (object_id, created_at, run_at, bucket)
+            SELECT 200 + g, now() - interval '20 seconds', now() - make_interval(secs => 6 - g),
+                   {bucket_of("'default'", "200 + g")}
             FROM generate_series(1, 5) AS g;
             INSERT INTO job_attempts (job_id, attempt, object_id, worker_id, started_at,
-                                      finished_at, outcome, error)
+                                      finished_at, outcome, error, bucket)
             SELECT id, attempts, object_id, worker_id, started_at, finished_at,
-                   CASE WHEN status = 'PROCESSING' THEN NULL ELSE status END, error
+                   CASE WHEN status = 'PROCESSING' THEN NULL ELSE status END, error, bucket
             FROM jobs WHERE started_at IS NOT NULL;
-            INSERT INTO object_starts (object_id, last_started_at)
-            SELECT object_id, max(started_at) FROM jobs WHERE started_at IS NOT NULL GROUP BY 1;
-            INSERT INTO object_slots (object_id, next_slot)
-            SELECT object_id, max(run_at) + make_interval(secs => {window}) FROM jobs GROUP BY 1;
+            INSERT INTO object_starts (object_id, last_started_at, bucket)
+            SELECT object_id, max(started_at), bucket FROM jobs WHERE started_at IS NOT NULL
+            GROUP BY object_id, bucket;
+            INSERT INTO object_slots (object_id, next_slot, bucket)
+            SELECT object_id, max(run_at) + make_interval(secs => {window}), bucket FROM jobs
+            GROUP BY object_id, bucket;
             """
         )
         # As autovacuum would: analyze once this session's row counts reached the statistics

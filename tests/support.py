@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from paceline.client import PacelineClient
+from paceline.db import jobs as store
 from paceline.db.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +99,18 @@ async def post(client: TestClient[Any, Any], object_id: int, **fields: Any) -> d
     assert response.status == 201, await response.text()
     job: dict[str, Any] = await response.json()
     return job
+
+
+async def claim_due(
+    db: asyncpg.Connection | asyncpg.Pool, worker_id: uuid.UUID, *, limit: int, lease: float
+) -> list[asyncpg.Record]:
+    """Claim up to `limit` due jobs of kind `default` as a worker would, on one server or a
+    cluster. On a cluster the claim visits the shards the last next-due query found due: ask
+    it first, as the worker does when it wakes."""
+    await store.seconds_until_next_due(db, kinds=["default"])
+    return await store.claim_due_jobs(
+        db, limit=limit, lease=lease, worker_id=worker_id, kinds=["default"]
+    )
 
 
 async def attempts_of(db: asyncpg.Connection, job_id: int) -> list[asyncpg.Record]:

@@ -8,6 +8,7 @@ import asyncio
 
 import asyncpg
 
+from paceline.db.queries import QUERIES
 from paceline.queue.events import JobEvents
 from paceline.queue.jobs import Job, NewJob, enqueue_batch
 from paceline.queue.worker import Worker
@@ -73,8 +74,13 @@ async def test_short_handlers_get_large_claims_and_still_run_two_at_once(
     # Claims ran ahead of the two free slots: far fewer statements than jobs / 2.
     assert max(claims.sizes) > 2
     assert len(claims.sizes) < 2_000 / 4
-    # Jobs claimed ahead start in the order they were claimed: slot order.
-    assert handler.started == ids
+    if QUERIES.citus:
+        # A cluster claims shard by shard: slot order holds per key (I4), which the rate-window
+        # tests check there, not across keys.
+        assert sorted(handler.started) == sorted(ids)
+    else:
+        # Jobs claimed ahead start in the order they were claimed: slot order.
+        assert handler.started == ids
 
 
 async def test_slow_handlers_are_claimed_for_their_free_slots_only(pool: asyncpg.Pool) -> None:

@@ -21,7 +21,7 @@ from paceline.queue.limits import LimitFields, pause, set_limit
 from paceline.queue.scheduling import KeyLimit
 from paceline.web.keys import POOL
 from tests.conftest import MakeClient
-from tests.queue_data import insert_attempt, insert_job, insert_worker
+from tests.queue_data import bucket_of, insert_attempt, insert_job, insert_worker
 from tests.support import eventually, parse_time
 
 Client = TestClient[Any, Any]
@@ -94,11 +94,12 @@ async def test_finished_totals_are_estimated_from_table_statistics(
 ) -> None:
     """All-time totals are not counted row by row; they come from PostgreSQL's statistics."""
     await db.execute(
-        """
-        INSERT INTO jobs (object_id, status, run_at, started_at, finished_at, attempts, error)
+        f"""
+        INSERT INTO jobs (object_id, status, run_at, started_at, finished_at, attempts, error,
+                          bucket)
         SELECT g, CASE WHEN g % 10 = 0 THEN 'FAILED' ELSE 'SUCCESS' END,
                now() - interval '1 day', now() - interval '1 day', now() - interval '1 day', 1,
-               CASE WHEN g % 10 = 0 THEN 'boom' END
+               CASE WHEN g % 10 = 0 THEN 'boom' END, {bucket_of("'default'", "g")}
         FROM generate_series(1, 2000) AS g;
         ANALYZE jobs;
         """
@@ -158,8 +159,8 @@ async def test_timeline_explains_why_each_job_waits(
         jobs[0]["id"],
     )
     await db.execute(
-        "INSERT INTO object_starts (object_id, last_started_at) SELECT 7, run_at FROM jobs"
-        " WHERE id = $1",
+        "INSERT INTO object_starts (object_id, last_started_at, bucket)"
+        " SELECT 7, run_at, bucket FROM jobs WHERE id = $1",
         jobs[0]["id"],
     )
     await insert_attempt(db, jobs[0]["id"], 1, started=-0.01, finished=0.0, outcome="SUCCESS")

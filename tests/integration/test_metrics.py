@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,7 +20,7 @@ from paceline.queue.limits import LimitFields, pause, set_limit
 from paceline.web.keys import METRICS, POOL
 from tests.conftest import MakeClient
 from tests.queue_data import insert_attempt, insert_job, insert_worker
-from tests.support import eventually, wait_until_finished
+from tests.support import claim_due, eventually, wait_until_finished
 
 Client = TestClient[Any, Any]
 
@@ -297,6 +298,9 @@ async def test_the_auditor_judges_each_key_by_its_own_limit(
     assert samples["paceline_running_violations_total"] == 1
 
 
+@pytest.mark.one_server(
+    "a cluster's claim is one call per shard, each its own transaction: none is opened before it"
+)
 async def test_a_start_claimed_after_a_finish_is_recorded_after_it(
     make_client: MakeClient, db: asyncpg.Connection, database_url: str
 ) -> None:
@@ -357,7 +361,7 @@ async def test_the_auditor_judges_a_start_by_the_limit_it_was_made_under(
     started = []
     for _ in range(2):
         await asyncio.sleep(0.2)
-        started += await db.fetch(QUERIES["claim_due_jobs"], 8, 30.0, worker, ["default"])
+        started += await claim_due(db, worker, limit=8, lease=30.0)
     assert len(started) == 2
     recorded = await db.fetch(
         "SELECT window_seconds, per_window, max_running FROM job_attempts ORDER BY job_id"

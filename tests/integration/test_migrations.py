@@ -143,6 +143,10 @@ async def test_every_migration_downgrades_and_upgrades_again(empty_database_url:
     assert await schema_snapshot(dsn) == at_head
 
 
+@pytest.mark.one_server(
+    "a cluster's schema differs from the metadata by design: the bucket in every key of the "
+    "per-key tables, its own listing indexes (citus.sql); test_citus.py checks it"
+)
 async def test_metadata_matches_the_migrations(database_url: str, empty_database_url: str) -> None:
     """schema.py is the real schema: autogenerate proposes nothing; no index or check differs."""
     diff = await run_sync(
@@ -255,6 +259,10 @@ async def test_migrate_command_brings_the_database_to_head(empty_database_url: s
         assert await versions(dsn) == {head(dsn)}
 
 
+@pytest.mark.one_server(
+    "it upgrades a plain database beside the cluster's with one server's statements; "
+    "test_citus.py upgrades a single-server database into a cluster"
+)
 async def test_a_database_with_jobs_in_every_status_upgrades_to_kinds_in_place(
     empty_database_url: str,
 ) -> None:
@@ -317,6 +325,10 @@ async def test_a_database_with_jobs_in_every_status_upgrades_to_kinds_in_place(
     assert await versions(dsn) == {"0008"}
 
 
+@pytest.mark.one_server(
+    "it upgrades a plain database beside the cluster's with one server's statements; "
+    "test_citus.py upgrades a single-server database into a cluster"
+)
 async def test_a_database_in_use_upgrades_to_limits_keeping_its_window_and_slots(
     empty_database_url: str,
 ) -> None:

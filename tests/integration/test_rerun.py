@@ -374,6 +374,7 @@ async def test_search_by_payload_finds_the_jobs_whose_payload_contains_it(
     assert await found(payload='{"customer":42}', cursor=page["next_cursor"]) == [a["id"]]
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 async def test_the_payload_search_reads_the_gin_index(db: asyncpg.Connection) -> None:
     """At 20k jobs, analyzed: the search (and the bulk retry's) is a probe of ix_jobs_payload,
     never a scan of jobs, as the custom plan and as the generic plan a cached statement may

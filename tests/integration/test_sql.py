@@ -157,6 +157,7 @@ async def history(db: asyncpg.Connection) -> asyncpg.Connection:
     return db
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 async def test_claim_scans_only_due_pending_jobs(history: asyncpg.Connection) -> None:
     """Every worker poll runs the claim: scanning the whole history, it slows as jobs pile up."""
     async with history.transaction():
@@ -167,6 +168,7 @@ async def test_claim_scans_only_due_pending_jobs(history: asyncpg.Connection) ->
     assert_no_seq_scan_on_jobs(nodes)
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 async def test_claim_of_a_large_backlog_is_not_jit_compiled(db: asyncpg.Connection) -> None:
     """With 100k due jobs the claim's estimated cost passes `jit_above_cost`; on a server with
     LLVM (PostgreSQL 15 from Debian) a claim of 50 then compiled for 1.4 s before its 1 ms of
@@ -192,6 +194,7 @@ async def test_claim_of_a_large_backlog_is_not_jit_compiled(db: asyncpg.Connecti
     assert "JIT" not in document, document["JIT"]
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 async def test_enqueue_finds_the_object_slot_by_its_primary_key(
     history: asyncpg.Connection,
 ) -> None:
@@ -206,6 +209,7 @@ async def test_enqueue_finds_the_object_slot_by_its_primary_key(
     assert_no_seq_scan_on_jobs(summary(plan))
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 async def test_list_by_object_uses_its_index(history: asyncpg.Connection) -> None:
     """GET /jobs?object_id= reads one object's jobs, not the whole table."""
     nodes = summary(await explain(history, "list_jobs_by_object", BUSY_OBJECT, INT64_MAX, 50))
@@ -213,6 +217,7 @@ async def test_list_by_object_uses_its_index(history: asyncpg.Connection) -> Non
     assert_no_seq_scan_on_jobs(nodes)
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 async def test_list_by_status_uses_its_index(history: asyncpg.Connection) -> None:
     """GET /jobs?status=PENDING (the backlog) reads the pending jobs, not the whole history.
 
@@ -228,6 +233,7 @@ async def test_list_by_status_uses_its_index(history: asyncpg.Connection) -> Non
     assert_no_seq_scan_on_jobs(nodes)
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 async def test_next_due_reads_the_first_pending_jobs_by_slot(history: asyncpg.Connection) -> None:
     """Every idle worker asks when to wake up: that must not read the whole history."""
     async with history.transaction():
@@ -247,6 +253,7 @@ async def test_next_due_reads_the_first_pending_jobs_by_slot(history: asyncpg.Co
     assert_no_seq_scan_on_jobs(nodes)
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 async def test_outcomes_and_renewals_find_their_jobs_by_primary_key(
     history: asyncpg.Connection, plan_cache_mode: str
@@ -279,6 +286,7 @@ async def test_outcomes_and_renewals_find_their_jobs_by_primary_key(
         assert {node.index_name for node in scans} == {"pk_jobs"} | probes, plan
 
 
+@pytest.mark.one_server("one server's plans (test_citus.py checks the cluster's)")
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 async def test_outcomes_reach_the_attempt_history_without_a_join(
     history: asyncpg.Connection, plan_cache_mode: str

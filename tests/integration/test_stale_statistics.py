@@ -22,6 +22,10 @@ from paceline.queue.jobs import NewJob
 from paceline.queue.requeue import requeue
 from paceline.queue.scheduling import create_in
 
+pytestmark = pytest.mark.one_server(
+    "these read one server's row counters (pg_stat_user_tables) and plans, which a coordinator "
+    "does not keep for its shards"
+)
 KINDS = ["default"]
 WINDOW = 300.0
 LEASE = 30.0

@@ -14,14 +14,14 @@ import asyncpg
 import pytest
 from yarl import URL
 
-from paceline.db.pool import create_pool, fetch_committed
+from paceline.db.pool import create_pool
 from paceline.db.queries import QUERIES
 from paceline.queue.completions import CompletionWriter
 from paceline.queue.jobs import Job, NewJob, Status, enqueue_batch
 from paceline.queue.leases import LeaseKeeper
 from paceline.queue.running import JobState, RunningJobs
 from paceline.queue.wakeup import CHANNEL, DueListener
-from tests.support import eventually
+from tests.support import claim_due, eventually
 
 
 async def claim(
@@ -31,9 +31,7 @@ async def claim(
         QUERIES["heartbeat"], worker_id, socket.gethostname(), os.getpid(), 4, 0, ["default"]
     )
     await enqueue_batch(pool, [NewJob(object_id) for object_id in objects])
-    records = await fetch_committed(
-        pool, QUERIES["claim_due_jobs"], len(objects), lease, worker_id, ["default"]
-    )
+    records = await claim_due(pool, worker_id, limit=len(objects), lease=lease)
     assert len(records) == len(objects)
     return [Job.from_record(record) for record in records]
 
@@ -66,8 +64,8 @@ async def test_the_completion_writer_records_each_attempt_once(pool: asyncpg.Poo
     finally:
         writer.stop()
         await asyncio.wait_for(writer.wait(), 5)
-    rows = await pool.fetch("SELECT id, status, error FROM jobs ORDER BY id")
-    assert [(r["status"], r["error"]) for r in rows] == [
+    rows = {r["id"]: r for r in await pool.fetch("SELECT id, status, error FROM jobs")}
+    assert [(rows[job.id]["status"], rows[job.id]["error"]) for job in (one, two)] == [
         ("SUCCESS", None),
         ("FAILED", "ValueError: boom"),
     ]

@@ -72,7 +72,10 @@ def test_a_job_submitted_through_the_api_appears_within_two_seconds(
         expect(page.locator("#oldest-note")).to_contain_text(
             f"job {job['id']} · kind default · object 77"
         )
-        assert new_row.get_by_role("link", name="77").get_attribute("href") == "/objects/77"
+        assert (
+            new_row.get_by_role("link", name="77", exact=True).get_attribute("href")
+            == "/objects/77"
+        )
         assert loads == []
         assert dialogs == []
 
@@ -93,7 +96,7 @@ def test_the_timeline_shows_the_reserved_slot_and_why_it_waits(
         first_row = page.locator(f'#recent tbody tr[data-job-id="{first["id"]}"]')
         expect(first_row.locator("td").nth(3)).to_have_text("SUCCESS", timeout=5_000)
 
-        first_row.get_by_role("link", name="7").click()
+        first_row.get_by_role("link", name="7", exact=True).click()
         expect(
             page.get_by_role("heading", name="Object 7, kind default", exact=True)
         ).to_be_visible()
@@ -128,7 +131,7 @@ def test_a_handler_error_is_listed_as_text_not_markup(
 
         markup = f"<script>alert('job {job['id']}')</script>"
         expect(failure.locator("td.error")).to_have_text(f"RuntimeError: {markup} upstream said no")
-        expect(failure.get_by_role("link", name="13")).to_be_visible()
+        expect(failure.get_by_role("link", name="13", exact=True)).to_be_visible()
         expect(page.locator("#failures script")).to_have_count(0)
         expect(page.locator("#count-FAILED")).to_have_text(re.compile(r"^(≈ \d+|—)$"))
         assert dialogs == []

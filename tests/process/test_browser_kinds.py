@@ -136,7 +136,7 @@ def test_kinds_are_shown_filtered_and_timed_apart(
         expect(page.locator("#recent tbody tr")).to_have_count(2)
 
         # Object 7 has a timeline per kind; the link of a notify job opens notify's.
-        notify_row.get_by_role("link", name="7").click()
+        notify_row.get_by_role("link", name="7", exact=True).click()
         expect(
             page.get_by_role("heading", name="Object 7, kind notify", exact=True)
         ).to_be_visible()

@@ -27,13 +27,14 @@ import aiohttp
 import asyncpg
 import pytest
 
+from paceline.db import jobs as store
 from paceline.db import migrate
 from paceline.db.embedded import EmbeddedPostgres, free_port
-from paceline.db.queries import QUERIES
 from paceline.queue.requeue import requeue
 from tests.support import (
     ServeProcess,
     assert_starts_apart,
+    claim_due,
     eventually,
     post_job,
     stop_all,
@@ -713,15 +714,15 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
         "INSERT INTO kind_limits (kind, window_seconds, per_window, max_running, paused)"
         " VALUES ('default', 0.001, 1, 1, false)"
     )
-    job = await db.fetchrow(QUERIES["enqueue"], "default", 42, None, None)
+    job = await store.enqueue(db, kind="default", object_id=42)
     assert job is not None
-    (claimed,) = await db.fetch(QUERIES["claim_due_jobs"], 1, lease, uuid.uuid4(), ["default"])
+    (claimed,) = await claim_due(db, uuid.uuid4(), limit=1, lease=lease)
     assert claimed["attempts"] == 1
     # Attempt 1's replica went silent; the reaper takes the job back, another worker claims it.
     async with db.transaction():
         await requeue(db, job["id"], 1, delay=0.0, error="lost", outcome="LOST")
     await asyncio.sleep(0.01)
-    (reclaimed,) = await db.fetch(QUERIES["claim_due_jobs"], 1, lease, uuid.uuid4(), ["default"])
+    (reclaimed,) = await claim_due(db, uuid.uuid4(), limit=1, lease=lease)
     assert (reclaimed["id"], reclaimed["attempts"]) == (job["id"], 2)
 
     async def snapshot() -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -732,35 +733,33 @@ async def test_finish_job_with_an_old_attempt_is_refused_and_changes_nothing(
         )
         return dict(row), [dict(r) for r in history]
 
+    async def finish(attempt: int, status: str, seconds: float, error: str | None) -> set[int]:
+        return await store.finish_jobs(
+            db,
+            job_ids=[job["id"]],
+            attempts=[attempt],
+            statuses=[status],
+            durations=[seconds],
+            errors=[error],
+            results=[None],
+        )
+
     before = await snapshot()
-    stale = await db.fetchval(
-        QUERIES["finish_jobs"], [job["id"]], [1], ["SUCCESS"], [9.0], [None], [None]
-    )
-    assert stale is None
+    assert await finish(1, "SUCCESS", 9.0, None) == set()
     assert await snapshot() == before
     # Nor can the stale attempt renew its lease or requeue the job.
-    renewed = await db.fetch(
-        QUERIES["renew_leases"], [job["id"]], [1], lease, before[0]["worker_id"]
+    renewed = await store.renew_leases(
+        db, job_ids=[job["id"]], attempts=[1], lease=lease, worker_id=before[0]["worker_id"]
     )
-    assert renewed == []
+    assert renewed == set()
     async with db.transaction():
         assert await requeue(db, job["id"], 1, delay=0, error="x", outcome="RETRY") is None
     assert await snapshot() == before
 
     # The current attempt finishes; the stale one still cannot overwrite the result.
-    assert (
-        await db.fetchval(
-            QUERIES["finish_jobs"], [job["id"]], [2], ["SUCCESS"], [0.5], [None], [None]
-        )
-        == job["id"]
-    )
+    assert await finish(2, "SUCCESS", 0.5, None) == {job["id"]}
     done = await snapshot()
-    assert (
-        await db.fetchval(
-            QUERIES["finish_jobs"], [job["id"]], [1], ["FAILED"], [9.0], ["late"], [None]
-        )
-        is None
-    )
+    assert await finish(1, "FAILED", 9.0, "late") == set()
     assert await snapshot() == done
     assert (done[0]["status"], done[0]["duration"]) == ("SUCCESS", 0.5)
     assert [(a["attempt"], a["outcome"]) for a in done[1]] == [(1, "LOST"), (2, "SUCCESS")]
