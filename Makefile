@@ -33,14 +33,12 @@ test: $(DEV) ## Run the test suite (embedded PostgreSQL unless TEST_DATABASE_URL
 test-pg15: $(DEV) ## Run the test suite against the PostgreSQL on 127.0.0.1:5432
 	TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres $(BIN)/pytest $(PYTEST_ARGS)
 
-# The tests a Citus cluster must pass as one server does: the cluster's own, the rate window's,
-# the limits', two replicas and a replica killed with -9.
-CITUS_TESTS ?= tests/integration/test_citus.py tests/integration/test_rate_window.py \
-	tests/integration/test_limits.py tests/process/test_limits_processes.py \
-	tests/process/test_processes.py::test_two_replicas_run_every_job_exactly_once_with_spacing \
-	tests/process/test_faults.py::test_kill_9_a_replica_its_running_jobs_run_again_once_elsewhere
+# On a Citus cluster: the integration and process tests, with the same assertions as on one
+# server. Those marked one_server (one server's plans and counters, database clones, a
+# downgrade, a trigger) skip there, each saying why. The unit tests need no database.
+CITUS_TESTS ?= tests/integration tests/process
 
-test-citus: $(DEV) ## Those tests on a local Citus cluster (scripts/citus; CITUS_SRC=<tree> builds it first)
+test-citus: $(DEV) ## The suite on a local Citus cluster (scripts/citus; CITUS_SRC=<tree> builds it first)
 	@if [ -n "$(CITUS_SRC)" ]; then CITUS_SRC="$(CITUS_SRC)" scripts/citus build; fi
 	scripts/citus start
 	TEST_DATABASE_URL=$$(scripts/citus url) $(BIN)/pytest $(CITUS_TESTS) $(PYTEST_ARGS)
