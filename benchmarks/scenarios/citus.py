@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 from typing import Any
 
@@ -31,6 +32,7 @@ from benchmarks.scenarios.common import (
     tuned_unless_fixed,
 )
 from paceline.db.queries import QUERIES, use_citus
+from paceline.observability.overview import read_overview
 
 SCENARIO = "13 citus"
 CLUSTER_URL = os.environ.get("BENCH_CITUS_URL", "postgresql://postgres@127.0.0.1:9700/postgres")
@@ -55,11 +57,13 @@ async def run(bench: Bench) -> None:
     env = tuned_unless_fixed(bench)
     jobs = min(DRAIN_JOBS, bench.config.drain_jobs)
     async with bench.cluster.database("citus_plain") as url:
-        plain_drains, plain_post = await _measure(bench, url, env, jobs, name="citus-plain")
+        plain_drains, plain_post, plain_overview = await _measure(
+            bench, url, env, jobs, name="citus-plain"
+        )
     await migrate(CLUSTER_URL)
     nodes = await _nodes(CLUSTER_URL)
     await reset_tables(CLUSTER_URL)
-    cluster_drains, cluster_post = await _measure(
+    cluster_drains, cluster_post, cluster_overview = await _measure(
         bench, CLUSTER_URL, env, jobs, name="citus-cluster", nodes=nodes
     )
     label = ", concurrency 256" if env else ""
@@ -88,11 +92,26 @@ async def run(bench: Bench) -> None:
             ceiling_label="one server, same build",
         )
     )
+    bench.report.add(
+        Row(
+            SCENARIO,
+            f"the page's overview read, ms, over {jobs:,} finished jobs, coordinator + 2 workers",
+            cluster_overview,
+            "ms",
+            ceiling=plain_overview,
+            ceiling_label="one server, same build",
+            note="scatter-gather: the totals, lists and limits visit every shard (8)",
+        )
+    )
     bench.report.section(
         "Citus: statements per drained job, by node (pg_stat_statements)",
         _format_nodes(nodes, cluster_drains[0].counts, cluster_drains[0].result.finished),
     )
     bench.report.section("Citus: plans of the hot statements", await _plans(CLUSTER_URL))
+
+
+# How often the page's overview is read over a drained history, for its median.
+OVERVIEW_READS = 20
 
 
 @dataclasses.dataclass
@@ -110,8 +129,9 @@ async def _measure(
     *,
     name: str,
     nodes: list[str] | None = None,
-) -> tuple[list[_Drain], float]:
-    """`runs` drains of `jobs` due jobs, then POST at POST_CONNECTIONS: (the drains, req/s).
+) -> tuple[list[_Drain], float, float]:
+    """`runs` drains of `jobs` due jobs, the overview read over the last, then POST at
+    POST_CONNECTIONS: (the drains, req/s, the overview's ms).
     With `nodes` (a cluster's), the first drain also reads every node's statement counters."""
     drains: list[_Drain] = []
     async with bench.replicas(url, 1, name=name, env=env) as replicas:
@@ -124,9 +144,30 @@ async def _measure(
             result = await drain(bench, url, replicas, jobs=jobs, citus=nodes is not None)
             counts = [await _counts(node) for node in nodes or []] if counted else []
             drains.append(_Drain(result, counts))
+        overview = await _overview_ms(url, citus=nodes is not None)
         await reset_tables(url)
         posted = await measure_post(bench, url, replicas, POST_CONNECTIONS)
-    return drains, posted.rps
+    return drains, posted.rps, overview
+
+
+async def _overview_ms(url: str, *, citus: bool) -> float:
+    """The median time of one read of the page's overview (what the page and /metrics read
+    each refresh: the cluster's totals and lists visit every shard) over the last drain's
+    finished jobs, analyzed, in ms."""
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    assert pool is not None
+    use_citus(citus)
+    try:
+        await pool.execute("ANALYZE jobs")
+        times = []
+        for _ in range(OVERVIEW_READS):
+            started = time.perf_counter()
+            await read_overview(pool)
+            times.append((time.perf_counter() - started) * 1000)
+        return median(times)
+    finally:
+        use_citus(False)
+        await pool.close()
 
 
 async def _reachable(url: str) -> bool:
