@@ -54,8 +54,11 @@ async def distribute_if_citus(dsn: str, *, lock_key: int) -> bool:
                 await conn.execute(QUERIES.cluster(name))
             for statement in QUERIES.cluster("citus_distribute_functions").split(";\n"):
                 await conn.execute(statement)
-            for statement in QUERIES.cluster("citus_listing_indexes").split(";\n"):
-                await conn.execute(statement)
+            # Once: CREATE INDEX takes a SHARE lock on `jobs` before it finds the index there,
+            # which every replica's start would otherwise take, holding up writes.
+            if not await conn.fetchval(QUERIES.cluster("citus_listing_indexes_made")):
+                for statement in QUERIES.cluster("citus_listing_indexes").split(";\n"):
+                    await conn.execute(statement)
         return True
     finally:
         await conn.close()

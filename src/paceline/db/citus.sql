@@ -359,8 +359,13 @@ BEGIN
 END
 $$;
 
+-- name: citus_listing_indexes_made citus
+-- Whether citus_listing_indexes ran (it makes them in one transaction).
+SELECT to_regclass('ix_jobs_pending_created_at_id') IS NOT NULL;
+
 -- name: citus_listing_indexes citus
--- Every run (idempotent; a cluster distributed by an earlier release gets them too). Each node
+-- Once per cluster, by the first migrate that finds them missing (a cluster distributed by an
+-- earlier release gets them too). Each node
 -- hands out job ids from a range of its own, so on a cluster ids are not acceptance order:
 -- the listings (GET /jobs, the page's oldest pending job and newest failures) order by
 -- (created_at, id), and these indexes replace those by id that one server lists through.
