@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from paceline.contract import DEFAULT_KIND
+from paceline.contract import DEFAULT_KIND, INT64_MAX
 from paceline.db.citus import SHARDS
 from paceline.db.plans import fetch_planned, plan_per_call
 from paceline.db.pool import Connection, Executor, fetch_committed
@@ -202,7 +202,6 @@ async def list_jobs(
     return await db.fetch(query, *filters, before, limit, *created)
 
 
-INT64_MAX = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # Later than any job's created_at (Python's datetime ends in 9999; PostgreSQL's in 294276).
