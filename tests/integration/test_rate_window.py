@@ -102,6 +102,29 @@ async def test_spacing_holds_when_workers_fell_behind(
     assert_window_holds(rows, window)
 
 
+async def test_late_starts_push_every_keys_next_slot_back_to_a_window_after_the_start(
+    make_client: MakeClient, database_url: str
+) -> None:
+    """I6 behind a backlog: one claim starts the first jobs of several objects late, and each
+    object's second job moves to a window after its first job's actual start, so the run_at
+    a client reads stays when it will really start (one re-plan for the whole claim)."""
+    window = 1.0
+    api = await make_client(rate_window=window, concurrency=0)
+    objects = range(1, 7)
+    for _ in range(2):
+        for object_id in objects:
+            assert (await api.post("/jobs", json={"object_id": object_id})).status == 201
+    # The first slots pass with nobody working: the workers below start them late.
+    await asyncio.sleep(0.3)
+    await make_client(rate_window=window, concurrency=8)
+    rows = await wait_until_finished(database_url, 2 * len(objects), timeout=15)
+    for object_id, jobs in starts_by_object(rows).items():
+        first, second = sorted(jobs, key=lambda row: row["id"])
+        assert first["started_at"] - first["run_at"] >= timedelta(seconds=0.3)
+        assert second["run_at"] == first["started_at"] + timedelta(seconds=window), object_id
+        assert second["started_at"] >= second["run_at"]
+
+
 async def test_retried_claims_across_two_in_process_workers_never_double_start(
     make_client: MakeClient, database_url: str
 ) -> None:

@@ -143,6 +143,66 @@ async def starts_of_key(
     return {row[0] for row in rows}
 
 
+# A (kind, object_id): the pair every limit and slot row is kept by.
+Key = tuple[str, int]
+
+
+def keys_share_a_transaction() -> bool:
+    """Whether many keys may be locked and re-planned in one transaction with the `*_of_keys`
+    statements below: on one server, yes. On a Citus cluster, no: each key's statements stay
+    its shard's, and a transaction over many keys' shards would be a distributed one,
+    committed in two phases on every worker it touched."""
+    return not QUERIES.citus
+
+
+async def lock_key_rows(conn: Connection, *, keys: Sequence[Key]) -> None:
+    """`lock_object_slots` for every key of `keys`, in key order, in one statement."""
+    await conn.execute(QUERIES["lock_key_rows"], [k for k, _ in keys], [o for _, o in keys])
+
+
+async def limits_of_keys(conn: Connection, *, keys: Sequence[Key]) -> dict[Key, asyncpg.Record]:
+    """`key_limit` of every key of `keys`."""
+    rows = await conn.fetch(QUERIES["limits_of_keys"], [k for k, _ in keys], [o for _, o in keys])
+    return {(row["kind"], row["object_id"]): row for row in rows}
+
+
+async def pending_of_keys(
+    conn: Connection, *, keys: Sequence[Key]
+) -> dict[Key, list[asyncpg.Record]]:
+    """`pending_of_key` of every key of `keys` (locked), each key's in slot order."""
+    rows = await conn.fetch(QUERIES["pending_of_keys"], [k for k, _ in keys], [o for _, o in keys])
+    by_key: dict[Key, list[asyncpg.Record]] = {key: [] for key in keys}
+    for row in sorted(rows, key=lambda row: (row["run_at"], row["id"])):
+        by_key[row["kind"], row["object_id"]].append(row)
+    return by_key
+
+
+async def starts_of_keys(
+    conn: Connection, *, keys: Sequence[Key], since: Sequence[datetime]
+) -> dict[Key, set[datetime]]:
+    """`starts_of_key` of every key of `keys`, each after its own `since` (parallel)."""
+    rows = await conn.fetch(
+        QUERIES["starts_of_keys"], [k for k, _ in keys], [o for _, o in keys], list(since)
+    )
+    by_key: dict[Key, set[datetime]] = {key: set() for key in keys}
+    for row in rows:
+        by_key[row["kind"], row["object_id"]].add(row["started_at"])
+    return by_key
+
+
+async def set_key_rows(
+    conn: Connection, *, keys: Sequence[Key], rows: Sequence[tuple[datetime, datetime]]
+) -> None:
+    """`set_key_row` for every key of `keys`: its (next_slot, open_until) in `rows`."""
+    await conn.execute(
+        QUERIES["set_key_rows"],
+        [k for k, _ in keys],
+        [o for _, o in keys],
+        [next_slot for next_slot, _ in rows],
+        [open_until for _, open_until in rows],
+    )
+
+
 async def set_key_row(
     conn: Connection, *, kind: str, object_id: int, next_slot: datetime, open_until: datetime
 ) -> None:

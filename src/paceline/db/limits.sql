@@ -165,6 +165,53 @@ SELECT last_started_at FROM object_starts
 WHERE kind = $1 AND object_id = $2  -- citus: AND bucket = paceline_bucket($1, $2)
 ;
 
+-- name: lock_key_rows
+-- $1 kinds, $2 object ids (parallel: distinct keys). lock_object_slots for many keys in one
+-- statement, in key order: the order a batch enqueue and plan_exactly lock theirs in, so two
+-- of them wait for each other instead of deadlocking. One server only (on a cluster each
+-- key's statements stay its shard's: paceline.db.limits.keys_share_a_transaction).
+INSERT INTO object_slots AS s (kind, object_id, next_slot)
+SELECT k.kind, k.object_id, now()
+FROM unnest($1::text[], $2::bigint[]) AS k(kind, object_id)
+ORDER BY k.kind, k.object_id
+ON CONFLICT (kind, object_id) DO UPDATE SET next_slot = s.next_slot;
+
+-- name: limits_of_keys
+-- $1 kinds, $2 object ids (parallel). key_limit for each key, one row per key.
+SELECT k.kind, k.object_id, now() AS now, l.window_seconds, l.per_window, l.max_running,
+       l.paused,
+       EXISTS (
+           SELECT 1 FROM key_limits AS o WHERE o.kind = k.kind AND o.object_id = k.object_id
+       ) AS overridden
+FROM unnest($1::text[], $2::bigint[]) AS k(kind, object_id)
+CROSS JOIN LATERAL paceline_limit(k.kind, k.object_id) AS l;
+
+-- name: pending_of_keys
+-- $1 kinds, $2 object ids (parallel). pending_of_key for each key (one probe of
+-- ix_jobs_pending_kind_object_id_run_at_id per key), locked; the caller orders each key's.
+SELECT j.kind, j.object_id, j.id, j.created_at, j.run_at, j.not_before
+FROM unnest($1::text[], $2::bigint[]) AS k(kind, object_id)
+JOIN jobs AS j ON j.kind = k.kind AND j.object_id = k.object_id AND j.status = 'PENDING'
+FOR UPDATE OF j;
+
+-- name: starts_of_keys
+-- $1 kinds, $2 object ids, $3 since (parallel). starts_of_key for each key.
+SELECT a.kind, a.object_id, a.started_at
+FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS k(kind, object_id, since)
+JOIN job_attempts AS a
+    ON a.kind = k.kind AND a.object_id = k.object_id AND a.started_at > k.since
+UNION ALL
+SELECT s.kind, s.object_id, s.last_started_at
+FROM unnest($1::text[], $2::bigint[]) AS k(kind, object_id)
+JOIN object_starts AS s ON s.kind = k.kind AND s.object_id = k.object_id;
+
+-- name: set_key_rows
+-- $1 kinds, $2 object ids, $3 next_slot, $4 open_until (parallel). set_key_row for each key.
+UPDATE object_slots AS s SET next_slot = r.next_slot, open_until = r.open_until
+FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
+    AS r(kind, object_id, next_slot, open_until)
+WHERE s.kind = r.kind AND s.object_id = r.object_id;
+
 -- name: set_key_row
 -- $1 kind, $2 object_id, $3 next_slot, $4 open_until. After the planner placed or moved the
 -- key's jobs: where the one-statement enqueue may put the next one.
