@@ -330,6 +330,22 @@ async def test_a_batch_takes_kinds_and_payloads_in_one_statement(
     assert "every job of a batch queues" in problem["detail"]
 
 
+async def test_each_job_a_batch_answers_is_the_job_get_shows(client: Client) -> None:
+    """The batch's answer is built from what its statement returns plus a new job's defaults:
+    it must be exactly what GET /jobs/{id} shows, the payload as PostgreSQL keeps it (jsonb
+    orders keys by length, then bytes) included."""
+    status, created = await post(
+        client, [{"object_id": 3, "payload": {"zz": 1, "a": {"yy": 2, "b": 3}}}, {"object_id": 3}]
+    )
+    assert status == 201
+    for job in created["jobs"]:
+        response = await client.get(f"/jobs/{job['id']}")
+        shown = await response.json()
+        assert job == shown
+        assert json.dumps(job["payload"]) == json.dumps(shown["payload"])  # key order too
+    assert list(created["jobs"][0]["payload"]) == ["a", "zz"]
+
+
 async def test_jobs_are_listed_by_kind(make_client: MakeClient) -> None:
     client = await make_client(concurrency=0, **TWO_KINDS)
     await post(client, {"object_id": 1})
