@@ -21,6 +21,7 @@ from paceline.queue.handlers import Handler, resolve_handlers
 from paceline.queue.kinds import KnownKinds
 from paceline.queue.limits import seed_default_limit
 from paceline.queue.maintenance import Janitor
+from paceline.queue.pressure import SubmitPressure
 from paceline.queue.reaper import Reaper
 from paceline.queue.service import Service
 from paceline.queue.wakeup import DueListener, DueNotifier
@@ -38,6 +39,7 @@ from paceline.web.keys import (
     KINDS,
     NOTIFIER,
     POOL,
+    PRESSURE,
     SETTINGS,
     THROTTLE,
     WORKER,
@@ -156,13 +158,14 @@ async def _notifier_ctx(app: web.Application) -> AsyncIterator[None]:
     grouper = EnqueueGrouper(app[POOL])
     app[NOTIFIER] = notifier
     app[GROUPER] = grouper
+    app[PRESSURE] = SubmitPressure()
     app[KINDS] = KnownKinds(app[POOL], app[SETTINGS].handler_names())
     notifier.start()
     grouper.start()
     yield
     grouper.stop()
     notifier.stop()
-    await asyncio.gather(notifier.wait(), grouper.wait())
+    await asyncio.gather(notifier.wait(), grouper.wait(), app[PRESSURE].close())
 
 
 @contextlib.asynccontextmanager
@@ -180,6 +183,7 @@ async def _run_worker(app: web.Application, handlers: dict[str, Handler]) -> Asy
         job_timeout=settings.job_timeout,
         idle_poll=settings.idle_poll,
         shutdown_grace=settings.shutdown_grace,
+        pressure=app[PRESSURE],
     )
     # Expired leases are looked for this often; a failed round of either is tried again then.
     housekeeping = min(settings.lease / 3, settings.idle_poll)

@@ -5,12 +5,15 @@ of their free slots only, as before."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import asyncpg
 
 from paceline.db.queries import QUERIES
 from paceline.queue.events import JobEvents
 from paceline.queue.jobs import Job, NewJob, enqueue_batch
+from paceline.queue.pressure import SubmitPressure
 from paceline.queue.worker import Worker
 from tests.support import eventually
 
@@ -45,12 +48,20 @@ class Handler:
             self.running -= 1
 
 
-async def run_all(pool: asyncpg.Pool, handler: Handler, claims: Claims, jobs: int) -> list[int]:
+async def run_all(
+    pool: asyncpg.Pool,
+    handler: Handler,
+    claims: Claims,
+    jobs: int,
+    pressure: SubmitPressure | None = None,
+) -> list[int]:
     """Submit `jobs` due jobs of distinct objects, run them with concurrency 2; their ids in
     slot order."""
     made = await enqueue_batch(pool, [NewJob(object_id) for object_id in range(1, jobs + 1)])
     ids = [made[position].id for position in range(jobs)]
-    worker = Worker(pool, {"default": handler}, events=claims, concurrency=2, lease=30)
+    worker = Worker(
+        pool, {"default": handler}, events=claims, concurrency=2, lease=30, pressure=pressure
+    )
     worker.start()
     try:
 
@@ -89,3 +100,58 @@ async def test_slow_handlers_are_claimed_for_their_free_slots_only(pool: asyncpg
     assert handler.most == 2
     # Five starts a second: nothing is claimed ahead, no job waits in memory for a slot.
     assert max(claims.sizes) <= 2
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async def probe() -> bool:
+        return condition()
+
+    await eventually(probe, timeout=5)
+
+
+async def busy_loop(stop: asyncio.Event) -> None:
+    """What a replica's API does under a load of 1000-job batches: holds the event loop for
+    milliseconds at a time (parsing, answering), over and over."""
+    while not stop.is_set():
+        time.sleep(0.008)  # noqa: ASYNC251 - blocking the loop is the point
+        await asyncio.sleep(0)
+
+
+async def test_short_handlers_claim_only_free_slots_while_submits_wait_on_a_busy_loop(
+    pool: asyncpg.Pool,
+) -> None:
+    """Submits first (queue/pressure.py): the loop is behind and a submit is in flight, so the
+    worker claims for its free handler slots only; every job still runs."""
+    handler, claims, pressure = Handler(0.0), Claims(), SubmitPressure()
+    stop = asyncio.Event()
+    api = asyncio.create_task(busy_loop(stop))
+    try:
+        with pressure.submitting():
+            await until(lambda: pressure.high)
+            await run_all(pool, handler, claims, 200, pressure=pressure)
+    finally:
+        stop.set()
+        await api
+        await pressure.close()
+    assert max(claims.sizes) <= 2
+
+
+async def test_submit_pressure_is_high_only_while_submits_wait_on_a_loop_that_is_behind() -> None:
+    pressure = SubmitPressure()
+    with pressure.submitting():
+        await asyncio.sleep(0.1)
+        assert not pressure.high, "a loop that keeps up: the worker may claim ahead"
+        stop = asyncio.Event()
+        api = asyncio.create_task(busy_loop(stop))
+        await until(lambda: pressure.high)
+        stop.set()
+        await api
+        await until(lambda: not pressure.high)
+    stop = asyncio.Event()
+    api = asyncio.create_task(busy_loop(stop))
+    await asyncio.sleep(0.1)
+    assert not pressure.high, "no submit in flight: the drain keeps its claims"
+    stop.set()
+    await api
+    # With no submit for a while, the sampler stops: an idle replica runs no timer for it.
+    await until(lambda: not pressure.sampling)

@@ -414,6 +414,8 @@ async def create_many(conn: Connection, new: list[NewJob]) -> list[Job]:
     limit change lock their keys: two batches that place the same keys the other way round
     would each hold one key's slot row and wait for the other's (a deadlock)."""
     made = await _one_statement(conn, new)
+    if len(made) == len(new):  # the statement made them all, the common case
+        return list(made.values())
     rest = [position for position in range(len(new)) if position not in made]
     for position in sorted(rest, key=lambda at: (new[at].kind, new[at].object_id, at)):
         made[position] = await place(conn, new[position])
@@ -454,5 +456,7 @@ async def _one_statement(
     plain = [position for position, item in enumerate(new) if item.not_before is None]
     if not plain:
         return {}
+    if len(plain) == len(new):  # no scheduled job: positions are the batch's own
+        return await enqueue_batch(db, new, independent=independent)
     sent = await enqueue_batch(db, [new[position] for position in plain], independent=independent)
     return {plain[index]: job for index, job in sent.items()}

@@ -37,6 +37,7 @@ from paceline.queue.handlers import Handler
 from paceline.queue.jobs import Job, Status, log_extra
 from paceline.queue.leases import LeaseKeeper
 from paceline.queue.planning import shift_later_slots
+from paceline.queue.pressure import SubmitPressure
 from paceline.queue.requeue import requeue
 from paceline.queue.results import encode_result
 from paceline.queue.retry import Action, RetryPolicy
@@ -149,6 +150,7 @@ class Worker(Service):
         job_timeout: float | None = None,
         idle_poll: float = 5.0,
         shutdown_grace: float = 30.0,
+        pressure: SubmitPressure | None = None,
     ) -> None:
         # Claims that fail wait out the database: 50 ms, doubling up to 5 s.
         super().__init__(logger=log, retry=Backoff(0.05, 5.0))
@@ -169,6 +171,8 @@ class Worker(Service):
         # is slot order.
         self._handler_slots = asyncio.Semaphore(max(concurrency, 1))
         self._ahead = ClaimAhead()
+        # The API's submits on this process's loop: while they wait on it, no claiming ahead.
+        self._pressure = pressure
         self._background: set[asyncio.Task[None]] = set()
         row_lock = asyncio.Lock()
         self._completions = CompletionWriter(pool, lease=lease, row_lock=row_lock)
@@ -210,7 +214,7 @@ class Worker(Service):
         recheck = _RECHECK
         while not self.stopping:
             self.alarm.reset()
-            ahead = self._ahead.jobs()
+            ahead = 0 if self._pressure is not None and self._pressure.high else self._ahead.jobs()
             free = self._running.free(ahead)
             if free <= 0 or self._running.waiting > ahead // 2:
                 # Full, or enough claimed jobs still wait for a handler that the next claim

@@ -22,7 +22,7 @@ from paceline.queue.submit import (
     submit,
     submit_batch,
 )
-from paceline.web.keys import EVENTS, GROUPER, KINDS, NOTIFIER, POOL, SETTINGS
+from paceline.web.keys import EVENTS, GROUPER, KINDS, NOTIFIER, POOL, PRESSURE, SETTINGS
 from paceline.web.problems import Problem, invalid, not_found
 from paceline.web.validation import (
     check_json_content_type,
@@ -49,6 +49,11 @@ def json_response(
 @routes.post("/jobs", name="jobs")
 async def create_job(request: web.Request) -> web.Response:
     """Accept a job; 201 with it, its `run_at` saying when its object's window lets it start."""
+    with request.app[PRESSURE].submitting():
+        return await _create_job(request)
+
+
+async def _create_job(request: web.Request) -> web.Response:
     check_json_content_type(request.content_type)
     body = parse_jobs_body(await read_body(request))
     settings = request.app[SETTINGS]

@@ -13,6 +13,7 @@ from paceline.observability.prometheus import JobMetrics
 from paceline.queue.events import JobEvents
 from paceline.queue.grouping import EnqueueGrouper
 from paceline.queue.kinds import KnownKinds
+from paceline.queue.pressure import SubmitPressure
 from paceline.queue.wakeup import DueNotifier
 from paceline.queue.worker import Worker
 from paceline.web.credentials import Credentials
@@ -25,6 +26,8 @@ EVENTS = web.AppKey("events", JobEvents)
 NOTIFIER = web.AppKey("notifier", DueNotifier)
 GROUPER = web.AppKey("grouper", EnqueueGrouper)
 KINDS = web.AppKey("kinds", KnownKinds)
+# Submits in flight on this loop, which the worker yields to (paceline.queue.pressure).
+PRESSURE = web.AppKey("pressure", SubmitPressure)
 # Who may do what (paceline.web.auth): the tokens, the page's sessions, the sign-in throttle.
 CREDENTIALS = web.AppKey("credentials", Credentials)
 THROTTLE = web.AppKey("throttle", SignInThrottle)

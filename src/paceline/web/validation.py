@@ -141,12 +141,16 @@ def parse_jobs_body(body: bytes) -> JobBody | list[NewJob]:
                     decoded.max_backlog,
                 )
         elif body.count(b'"') == sum(map(_quotes, decoded)):
+            # The item's not_before name is formatted only for an item that has one: 1000
+            # f-strings per plain batch were a tenth of this function's time.
             return [
                 NewJob(
                     item.object_id,
                     item.kind or DEFAULT_KIND,
                     payload_json(item.payload),
-                    not_before_value(item.not_before, name=f"[{position}].not_before"),
+                    None
+                    if item.not_before is None
+                    else not_before_value(item.not_before, name=f"[{position}].not_before"),
                 )
                 for position, item in enumerate(decoded)
             ]
