@@ -61,7 +61,18 @@ _CLUSTER_ONLY = {"bucket"}
 def test_the_job_queries_are_the_ones_that_name_the_job_columns() -> None:
     # Guards the marker test above: the registry has job queries, found by construction.
     returning_jobs = {name for name, sql in QUERIES.items() if JOB_COLUMNS in sql}
-    assert {"enqueue", "enqueue_batch", "get_job", "cancel_pending_job"} <= returning_jobs
+    assert {"enqueue", "get_job", "cancel_pending_job"} <= returning_jobs
+
+
+@pytest.mark.one_server(
+    "a cluster's batch is paceline_enqueue_batch (citus.sql), which returns every job column"
+)
+async def test_the_batch_enqueue_returns_what_job_created_reads(db: asyncpg.Connection) -> None:
+    """A batch's rows carry only what its statement decided; Job.created takes the rest from
+    the request and a new job's defaults (the answer equals GET: test_kinds.py)."""
+    statement = await db.prepare(QUERIES["enqueue_batch"])
+    columns = [attribute.name for attribute in statement.get_attributes()]
+    assert columns == ["id", "kind", "object_id", "created_at", "run_at", "payload"]
 
 
 def test_parse_splits_on_name_lines_and_drops_the_preamble() -> None:

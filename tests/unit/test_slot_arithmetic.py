@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -98,6 +98,20 @@ def test_timestamp_is_floored_whole_seconds_even_in_the_last_microsecond() -> No
     assert unix_seconds(NOW.replace(microsecond=999_999)) == int(NOW.timestamp())
     assert unix_seconds(datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC)) == -1
     assert isoformat(NOW.replace(microsecond=5)) == "2026-12-04T12:00:00.000005Z"
+
+
+def test_isoformat_writes_each_instant_in_utc_whatever_it_wrote_before() -> None:
+    # isoformat remembers the last instant it wrote (a batch's jobs share one): an instant
+    # in another zone, and one after another, still get their own UTC text.
+    paris = timezone(timedelta(hours=1))
+    moments = [NOW, NOW.astimezone(paris), NOW + timedelta(microseconds=1), NOW, NOW]
+    assert [isoformat(moment) for moment in moments] == [
+        "2026-12-04T12:00:00Z",
+        "2026-12-04T12:00:00Z",
+        "2026-12-04T12:00:00.000001Z",
+        "2026-12-04T12:00:00Z",
+        "2026-12-04T12:00:00Z",
+    ]
 
 
 @pytest.mark.parametrize(
