@@ -3,13 +3,13 @@ and the hot queries keep using the indexes made for them once the history is lar
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import asyncpg
+import msgspec
 import pytest
 
 from paceline.db.plans import INDEX_PATHS_ONLY
@@ -44,7 +44,7 @@ async def test_job_query_returns_every_field_of_a_job(db: asyncpg.Connection, na
         return
     expected = [
         _COLUMN_OF.get(field.name, field.name)
-        for field in dataclasses.fields(Job)
+        for field in msgspec.structs.fields(Job)
         if field.name not in _CLUSTER_ONLY
     ]
     assert columns[: len(expected)] == expected
