@@ -131,13 +131,24 @@ async def read_key(conn: Connection, kind: str, object_id: int, *, lock: bool = 
     row = await store.key_limit(conn, kind=kind, object_id=object_id)
     limit, now = _limit_of(row), row["now"]
     rows = await store.pending_of_key(conn, kind=kind, object_id=object_id, lock=lock)
-    pending = [
-        Pending(row["id"], row["created_at"], finite(row["run_at"]), row["not_before"])
-        for row in rows
-    ]
     since = now - timedelta(seconds=limit.window)
     starts = await store.starts_of_key(conn, kind=kind, object_id=object_id, since=since)
-    return KeyState(now=now, limit=limit, pending=pending, starts=sorted(starts))
+    return _key_state(now, limit, rows, starts)
+
+
+def _key_state(
+    now: datetime, limit: KeyLimit, pending: Iterable[asyncpg.Record], starts: Iterable[datetime]
+) -> KeyState:
+    """A key's state from its rows: its pending jobs in slot order, its starts."""
+    return KeyState(
+        now=now,
+        limit=limit,
+        pending=[
+            Pending(row["id"], row["created_at"], finite(row["run_at"]), row["not_before"])
+            for row in pending
+        ],
+        starts=sorted(starts),
+    )
 
 
 def slot_for_new(state: KeyState, not_before: datetime | None) -> datetime | None:
@@ -324,15 +335,7 @@ async def read_keys(conn: Connection, keys: Sequence[Key]) -> dict[Key, KeyState
     since = [limit_rows[key]["now"] - timedelta(seconds=limits[key].window) for key in keys]
     starts = await store.starts_of_keys(conn, keys=keys, since=since)
     return {
-        key: KeyState(
-            now=limit_rows[key]["now"],
-            limit=limits[key],
-            pending=[
-                Pending(row["id"], row["created_at"], finite(row["run_at"]), row["not_before"])
-                for row in pending[key]
-            ],
-            starts=sorted(starts[key]),
-        )
+        key: _key_state(limit_rows[key]["now"], limits[key], pending[key], starts[key])
         for key in keys
     }
 
