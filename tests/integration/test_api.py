@@ -230,6 +230,16 @@ async def test_list_pages_with_a_cursor(client: Client) -> None:
     assert pages == 3
 
 
+@pytest.mark.parametrize("cursor", [str(2**63), f"{2**63}.{10**19 - 1}", f"{2**62}.{10**18}"])
+async def test_a_cursor_past_every_job_lists_from_the_newest(client: Client, cursor: str) -> None:
+    # The API document lets a cursor's id run to 19 digits and its instant past year 9999
+    # (what a client may send); such a cursor ends no page, so the listing starts at the top.
+    ids = [(await post_body(client, {"object_id": n}))[1]["id"] for n in range(3)]
+    response = await client.get("/jobs", params={"cursor": cursor})
+    assert response.status == 200
+    assert [job["id"] for job in (await response.json())["jobs"]] == ids[::-1]
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -240,7 +250,8 @@ async def test_list_pages_with_a_cursor(client: Client) -> None:
         {"limit": "501"},
         {"cursor": "-5"},
         {"cursor": "12.x"},
-        {"cursor": str(2**63)},
+        {"cursor": "0"},
+        {"cursor": "1.2.3"},
         {"sort": "asc"},
     ],
 )

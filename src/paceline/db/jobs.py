@@ -206,6 +206,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # Later than any job's created_at (Python's datetime ends in 9999; PostgreSQL's in 294276).
 _AFTER_EVERY_JOB = datetime(9999, 12, 31, tzinfo=UTC)
+_BEFORE_EVERY_JOB = datetime(1, 1, 1, tzinfo=UTC)
 _CURSOR = re.compile(r"([1-9][0-9]{0,18})(?:\.(-?[0-9]{1,19}))?")
 
 
@@ -231,17 +232,24 @@ def page_cursor(job_id: int, created_at: datetime) -> str:
 
 def parse_page_cursor(text: str) -> PageEnd | None:
     """A cursor `page_cursor` made (either form, on either kind of database); None if the text
-    is not one."""
+    is not one. Any cursor the API document's pattern admits is taken: an id past the largest
+    bigint, or an instant outside the years 1-9999, is clamped to that bound, which lists from
+    the newest job (or, for an instant before year 1, nothing) as such a cursor would."""
     found = _CURSOR.fullmatch(text.strip())
-    if found is None or int(found[1]) > INT64_MAX:
+    if found is None:
         return None
+    job_id = min(int(found[1]), INT64_MAX)
     if found[2] is None:
-        return PageEnd(int(found[1]))
+        return PageEnd(job_id)
+    return PageEnd(job_id, _instant_of(int(found[2])))
+
+
+def _instant_of(microseconds: int) -> datetime:
+    """The instant `microseconds` after 1970, clamped to what a Python datetime can hold."""
     try:
-        created_at = _EPOCH + int(found[2]) * _MICROSECOND
+        return _EPOCH + microseconds * _MICROSECOND
     except OverflowError:
-        return None
-    return PageEnd(int(found[1]), created_at)
+        return _AFTER_EVERY_JOB if microseconds > 0 else _BEFORE_EVERY_JOB
 
 
 async def _page_end_created(db: Executor, after: PageEnd | None) -> datetime:
