@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,38 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "taskName",
 }
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, written the way `logging.Formatter(TEXT_FORMAT)` writes it, for less: a
+    replica under load writes thousands of lines a second (a job's accept, start and end), and
+    the stock formatter spent a third of each line's time on its timestamp. This one formats
+    the local date and time once a second and the rest of the line in one f-string; a record
+    with an exception or a stack goes the stock way."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+        # (the second, its "YYYY-mm-dd HH:MM:SS"): one tuple, so threads never see a torn pair.
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """`asctime` as the stock formatter writes it: local time, then the milliseconds."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached, stamp = self._second
+        if cached != second:
+            stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, stamp)
+        return f"{stamp},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line (more when it carries an exception or a stack)."""
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,7 +94,7 @@ def configure_logging(settings: Settings) -> None:
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

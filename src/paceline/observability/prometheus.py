@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterable, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -45,6 +46,25 @@ KIND = ("kind",)
 PROCESSING_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 )  # fmt: skip
+
+
+_Metric = TypeVar("_Metric", Counter, Histogram)
+
+
+class _ByKind(Generic[_Metric]):
+    """A per-job metric's series of each kind. `labels()` costs microseconds (a lock, label
+    checks); it ran three times for every job a replica accepted and ran, so each kind's series
+    is looked up once and kept (a kind is a configured name: a few entries)."""
+
+    def __init__(self, metric: _Metric) -> None:
+        self._metric: _Metric = metric
+        self._series: dict[str, _Metric] = {}
+
+    def __getitem__(self, kind: str) -> _Metric:
+        series = self._series.get(kind)
+        if series is None:
+            series = self._series[kind] = self._metric.labels(kind)
+        return series
 
 
 class JobMetrics(JobEvents):
@@ -207,30 +227,36 @@ class JobMetrics(JobEvents):
         for kind in kinds:
             for metric in per_job:
                 metric.labels(kind)
+        self._enqueued = _ByKind(self.enqueued_total)
+        self._started = _ByKind(self.started_total)
+        self._succeeded = _ByKind(self.succeeded_total)
+        self._failed = _ByKind(self.failed_total)
+        self._lateness = _ByKind(self.lateness)
+        self._processing = _ByKind(self.processing)
 
     # JobEvents: called by the API and the workers of this process at each transition.
 
     def enqueued(self, job: Job) -> None:
-        self.enqueued_total.labels(job.kind).inc()
+        self._enqueued[job.kind].inc()
 
     def enqueued_batch(self, jobs: Sequence[Job]) -> None:
         for kind, accepted in Tally(job.kind for job in jobs).items():
-            self.enqueued_total.labels(kind).inc(accepted)
+            self._enqueued[kind].inc(accepted)
 
     def started(self, job: Job) -> None:
-        self.started_total.labels(job.kind).inc()
+        self._started[job.kind].inc()
         if job.started_at is not None and job.run_at is not None:
             # Both times are the database's clock, so replicas' clock skew cannot show here.
             late = (job.started_at - job.run_at).total_seconds()
-            self.lateness.labels(job.kind).observe(max(0.0, late))
+            self._lateness[job.kind].observe(max(0.0, late))
 
     def waited(self, job: Job, seconds: float) -> None:
         self.handler_wait.observe(seconds)
 
     def finished(self, job: Job, status: Status, duration: float, error: str | None) -> None:
-        ended = self.succeeded_total if status is Status.SUCCESS else self.failed_total
-        ended.labels(job.kind).inc()
-        self.processing.labels(job.kind).observe(duration)
+        ended = self._succeeded if status is Status.SUCCESS else self._failed
+        ended[job.kind].inc()
+        self._processing[job.kind].observe(duration)
 
     def retried(self, job: Job, error: str, delay: float) -> None:
         self.retried_total.labels(job.kind).inc()
