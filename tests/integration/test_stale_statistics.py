@@ -185,7 +185,8 @@ async def test_next_due_stays_bounded_on_stale_statistics(stale: asyncpg.Connect
         assert took < BOUND, f"next-due took {took:.2f}s"
         assert read < MAX_ROWS_READ, f"next-due read {read} rows of jobs"
         # Due heads of free objects exist: the answer is "now or earlier".
-        assert row["next_start"] <= row["now"]
+        assert row.next_start is not None
+        assert row.next_start <= row.now
 
 
 async def test_outcomes_leases_and_requeues_stay_bounded_on_stale_statistics(

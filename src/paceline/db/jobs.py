@@ -27,7 +27,7 @@ import asyncpg
 
 from paceline.contract import DEFAULT_KIND, INT64_MAX
 from paceline.db.citus import SHARDS
-from paceline.db.plans import fetch_planned, plan_per_call
+from paceline.db.plans import fetch_planned, fetch_planned_timed, plan_per_call
 from paceline.db.pool import Connection, Executor, fetch_committed
 from paceline.db.queries import MAX_IDS_PER_STATEMENT, QUERIES
 
@@ -305,12 +305,25 @@ async def claim_due_jobs(
     return claimed
 
 
-async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> asyncpg.Record:
+@dataclasses.dataclass(frozen=True, slots=True)
+class NextDue:
+    """When the next pending job may start, as the database answered, and when it answered."""
+
+    now: float  # the database's clock as it answered (epoch seconds)
+    next_start: float | None  # epoch seconds; None if nothing is pending
+    # This process's monotonic clock at that moment, estimated as the middle of the statement's
+    # round trip, and that round trip.
+    read_at: float
+    trip: float
+
+
+async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> NextDue:
     """The database's `now` and when the next pending job of `kinds` may start (`next_start`,
-    NULL if none is pending), both in epoch seconds."""
+    None if none is pending), both in epoch seconds."""
     if not QUERIES.citus:
-        (row,) = await fetch_planned(db, QUERIES["seconds_until_next_due"], list(kinds))
-        return row
+        timed = await fetch_planned_timed(db, QUERIES["seconds_until_next_due"], list(kinds))
+        (row,) = timed.records
+        return _next_due(row, timed.sent, timed.received)
     # A cluster asks each shard (a call run on the shard's worker, at once on separate
     # connections when `db` is the pool); the earliest answer is the next start.
     asks = [
@@ -320,11 +333,15 @@ async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> async
     sent = time.monotonic()
     # One connection runs one statement at a time.
     rows = await asyncio.gather(*asks) if isinstance(db, asyncpg.Pool) else [await a for a in asks]
-    SHARDS.learnt(
-        rows[0][0]["now"], [row["next_start"] for (row,) in rows], time.monotonic() - sent
-    )
+    received = time.monotonic()
+    SHARDS.learnt(rows[0][0]["now"], [row["next_start"] for (row,) in rows], received - sent)
     due = [row for (row,) in rows if row["next_start"] is not None]
-    return min(due, key=lambda row: row["next_start"]) if due else rows[0][0]
+    earliest = min(due, key=lambda row: row["next_start"]) if due else rows[0][0]
+    return _next_due(earliest, sent, received)
+
+
+def _next_due(row: asyncpg.Record, sent: float, received: float) -> NextDue:
+    return NextDue(row["now"], row["next_start"], (sent + received) / 2, received - sent)
 
 
 async def lock_running_job(

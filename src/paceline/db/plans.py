@@ -23,6 +23,8 @@ do not depend on statistics".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
 from typing import Any
 
 import asyncpg
@@ -43,25 +45,45 @@ async def plan_per_call(conn: Connection) -> None:
     await conn.execute(INDEX_PATHS_ONLY)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timed:
+    """A statement's rows and when, on this process's monotonic clock, it went out and its
+    answer came back: the round trip of that statement alone, without the BEGIN, COMMIT and
+    pool hand-back around it."""
+
+    records: list[asyncpg.Record]
+    sent: float
+    received: float
+
+
 async def fetch_planned(db: Executor, query: str, *args: Any) -> list[asyncpg.Record]:
     """`fetch`, planned for the call (see above): through the pool on a
     `committed_connection` (what the statement did is not lost to an error handing the
     connection back), or on the connection given, in its transaction if one is open."""
+    return (await fetch_planned_timed(db, query, *args)).records
+
+
+async def fetch_planned_timed(db: Executor, query: str, *args: Any) -> Timed:
+    """`fetch_planned`, with the statement's own round trip."""
     if isinstance(db, asyncpg.Pool):
         async with committed_connection(db) as conn:
             return await _fetch_planned(conn, query, *args)
     return await _fetch_planned(db, query, *args)
 
 
-async def _fetch_planned(conn: Connection, query: str, *args: Any) -> list[asyncpg.Record]:
+async def _fetch_planned(conn: Connection, query: str, *args: Any) -> Timed:
     # Three round trips outside a transaction: BEGIN with the settings (one simple query), the
     # statement, and COMMIT; the wake-up of an idle worker pays them twice (next-due, claim).
     if conn.is_in_transaction():
         await plan_per_call(conn)
-        return list(await conn.fetch(query, *args))
+        sent = time.monotonic()
+        records = list(await conn.fetch(query, *args))
+        return Timed(records, sent, time.monotonic())
     await conn.execute("BEGIN; " + INDEX_PATHS_ONLY)
     try:
-        records = await conn.fetch(query, *args)
+        sent = time.monotonic()
+        records = list(await conn.fetch(query, *args))
+        received = time.monotonic()
     except BaseException:
         # A connection that broke is dropped by the pool; one that did not must not stay in
         # the failed transaction (the pool's reset rolls back too, but a caller may reuse it).
@@ -70,4 +92,4 @@ async def _fetch_planned(conn: Connection, query: str, *args: Any) -> list[async
                 await conn.execute("ROLLBACK")
         raise
     await conn.execute("COMMIT")
-    return list(records)
+    return Timed(records, sent, received)

@@ -53,8 +53,8 @@ _ALARM_SLACK = 0.0001
 # The last part of a timed wait that a thread sleeps instead of the event loop's timer, whose
 # wake-ups are up to a millisecond late (Alarm._sleep).
 _PRECISE_TAIL = 0.002
-# Something is due but was not claimable (another replica holds it locked right now): look
-# again after this, doubling while it persists, rather than spinning.
+# Something is due but was not claimable twice in a row (another replica holds it locked right
+# now): look again after this, doubling while it persists, rather than spinning.
 _RECHECK = 0.002
 # After the shutdown grace, a job whose outcome is being written gets this much more.
 _RECORDING_GRACE = 5.0
@@ -212,6 +212,7 @@ class Worker(Service):
     async def _claim_loop(self) -> None:
         backoff = self._backoff
         recheck = _RECHECK
+        missed = False
         while not self.stopping:
             self.alarm.reset()
             ahead = 0 if self._pressure is not None and self._pressure.high else self._ahead.jobs()
@@ -240,7 +241,14 @@ class Worker(Service):
                 continue
             backoff.reset()
             if claimed or sleep > 0:
-                recheck = _RECHECK
+                recheck, missed = _RECHECK, False
+            elif not missed:
+                # Nothing claimed, yet the next start has come: it came while the claim was in
+                # flight, or the claim reached the database a hair before it. Claim again at
+                # once (waiting out the recheck made such starts 2 ms later). A second miss in
+                # a row means a due job is held by another claim (another replica's): then the
+                # recheck, doubling, so that nothing spins.
+                missed = True
             else:
                 sleep, recheck = recheck, min(recheck * 2, self._idle_poll)
             if sleep > 0:
@@ -261,16 +269,18 @@ class Worker(Service):
         return [Job.from_record(record) for record in records]
 
     async def _seconds_until_due(self) -> float:
-        # The database clock decides; read it with the answer and credit half the round
-        # trip twice: the answer took that long to arrive, and the claim will take that long
-        # to reach the database, whose clock at that moment is the start it records.
-        sent = time.monotonic()
-        row = await store.seconds_until_next_due(self._pool, kinds=self._kinds)
-        half_trip = (time.monotonic() - sent) / 2
-        if row["next_start"] is None:
+        # The database clock decides. It read its clock about halfway through the statement's
+        # round trip (`read_at` here), so the next start is `next_start - now` after that
+        # moment; and the claim's transaction reads its clock half a round trip after the claim
+        # goes out, so it goes out that much earlier. (Timed around the whole planned read, with
+        # its BEGIN, COMMIT and the pool's hand-back, the estimate woke the worker two round
+        # trips early: the claim found nothing and the start came a recheck later, 4-5 ms late
+        # at idle.)
+        due = await store.seconds_until_next_due(self._pool, kinds=self._kinds)
+        if due.next_start is None:
             return self._idle_poll
-        seconds: float = row["next_start"] - row["now"] - 2 * half_trip
-        return min(seconds + _ALARM_SLACK, self._idle_poll)
+        wake_at = due.read_at + (due.next_start - due.now) - due.trip / 2
+        return min(wake_at - time.monotonic() + _ALARM_SLACK, self._idle_poll)
 
     def _shift_later_slots(self, claimed: list[Job]) -> None:
         late = [
