@@ -8,6 +8,7 @@ reading with the shapes changed nothing a client sees; the API's job view and th
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -96,13 +97,20 @@ BATCHES = st.lists(
 ).map(lambda items: ("[" + ",".join(items) + "]").encode())
 
 
+def _json_text(document: object) -> bytes:
+    """Any document as JSON text (members lists as arrays), non-ASCII as escapes: a lone
+    surrogate, which DOCUMENTS draws, has no UTF-8 form (msgspec's encoder raised on one, and
+    the test failed before it ran), but JSON's \\u escape writes it."""
+    return json.dumps(document).encode()
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     documents_as_bytes().map(lambda pair: pair[0])
     | NEAR_VALID
     | POLICY_BODIES
     | BATCHES
-    | DOCUMENTS.map(msgspec.json.encode)
+    | DOCUMENTS.map(_json_text)
 )
 @example(b'{"object_id": 1, "object_id": 2}')
 @example(b'{"object_id": 1, "on_busy": "queue", "on_busy": "reject"}')
