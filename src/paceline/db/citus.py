@@ -167,11 +167,12 @@ class Shards:
         self._next_start[shard] = math.inf
 
     def learnt(
-        self, database_now: float, next_starts: list[float | None], trip: float = 0.0
+        self, database_now: float, next_starts: list[float | None], *, read_at: float, trip: float
     ) -> None:
-        """What a next-due query said: the database's now (read half its round trip `trip`
-        before the answer arrived), and each shard's next start."""
-        self._clock = (database_now + trip / 2, time.monotonic())
+        """What a next-due query said: the database's now, read at `read_at` on this process's
+        monotonic clock (the middle of the query's round trip `trip`), and each shard's next
+        start."""
+        self._clock = (database_now, read_at)
         self._half_trip = trip / 2
         self._next_start = [math.inf if start is None else start for start in next_starts]
 

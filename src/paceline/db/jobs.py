@@ -333,14 +333,21 @@ async def seconds_until_next_due(db: Executor, *, kinds: Sequence[str]) -> NextD
     sent = time.monotonic()
     # One connection runs one statement at a time.
     rows = await asyncio.gather(*asks) if isinstance(db, asyncpg.Pool) else [await a for a in asks]
-    received = time.monotonic()
-    SHARDS.learnt(rows[0][0]["now"], [row["next_start"] for (row,) in rows], received - sent)
     due = [row for (row,) in rows if row["next_start"] is not None]
-    earliest = min(due, key=lambda row: row["next_start"]) if due else rows[0][0]
-    return _next_due(earliest, sent, received)
+    earliest = _next_due(
+        min(due, key=lambda row: row["next_start"]) if due else rows[0][0], sent, time.monotonic()
+    )
+    SHARDS.learnt(
+        rows[0][0]["now"],
+        [row["next_start"] for (row,) in rows],
+        read_at=earliest.read_at,
+        trip=earliest.trip,
+    )
+    return earliest
 
 
 def _next_due(row: asyncpg.Record, sent: float, received: float) -> NextDue:
+    # The database reads its clock while it runs the statement: taken as the round trip's middle.
     return NextDue(row["now"], row["next_start"], (sent + received) / 2, received - sent)
 
 
