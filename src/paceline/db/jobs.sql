@@ -340,17 +340,21 @@ SELECT bucket FROM jobs WHERE id = $1;
 -- $1 id, $2 attempt, $3 seconds from now at the earliest, $4 error, $5 outcome for the
 -- attempt's record (RETRY, RELEASED, LOST). Back to PENDING, for now no earlier than the delay;
 -- returns that slot, which the planner (paceline.queue.scheduling) then moves to where the
--- key's limit allows, pushing the key's later jobs back behind it.
+-- key's limit allows, pushing the key's later jobs back behind it. The delay counts from the
+-- moment the attempt is recorded as finished, this statement's start, one instant for both
+-- rows: counted from now() (the transaction's start, several statements earlier, 6 ms on a
+-- Citus cluster), a retry started on time came less than its backoff after the finish its
+-- history showed. (Not clock_timestamp(): Citus refuses volatile functions in an UPDATE.)
 WITH requeued AS (
     UPDATE jobs AS j
-    SET status = 'PENDING', run_at = now() + make_interval(secs => $3),
+    SET status = 'PENDING', run_at = statement_timestamp() + make_interval(secs => $3),
         started_at = NULL, lease_expires_at = NULL, error = $4
     WHERE j.id = $1 AND j.attempts = $2 AND j.status = 'PROCESSING'
     RETURNING j.id, j.attempts, j.run_at
 ),
 history AS (
     UPDATE job_attempts AS a
-    SET outcome = $5, finished_at = clock_timestamp(), error = $4
+    SET outcome = $5, finished_at = statement_timestamp(), error = $4
     FROM requeued
     WHERE a.job_id = requeued.id AND a.attempt = requeued.attempts
 )
