@@ -465,10 +465,15 @@ async def start_and_retry(delay: float, model: Model, db: asyncpg.Connection) ->
         assert len([s for s in model.starts[key] if s > row["started_at"] - window]) < n
         model.starts[key].append(row["started_at"])
         async with db.transaction():
-            requeued_at = await db.fetchval("SELECT now()")
             assert await requeue(
                 db, row["id"], row["attempts"], delay=delay, error="429", outcome="RETRY"
             )
+        # The delay counts from the instant the attempt is recorded finished.
+        requeued_at = await db.fetchval(
+            "SELECT finished_at FROM job_attempts WHERE job_id = $1 AND attempt = $2",
+            row["id"],
+            row["attempts"],
+        )
         job = head
         model.pending[key][0] = (job[0], job[1], job[2], requeued_at + timedelta(seconds=delay))
         model.replan(key, first=job[0], never_earlier=True)
