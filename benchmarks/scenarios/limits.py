@@ -58,13 +58,10 @@ async def _overrides(url: str, replicas: list[Replica]) -> None:
                 base,
                 OVERRIDES,
             )
-        # As the slot rows of overridden keys are (see paceline.queue.scheduling).
-        await conn.execute(
-            "INSERT INTO object_slots (kind, object_id, next_slot, open_until) "
-            "SELECT kind, object_id, now(), '-infinity' FROM key_limits"
-        )
+        # Written behind the API's back, so no key has a slot row yet: as after
+        # `PUT /limits/default/objects/{id}` on a key with no recent job (the row is made by
+        # the first enqueue, under the override it reads).
         await conn.execute("VACUUM ANALYZE key_limits")
-        await conn.execute("VACUUM ANALYZE object_slots")
     finally:
         await conn.close()
 

@@ -180,6 +180,59 @@ async def test_an_override_on_an_object_without_jobs_holds_from_its_first_submit
     assert (await post(client, 10))["run_at"] is None, "a paused object promises no slot"
 
 
+async def test_one_statement_places_n_per_window_and_overrides_at_the_rules_slots(
+    make_client: MakeClient, db: asyncpg.Connection
+) -> None:
+    """The one-statement enqueue (one round trip, what a POST runs first) places keys under N
+    starts per window and keys with an override itself, at the slots the rule gives: a burst
+    of N at once, the next N a window later. A key's row worked out under an older limit
+    goes to the planner once, and is the statement's again after."""
+    client = await make_client(concurrency=0, rate_window=60)
+    pool = client.app[POOL]
+    await limits.set_limit(pool, "default", None, LimitFields(per_window=3))
+    await limits.set_limit(pool, "default", 2, LimitFields(window=30.0, per_window=2))
+
+    async def by_the_statement(object_id: int) -> asyncpg.Record:
+        record = await jobs_store.enqueue(pool, kind="default", object_id=object_id)
+        assert record is not None, f"object {object_id}: left to the planner"
+        return record
+
+    def planned(records: list[asyncpg.Record], window: timedelta, n: int) -> list[datetime]:
+        """Each job at the earliest slot after its acceptance and the job before it."""
+        slots: list[datetime] = []
+        for record in records:
+            slots.append(earliest(slots, max([record["created_at"], *slots[-1:]]), window, n))
+        return slots
+
+    minute = timedelta(seconds=60)
+    ones = [await by_the_statement(1) for _ in range(7)]
+    assert [record["run_at"] for record in ones] == planned(ones, minute, 3)
+    assert ones[3]["run_at"] == ones[0]["run_at"] + minute
+    twos = [await by_the_statement(2) for _ in range(5)]
+    assert [record["run_at"] for record in twos] == planned(twos, timedelta(seconds=30), 2)
+
+    # A batch: a key's only job is the statement's; two of one key under N > 1, the planner's.
+    made = await jobs_store.enqueue_batch(
+        pool, kinds=["default"] * 5, object_ids=[3, 4, 5, 6, 6], payloads=[None] * 5
+    )
+    assert [record["object_id"] for record in made] == [3, 4, 5]
+
+    # A new limit re-plans object 1's jobs and writes its row anew: the statement goes on
+    # from the new plan, under the new limit.
+    await limits.set_limit(pool, "default", None, LimitFields(per_window=4))
+    replanned = sorted(slot for slot in (await slots_of(db, 1)).values() if slot is not None)
+    assert rule_holds(replanned, minute, 4)
+    assert not rule_holds(replanned, minute, 3)
+    record = await by_the_statement(1)
+    lower = max(record["created_at"], replanned[-1])
+    assert record["run_at"] == earliest(replanned, lower, minute, 4)
+
+    # A row worked out under another limit than the key's (as every row written before
+    # migration 0015 is, NULL) is the planner's: the statement leaves it be.
+    await db.execute("UPDATE object_slots SET per_window = 3 WHERE object_id = 1")
+    assert await jobs_store.enqueue(pool, kind="default", object_id=1) is None
+
+
 # --- not_before --------------------------------------------------------------------------------
 
 
@@ -570,10 +623,11 @@ async def test_batches_placing_the_same_keys_in_opposite_orders_do_not_deadlock(
     make_client: MakeClient, db: asyncpg.Connection, database_url: str
 ) -> None:
     """The planner places a batch's keys in key order, whatever order they were sent in: two
-    batches of one kind under N > 1 (the planner's, not the one statement's), one sending
-    objects 1, 2 and the other 2, 1, met with each holding one key and waiting for the other's,
-    until PostgreSQL broke one off (a deadlock, after a second). Driven here without the
-    submit's retry, which would hide that second."""
+    batches of one kind under N > 1 with two jobs of each key (the planner's, not the one
+    statement's, which places a key's only job under N > 1), one sending objects 1, 1, 2, 2
+    and the other 2, 2, 1, 1, met with each holding one key and waiting for the other's, until
+    PostgreSQL broke one off (a deadlock, after a second). Driven here without the submit's
+    retry, which would hide that second."""
     client = await make_client(
         concurrency=0, rate_window=60, handlers="notify=tests.handlers:shout"
     )
@@ -592,27 +646,27 @@ async def test_batches_placing_the_same_keys_in_opposite_orders_do_not_deadlock(
         # Hold object 1 so that both batches line up behind it: the one sent 1, 2 first.
         await holder.execute("BEGIN")
         await hold_key(holder, "notify", 1)
-        one_two = asyncio.create_task(batch([1, 2]))
+        one_two = asyncio.create_task(batch([1, 1, 2, 2]))
         await eventually(lambda: _at_least(db, 1))
         # Placed in request order, this one would take object 2 and wait for 1.
-        two_one = asyncio.create_task(batch([2, 1]))
+        two_one = asyncio.create_task(batch([2, 2, 1, 1]))
         await eventually(lambda: _at_least(db, 2))
         await holder.execute("COMMIT")
-        assert list(await asyncio.gather(one_two, two_one)) == [[1, 2], [2, 1]]
+        assert list(await asyncio.gather(one_two, two_one)) == [[1, 1, 2, 2], [2, 2, 1, 1]]
     finally:
         await holder.close()
     # Each key's slots are the rule's: three a window.
     for object_id in (1, 2):
         slots = sorted(s for s in (await slots_of(db, object_id)).values() if s is not None)
-        assert len(slots) == 3
+        assert len(slots) == 5
         assert rule_holds(slots, timedelta(seconds=60), 3)
 
 
 async def test_a_batch_broken_off_by_a_deadlock_is_run_again_not_refused(
     make_client: MakeClient, db: asyncpg.Connection, database_url: str
 ) -> None:
-    """A batch with a plain job (placed by the one statement) and one under N > 1 (placed
-    after it) locks object 1 of `default` before object 1 of `notify`; a limit change of
+    """A batch with a job of `default` and one of `notify` (N = 3), both placed by the one
+    statement, locks object 1 of `default` before object 1 of `notify`; a limit change of
     `default` re-plans the kinds inheriting from it in key order, `notify` first. Here another
     session takes the two the other way round: PostgreSQL breaks the batch's transaction off
     after deadlock_timeout, and the batch must run again and be accepted (the chaos soak got a

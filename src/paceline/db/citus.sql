@@ -75,40 +75,55 @@ GROUP BY s.shardid
 ORDER BY s.shardid;
 
 -- name: citus_reserve_function citus
--- A key's next $5 slots on a Citus cluster (the enqueue's upsert): the first of them, or NULL
--- when they would crowd a reservation past a gap (the row then stays locked to the end of the
--- transaction, as the one-server upsert leaves it). Citus refuses that upsert as one statement
--- (`ON CONFLICT ... DO UPDATE SET` may not compute with now(), nor add an interval to a
--- timestamptz); here it is an insert-or-lock, then an update with values computed in PL/pgSQL:
--- the same row lock serializes a key's submitters, and the same slots come out.
+-- A key's next $6 jobs' slots on a Citus cluster (the enqueue's upsert), under $5 starts per
+-- $4 seconds (more than one job only under one start per window): the first job's slot, or
+-- NULL when they would crowd a reservation past a gap or the key's row was worked out under
+-- another limit (the row then stays locked to the end of the transaction, as the one-server
+-- upsert leaves it). Citus refuses that upsert as one statement (`ON CONFLICT ... DO UPDATE
+-- SET` may not compute with now(), nor add an interval to a timestamptz); here it is an
+-- insert-or-lock, then an update with values computed in PL/pgSQL by the same
+-- paceline_next_slots: the same row lock serializes a key's submitters, and the same slots
+-- come out.
 CREATE OR REPLACE FUNCTION paceline_reserve(
-    p_bucket smallint, p_kind text, p_object_id bigint, p_window interval, p_count int
+    p_bucket smallint, p_kind text, p_object_id bigint, p_window float8, p_per_window int,
+    p_count int
 ) RETURNS timestamptz LANGUAGE plpgsql AS $$
 DECLARE
     v_now timestamptz := now();
+    v_advance interval := p_count * make_interval(secs => p_window);
     v_next timestamptz;
     v_open timestamptz;
+    v_recent timestamptz[];
+    v_window float8;
+    v_per_window int;
     v_slot timestamptz;
 BEGIN
     LOOP
         -- A new key: its first job starts now.
-        INSERT INTO object_slots (bucket, kind, object_id, next_slot)
-        VALUES (p_bucket, p_kind, p_object_id, v_now + p_count * p_window)
+        SELECT f.next_slot, f.recent INTO v_next, v_recent
+        FROM paceline_next_slots(v_now, NULL, v_advance, p_window, p_per_window) AS f;
+        INSERT INTO object_slots (
+            bucket, kind, object_id, next_slot, recent, window_seconds, per_window)
+        VALUES (p_bucket, p_kind, p_object_id, v_next, v_recent, p_window, p_per_window)
         ON CONFLICT (bucket, kind, object_id) DO NOTHING;
         IF FOUND THEN
             RETURN v_now;
         END IF;
         -- A known key: lock its row (concurrent submitters of this key wait here).
-        SELECT s.next_slot, s.open_until INTO v_next, v_open
+        SELECT s.next_slot, s.open_until, s.recent, s.window_seconds, s.per_window
+        INTO v_next, v_open, v_recent, v_window, v_per_window
         FROM object_slots AS s
         WHERE s.bucket = p_bucket AND s.kind = p_kind AND s.object_id = p_object_id
         FOR UPDATE;
         IF FOUND THEN
             v_slot := GREATEST(v_next, v_now);
-            IF v_slot + p_count * p_window > v_open THEN
+            IF v_window IS DISTINCT FROM p_window OR v_per_window IS DISTINCT FROM p_per_window
+               OR v_slot + GREATEST(v_advance, make_interval(secs => p_window)) > v_open THEN
                 RETURN NULL;
             END IF;
-            UPDATE object_slots SET next_slot = v_slot + p_count * p_window
+            SELECT f.next_slot, f.recent INTO v_next, v_recent
+            FROM paceline_next_slots(v_slot, v_recent, v_advance, p_window, p_per_window) AS f;
+            UPDATE object_slots SET next_slot = v_next, recent = v_recent
             WHERE bucket = p_bucket AND kind = p_kind AND object_id = p_object_id;
             RETURN v_slot;
         END IF;
@@ -124,21 +139,18 @@ CREATE OR REPLACE FUNCTION paceline_enqueue(
     p_bucket smallint, p_kind text, p_object_id bigint, p_payload jsonb, p_absorbed int
 ) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
 DECLARE
-    v_window interval;
+    v_limit record;
     v_slot timestamptz;
 BEGIN
-    -- The kind's window, if its limit is one start per window and it is not paused (else the
-    -- exact planner places the job: no row).
-    SELECT make_interval(secs => COALESCE(k.window_seconds, d.window_seconds, 300.0))
-    INTO v_window
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN kind_limits AS d ON d.kind = 'default'
-    LEFT JOIN kind_limits AS k ON k.kind = p_kind
-    WHERE COALESCE(k.per_window, d.per_window, 1) = 1 AND NOT COALESCE(k.paused, false);
-    IF v_window IS NULL THEN
+    -- The key's limit (else, while it is paused, the exact planner places the job: no row).
+    SELECT l.window_seconds, l.per_window INTO v_limit
+    FROM paceline_limit(p_kind, p_object_id) AS l
+    WHERE NOT l.paused;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
-    v_slot := paceline_reserve(p_bucket, p_kind, p_object_id, v_window, 1);
+    v_slot := paceline_reserve(
+        p_bucket, p_kind, p_object_id, v_limit.window_seconds, v_limit.per_window, 1);
     IF v_slot IS NULL THEN
         RETURN;
     END IF;
@@ -151,12 +163,13 @@ $$;
 
 -- name: citus_enqueue_batch_function citus
 -- The cluster's batch enqueue (jobs.sql, `enqueue_batch citus`): the same slots as the
--- one-server statement (the k-th job of a key in the batch takes the k-th slot after the key's
--- next free one), keys reserved in (kind, object_id) order so that two batches wait for each
--- other instead of deadlocking, jobs inserted in request order (so in id order). $1 routes the
--- call: a bucket when every job is of one key (then it runs on that key's worker), NULL for a
--- batch of several keys, which runs on the coordinator, each statement routed to its key's
--- shard, all in the caller's one transaction (all or none).
+-- one-server statement (under one start per window the k-th job of a key in the batch takes
+-- the k-th slot after the key's next free one; under N > 1 a key's only job in the batch takes
+-- its next free slot), keys reserved in (kind, object_id) order so that two batches wait for
+-- each other instead of deadlocking, jobs inserted in request order (so in id order). $1
+-- routes the call: a bucket when every job is of one key (then it runs on that key's worker),
+-- NULL for a batch of several keys, which runs on the coordinator, each statement routed to
+-- its key's shard, all in the caller's one transaction (all or none).
 CREATE OR REPLACE FUNCTION paceline_enqueue_batch(
     p_route smallint, p_kinds text[], p_object_ids bigint[], p_payloads jsonb[]
 ) RETURNS SETOF jobs LANGUAGE plpgsql AS $$
@@ -170,25 +183,23 @@ DECLARE
     v_at int;
 BEGIN
     FOR v_key IN
-        SELECT c.kind, c.object_id, c.n,
-               make_interval(secs => COALESCE(k.window_seconds, d.window_seconds, 300.0)) AS w
+        SELECT c.kind, c.object_id, c.n, l.window_seconds, l.per_window
         FROM (
             SELECT t.kind, t.object_id, count(*)::int AS n
             FROM unnest(p_kinds, p_object_ids) AS t(kind, object_id)
             GROUP BY t.kind, t.object_id
         ) AS c
-        LEFT JOIN kind_limits AS d ON d.kind = 'default'
-        LEFT JOIN kind_limits AS k ON k.kind = c.kind
-        WHERE COALESCE(k.per_window, d.per_window, 1) = 1 AND NOT COALESCE(k.paused, false)
+        CROSS JOIN LATERAL paceline_limit(c.kind, c.object_id) AS l
+        WHERE NOT l.paused AND (l.per_window = 1 OR c.n = 1)
         ORDER BY c.kind, c.object_id
     LOOP
         v_first := paceline_reserve(
-            paceline_bucket(v_key.kind, v_key.object_id), v_key.kind, v_key.object_id, v_key.w,
-            v_key.n);
+            paceline_bucket(v_key.kind, v_key.object_id), v_key.kind, v_key.object_id,
+            v_key.window_seconds, v_key.per_window, v_key.n);
         IF v_first IS NOT NULL THEN
             v_keys := v_keys || (v_key.kind || ' ' || v_key.object_id);
             v_firsts := v_firsts || v_first;
-            v_windows := v_windows || v_key.w;
+            v_windows := v_windows || make_interval(secs => v_key.window_seconds);
         END IF;
     END LOOP;
     FOR v_item IN
@@ -385,7 +396,13 @@ CREATE INDEX IF NOT EXISTS ix_jobs_pending_created_at_id
 -- name: citus_distribute_functions citus
 -- The functions above run where their bucket's shard is (a call in a transaction of several
 -- statements runs on the coordinator instead, and still works).
-SELECT create_distributed_function('paceline_reserve(smallint, text, bigint, interval, int)');
+-- The releases before 0015 reserved with the window as an interval.
+DROP FUNCTION IF EXISTS paceline_reserve(smallint, text, bigint, interval, int);
+-- Migration 0015's, which the reserve calls on the workers.
+SELECT create_distributed_function(
+    'paceline_next_slots(timestamptz, timestamptz[], interval, float8, int)');
+SELECT create_distributed_function(
+    'paceline_reserve(smallint, text, bigint, float8, int, int)');
 SELECT create_distributed_function(
     'paceline_enqueue(smallint, text, bigint, jsonb, int)', 'p_bucket', colocate_with => 'jobs');
 SELECT create_distributed_function(

@@ -73,7 +73,7 @@ async def replicas(db: Executor, *, dead_after: float) -> list[asyncpg.Record]:
 
 
 async def timeline_windows(db: Executor, *, kind: str, object_id: int) -> asyncpg.Record:
-    """now, the object's last start and its next free slot (either may be None)."""
+    """now, and the key's last start (None if it has none)."""
     record = await db.fetchrow(QUERIES["timeline_windows"], kind, object_id)
     assert record is not None
     return record

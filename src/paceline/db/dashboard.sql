@@ -228,12 +228,10 @@ FROM workers
 ORDER BY started_at, host, pid;
 
 -- name: timeline_windows
--- $1 kind, $2 object_id. The key's two halves of its window: when it last started a run, and
--- the next slot a new job of it would get. Primary-key probes.
+-- $1 kind, $2 object_id. When the key last started a run (a primary-key probe), and now.
 SELECT now() AS now,
        (SELECT last_started_at FROM object_starts WHERE kind = $1 AND object_id = $2)
-           AS last_started_at,
-       (SELECT next_slot FROM object_slots WHERE kind = $1 AND object_id = $2) AS next_slot;
+           AS last_started_at;
 
 -- name: timeline_window_starts
 -- $1 kind, $2 object_id, $3 W, $4 N. The key's newest starts within the last W, at most N (what

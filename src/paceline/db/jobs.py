@@ -45,8 +45,8 @@ async def enqueue(
     absorbed: int | None = None,
 ) -> asyncpg.Record | None:
     """Reserve the (kind, object)'s next free slot and insert the job there; the job's row, or
-    None when the key needs the exact planner (its limit is not one start per window, it is
-    paused or overridden, or the slot would crowd a scheduled job). `payload` is JSON text;
+    None when the key needs the exact planner (it is paused, the slot would crowd a scheduled
+    job, or its slot row was worked out under another limit). `payload` is JSON text;
     `absorbed` is 1 for a job on_busy=append starts."""
     records = await fetch_committed(db, QUERIES["enqueue"], kind, object_id, payload, absorbed)
     return records[0] if records else None

@@ -6,38 +6,47 @@
 
 -- name: enqueue
 -- $1 kind, $2 object_id, $3 payload (JSON text, or NULL), $4 absorbed (1 for the job an
--- on_busy=append request starts, else NULL). Reserve the (kind, object)'s next slot and
--- insert the job, in one statement, for a key whose limit is one start per window W and that
--- nothing else constrains; returns no row for any other key, which the exact planner
--- (paceline.queue.scheduling) then places.
+-- on_busy=append request starts, else NULL). Reserve the key's next slot and insert the job,
+-- in one statement, for a key that is not paused and whose slot row lets this statement place
+-- it; returns no row for any other key, which the exact planner (paceline.queue.scheduling)
+-- then places.
 WITH lim AS (
-    -- The kind's limit. kind_limits holds a row per kind, so whatever plan is cached, reading
-    -- it costs nothing; a key's override is not read here: a key that has one always has an
-    -- object_slots row with open_until '-infinity', which the upsert below refuses.
-    SELECT COALESCE(k.window_seconds, d.window_seconds, 300.0) AS w
-    FROM (VALUES (1)) AS one (x)
-    LEFT JOIN kind_limits AS d ON d.kind = 'default'
-    LEFT JOIN kind_limits AS k ON k.kind = $1
-    WHERE COALESCE(k.per_window, d.per_window, 1) = 1 AND NOT COALESCE(k.paused, false)
+    -- The key's limit, N starts per window W: its override, else its kind's, else the
+    -- default's (an inlined function: three primary-key probes, whatever plan is cached).
+    SELECT l.window_seconds, l.per_window FROM paceline_limit($1, $2) AS l WHERE NOT l.paused
 ),
 slot AS (
     -- The upsert's row lock serializes concurrent submitters of this key, and only of this
-    -- key. The job's slot is GREATEST(next_slot, now()) (a fresh key: now()); the row keeps
-    -- slot + W for the next job. Reading the slot back from the locked row is what makes two
-    -- concurrent requests unable to take the same slot. EXCLUDED.next_slot - now() is W.
-    -- Where the slot would crowd a reservation past a gap (open_until), the row is left as
-    -- it is (but locked until the statement ends) and no job is made here.
-    INSERT INTO object_slots AS s (kind, object_id, next_slot)
-    SELECT $1, $2, now() + make_interval(secs => lim.w) FROM lim
+    -- key. The job's slot is t = GREATEST(next_slot, now()) (a fresh key: now()). Reading the
+    -- slot back from the locked row is what makes two concurrent requests unable to take the
+    -- same slot. The row is left as it is (but locked until the statement ends), and no job
+    -- made here, where t would crowd a reservation past a gap (open_until) or the row was
+    -- worked out under another limit (paceline_next_slots says what the row keeps).
+    INSERT INTO object_slots AS s (kind, object_id, next_slot, recent, window_seconds, per_window)
+    SELECT $1, $2, f.next_slot, f.recent, lim.window_seconds, lim.per_window
+    FROM lim
+    CROSS JOIN LATERAL paceline_next_slots(now(), NULL, make_interval(secs => lim.window_seconds),
+                                           lim.window_seconds, lim.per_window) AS f
     ON CONFLICT (kind, object_id) DO UPDATE
-        SET next_slot = GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now())
-        WHERE GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now()) <= s.open_until
-    RETURNING s.next_slot
+        SET (next_slot, recent) = (
+            SELECT f.next_slot, f.recent
+            FROM paceline_next_slots(GREATEST(s.next_slot, now()), s.recent,
+                                     make_interval(secs => EXCLUDED.window_seconds),
+                                     EXCLUDED.window_seconds, EXCLUDED.per_window) AS f
+        )
+        WHERE s.window_seconds = EXCLUDED.window_seconds
+          AND s.per_window = EXCLUDED.per_window
+          AND GREATEST(s.next_slot, now()) + make_interval(secs => EXCLUDED.window_seconds)
+              <= s.open_until
+    -- The job's slot: under N = 1 a window before the row's next_slot, else recent's last.
+    RETURNING CASE WHEN s.per_window = 1
+                   THEN s.next_slot - make_interval(secs => s.window_seconds)
+                   ELSE s.recent[cardinality(s.recent)] END AS run_at
 ),
 job AS (
     INSERT INTO jobs (kind, object_id, run_at, payload, absorbed)
-    SELECT $1, $2, slot.next_slot - make_interval(secs => lim.w), $3::jsonb, $4
-    FROM slot CROSS JOIN lim
+    SELECT $1, $2, slot.run_at, $3::jsonb, $4
+    FROM slot
     RETURNING {job_columns}
 )
 -- No NOTIFY here: NOTIFY takes a cluster-wide lock at commit, which throttles this statement
@@ -54,10 +63,11 @@ FROM paceline_enqueue(paceline_bucket($1, $2), $1, $2, $3::jsonb, $4);
 -- name: enqueue_batch
 -- $1 kinds, $2 object ids, $3 payloads (JSON, or NULL): parallel arrays in request order,
 -- repeats allowed. Many jobs in one statement, each in its (kind, object)'s next free slot:
--- the k-th occurrence of a key in the batch takes the k-th slot after the key's next free
--- one, so repeats are a window apart as if sent one by one. Like enqueue, only for keys the
--- one-statement path may plan; the jobs of other keys are left out of the answer, and the
--- caller places them.
+-- under one start per window the k-th occurrence of a key in the batch takes the k-th slot
+-- after the key's next free one, so repeats are a window apart as if sent one by one; under
+-- N > 1 the statement places a key's job if it is the key's only one in the batch. Like
+-- enqueue, only for keys the one-statement path may plan; the jobs of other keys are left
+-- out of the answer, and the caller places them.
 WITH items AS (
     -- $1 or $3 may be NULL: every job of the default kind, none with a payload (the plain
     -- batch, the group commit's). unnest pads the missing arrays with NULLs, so 2,000 elements
@@ -71,42 +81,73 @@ WITH items AS (
     ) AS sent
 ),
 kind_windows AS MATERIALIZED (
-    -- The window of each kind in the batch whose limit is one start per window (a batch has
-    -- one kind or a few: read once per kind, not once per key).
-    SELECT b.kind, COALESCE(k.window_seconds, d.window_seconds, 300.0) AS w
+    -- The limit of each kind in the batch (a batch has one kind or a few: read once per kind,
+    -- not once per key); a key's override, if it has one, comes on top in `counts`.
+    SELECT b.kind,
+           COALESCE(k.window_seconds, d.window_seconds, 300.0) AS window_seconds,
+           COALESCE(k.per_window, d.per_window, 1) AS per_window,
+           COALESCE(k.paused, false) AS paused
     FROM (SELECT DISTINCT kind FROM items) AS b
     LEFT JOIN kind_limits AS d ON d.kind = 'default'
     LEFT JOIN kind_limits AS k ON k.kind = b.kind
-    WHERE COALESCE(k.per_window, d.per_window, 1) = 1 AND NOT COALESCE(k.paused, false)
 ),
 counts AS (
-    -- Each key's count and its kind's window, for the kinds above. The window is a scalar
-    -- subquery, not a join: the estimate of this CTE stays the items' groups, which is what
-    -- keeps the join of `created` below a hash join.
-    SELECT c.kind, c.object_id, c.n, c.w
-    FROM (
-        SELECT kind, object_id, count(*) AS n,
-               (SELECT kw.w FROM kind_windows AS kw WHERE kw.kind = items.kind) AS w
-        FROM items GROUP BY kind, object_id
-    ) AS c
-    WHERE c.w IS NOT NULL
+    -- Each key's count and limit. The kind's limit and the override are LATERAL probes with
+    -- LIMIT, not joins: the estimate of this CTE stays the items' groups, which is what keeps
+    -- the join of `created` below a hash join, and the override stays one primary-key probe
+    -- per key whatever the statistics of key_limits say.
+    SELECT g.kind, g.object_id, g.n,
+           COALESCE(o.window_seconds, kw.window_seconds) AS window_seconds,
+           COALESCE(o.per_window, kw.per_window) AS per_window
+    FROM (SELECT kind, object_id, count(*) AS n FROM items GROUP BY kind, object_id) AS g
+    CROSS JOIN LATERAL (
+        SELECT kw.window_seconds, kw.per_window, kw.paused FROM kind_windows AS kw
+        WHERE kw.kind = g.kind
+        LIMIT 1
+    ) AS kw
+    LEFT JOIN LATERAL (
+        SELECT o.window_seconds, o.per_window, o.paused FROM key_limits AS o
+        WHERE o.kind = g.kind AND o.object_id = g.object_id
+        LIMIT 1
+    ) AS o ON true
+    WHERE NOT kw.paused AND NOT COALESCE(o.paused, false)
+      AND (COALESCE(o.per_window, kw.per_window) = 1 OR g.n = 1)
 ),
 slots AS (
     -- Keys in order: two batches sharing keys lock their rows in the same order, so they
-    -- wait for each other instead of deadlocking. EXCLUDED.next_slot - now() is the key's n
-    -- windows. A key whose n slots would crowd a reservation past a gap is left out.
-    INSERT INTO object_slots AS s (kind, object_id, next_slot)
-    SELECT kind, object_id, now() + n * make_interval(secs => w)
-    FROM counts ORDER BY kind, object_id
+    -- wait for each other instead of deadlocking. The row moves as in enqueue, by the key's
+    -- n jobs (paceline_next_slots). A key whose slots would crowd a reservation past a gap,
+    -- or whose row was worked out under another limit, is left out.
+    INSERT INTO object_slots AS s (kind, object_id, next_slot, recent, window_seconds, per_window)
+    SELECT c.kind, c.object_id, f.next_slot, f.recent, c.window_seconds, c.per_window
+    FROM counts AS c
+    CROSS JOIN LATERAL paceline_next_slots(now(), NULL, c.n * make_interval(secs => c.window_seconds),
+                                           c.window_seconds, c.per_window) AS f
+    ORDER BY c.kind, c.object_id
     ON CONFLICT (kind, object_id) DO UPDATE
-        SET next_slot = GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now())
-        WHERE GREATEST(s.next_slot, now()) + (EXCLUDED.next_slot - now()) <= s.open_until
-    RETURNING s.kind, s.object_id, s.next_slot
+        -- EXCLUDED.next_slot - now() is how far the key's jobs move a fresh key's row: n
+        -- windows under N = 1 (under N > 1, one job: nothing). The last job's slot plus a
+        -- window must not pass open_until.
+        SET (next_slot, recent) = (
+            SELECT f.next_slot, f.recent
+            FROM paceline_next_slots(GREATEST(s.next_slot, now()), s.recent,
+                                     EXCLUDED.next_slot - now(), EXCLUDED.window_seconds,
+                                     EXCLUDED.per_window) AS f
+        )
+        WHERE s.window_seconds = EXCLUDED.window_seconds
+          AND s.per_window = EXCLUDED.per_window
+          AND GREATEST(s.next_slot, now())
+              + GREATEST(EXCLUDED.next_slot - now(),
+                         make_interval(secs => EXCLUDED.window_seconds))
+              <= s.open_until
+    RETURNING s.kind, s.object_id, s.next_slot, s.recent, s.per_window, s.window_seconds
 ),
 created AS (
     INSERT INTO jobs (kind, object_id, payload, run_at)
     SELECT i.kind, i.object_id, i.payload,
-           sl.next_slot - (c.n - i.k + 1) * make_interval(secs => c.w)
+           CASE WHEN sl.per_window = 1
+                THEN sl.next_slot - (c.n - i.k + 1) * make_interval(secs => sl.window_seconds)
+                ELSE sl.recent[cardinality(sl.recent)] END
     FROM items AS i
     JOIN counts AS c ON c.kind = i.kind AND c.object_id = i.object_id
     JOIN slots AS sl ON sl.kind = i.kind AND sl.object_id = i.object_id
@@ -459,18 +500,16 @@ WHERE id IN (
   AND finished_at < now() - make_interval(secs => $1);
 
 -- name: prune_passed_windows
--- Window rows whose window has passed constrain nothing (a missing row means "free now"), so
--- they go; the tables stay as small as the set of recently active keys. Each key by its own
--- window. A key with an override keeps its slot row (open_until '-infinity' is what keeps the
--- one-statement enqueue from planning it), and so does a key with pending jobs or a start in
--- its window (the planner reads those, not next_slot, but the row is its lock).
+-- Window rows whose window has passed constrain nothing (a missing row means "free now", and
+-- the enqueue makes it anew under the key's limit), so they go; the tables stay as small as
+-- the set of recently active keys. Each key by its own window. A key with pending jobs or a
+-- start in its window keeps its row (the planner reads those, not next_slot, but the row is
+-- its lock).
 WITH slots AS (
     DELETE FROM object_slots AS s
     WHERE s.next_slot < now() - (
             SELECT make_interval(secs => l.window_seconds)
             FROM paceline_limit(s.kind, s.object_id) AS l)
-      AND (SELECT 1 FROM key_limits AS o
-           WHERE o.kind = s.kind AND o.object_id = s.object_id) IS NULL
       AND (SELECT 1 FROM jobs AS j
            WHERE j.kind = s.kind AND j.object_id = s.object_id AND j.status = 'PENDING'
            LIMIT 1) IS NULL
@@ -506,8 +545,6 @@ WITH horizon AS (
 slots AS (
     DELETE FROM object_slots AS s
     WHERE s.next_slot < (SELECT passed FROM horizon)
-      AND NOT EXISTS (
-          SELECT 1 FROM key_limits AS o WHERE o.kind = s.kind AND o.object_id = s.object_id)
       AND NOT EXISTS (
           SELECT 1 FROM jobs AS j
           WHERE j.bucket = s.bucket AND j.kind = s.kind AND j.object_id = s.object_id

@@ -8,6 +8,8 @@ planner all read one definition.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -190,24 +192,51 @@ async def starts_of_keys(
     return by_key
 
 
-async def set_key_rows(
-    conn: Connection, *, keys: Sequence[Key], rows: Sequence[tuple[datetime, datetime]]
-) -> None:
-    """`set_key_row` for every key of `keys`: its (next_slot, open_until) in `rows`."""
+@dataclasses.dataclass(frozen=True)
+class SlotRow:
+    """A key's object_slots row as the exact planner writes it: where the one-statement
+    enqueue may place the key's next job (`next_slot`), how far it may go (`open_until`), the
+    limit that holds under (`window`, `per_window`), and under N > 1 the reservations the
+    next slot depends on (`recent`, in order; None under N = 1)."""
+
+    next_slot: datetime
+    open_until: datetime
+    window: float
+    per_window: int
+    recent: list[datetime] | None
+
+
+async def set_key_rows(conn: Connection, *, keys: Sequence[Key], rows: Sequence[SlotRow]) -> None:
+    """`set_key_row` for every key of `keys`, its row in `rows` (parallel)."""
     await conn.execute(
         QUERIES["set_key_rows"],
         [k for k, _ in keys],
         [o for _, o in keys],
-        [next_slot for next_slot, _ in rows],
-        [open_until for _, open_until in rows],
+        [row.next_slot for row in rows],
+        [row.open_until for row in rows],
+        [row.window for row in rows],
+        [row.per_window for row in rows],
+        [None if row.recent is None else _instants_json(row.recent) for row in rows],
     )
 
 
-async def set_key_row(
-    conn: Connection, *, kind: str, object_id: int, next_slot: datetime, open_until: datetime
-) -> None:
-    """Where the one-statement enqueue may place the key's next job (`open_until`: how far)."""
-    await conn.execute(QUERIES["set_key_row"], kind, object_id, next_slot, open_until)
+def _instants_json(instants: Sequence[datetime]) -> str:
+    """A JSON array of the instants, as PostgreSQL reads them back into timestamptz."""
+    return json.dumps([instant.isoformat() for instant in instants])
+
+
+async def set_key_row(conn: Connection, *, kind: str, object_id: int, row: SlotRow) -> None:
+    """Where the one-statement enqueue may place the key's next job, and under which limit."""
+    await conn.execute(
+        QUERIES["set_key_row"],
+        kind,
+        object_id,
+        row.next_slot,
+        row.open_until,
+        row.window,
+        row.per_window,
+        row.recent,
+    )
 
 
 async def insert_planned_job(

@@ -214,18 +214,30 @@ CROSS JOIN LATERAL (
 ) AS a;
 
 -- name: set_key_rows
--- $1 kinds, $2 object ids, $3 next_slot, $4 open_until (parallel). set_key_row for each key.
+-- $1 kinds, $2 object ids, $3 next_slot, $4 open_until, $5 window_seconds, $6 per_window
+-- (parallel), $7 each key's `recent` as JSON (an array of instants, or null; a
+-- two-dimensional array could not hold lists of different lengths). set_key_row for each key.
 -- An upsert of rows lock_key_rows made sure of: one primary-key probe per key by
 -- construction, where an UPDATE ... FROM is a join the statistics may order the wrong way.
-INSERT INTO object_slots AS s (kind, object_id, next_slot, open_until)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[])
+INSERT INTO object_slots AS s (
+    kind, object_id, next_slot, open_until, window_seconds, per_window, recent
+)
+SELECT k.kind, k.object_id, k.next_slot, k.open_until, k.window_seconds, k.per_window,
+       ARRAY(SELECT e::timestamptz FROM jsonb_array_elements_text(k.recent) AS e)
+FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::float8[],
+            $6::int[], $7::jsonb[])
+    AS k(kind, object_id, next_slot, open_until, window_seconds, per_window, recent)
 ON CONFLICT (kind, object_id) DO UPDATE
-    SET next_slot = EXCLUDED.next_slot, open_until = EXCLUDED.open_until;
+    SET next_slot = EXCLUDED.next_slot, open_until = EXCLUDED.open_until,
+        window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
+        recent = CASE WHEN EXCLUDED.per_window = 1 THEN NULL ELSE EXCLUDED.recent END;
 
 -- name: set_key_row
--- $1 kind, $2 object_id, $3 next_slot, $4 open_until. After the planner placed or moved the
--- key's jobs: where the one-statement enqueue may put the next one.
-UPDATE object_slots SET next_slot = $3, open_until = $4
+-- $1 kind, $2 object_id, $3 next_slot, $4 open_until, $5 window_seconds, $6 per_window,
+-- $7 recent (NULL under N = 1). After the planner placed or moved the key's jobs: where the
+-- one-statement enqueue may put the next one, and under which limit.
+UPDATE object_slots
+SET next_slot = $3, open_until = $4, window_seconds = $5, per_window = $6, recent = $7
 WHERE kind = $1 AND object_id = $2  -- citus: AND bucket = paceline_bucket($1, $2)
 ;
 

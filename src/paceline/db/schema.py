@@ -207,11 +207,20 @@ object_slots = Table(
     # How far the one-statement enqueue may go: it places a job at GREATEST(next_slot, now())
     # only if that slot plus the window is at most this. 'infinity': nothing reserved beyond
     # next_slot. A time: the first slot reserved past a gap (a job with not_before), which the
-    # new job must not crowd. '-infinity': the key is planned in Python only (its limit is not
-    # one start per window, it is paused or overridden, or its limit just changed).
+    # new job must not crowd. '-infinity': the key is planned in Python only (it is paused,
+    # or its limit just changed and the planner has not placed its next job yet).
     Column(
         "open_until", DateTime(timezone=True), nullable=False, server_default=text("'infinity'")
     ),
+    # Under N > 1 starts per window: the key's reservations (slots and starts) within a window
+    # of the last slot placed, in order (at most N), which the next slot depends on
+    # (migration 0015). NULL under one start per window: next_slot says it all.
+    Column("recent", ARRAY(DateTime(timezone=True))),
+    # The limit next_slot and recent were worked out under. The one-statement enqueue extends
+    # the row only under that same limit; NULL (a row made as "free now" to be locked, or one
+    # written before migration 0015) leaves the next job to the exact planner.
+    Column("window_seconds", Double),
+    Column("per_window", Integer),
     # paceline_bucket(kind, object_id) on a Citus cluster, which distributes the table on it
     # (migration 0013, paceline.db.citus); NULL and unused on one PostgreSQL server.
     Column("bucket", SmallInteger),
@@ -289,9 +298,8 @@ kind_limits = Table(
     ),
 )
 
-# One key's override of its kind's limit (a customer's tier, a paused key). A key with a row
-# here always has an object_slots row with open_until '-infinity', so the one-statement
-# enqueue, which reads no override, never plans it.
+# One key's override of its kind's limit (a customer's tier, a paused key). The one-statement
+# enqueue reads it with the kind's limit (paceline_limit): one primary-key probe.
 key_limits = Table(
     "key_limits",
     metadata,

@@ -206,11 +206,9 @@ async def _key_activity(
         )
     running = await limits_store.running_jobs_of_key(conn, kind=kind, object_id=object_id)
     activity = KeyActivity(now, limit, last_start, window_starts, running)
-    # The slot row says where a new job goes only for keys the one-statement enqueue plans;
-    # for the others (N > 1, an override, a pause) the planner keeps it at its last plan's
-    # now, so their next slot is worked out as the planner would place it.
-    if limit.one_statement:
-        return activity, windows["next_slot"]
+    # Worked out as the planner would place a new job, not read from the slot row: the row
+    # says it only while the one-statement enqueue may extend it (not paused, not past a gap,
+    # worked out under the limit in force), and a reader should not have to know which.
     _, free_at = await next_free(conn, kind, object_id, lock=False)
     return activity, free_at
 

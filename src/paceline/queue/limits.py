@@ -325,9 +325,10 @@ async def _change(
         after = await view(conn, kind, object_id)
         kinds = [kind] if object_id is not None else await store.kinds_inheriting(conn, kind=kind)
         if object_id is not None:
-            # The key may have no slot row yet (no job so far, or pruned): make one, or
-            # plan_exactly has nothing to mark and the one-statement enqueue would place the
-            # key's jobs under its kind's limit, ignoring the override.
+            # The key may have no slot row yet (no job so far, or pruned): make one, locked,
+            # so an enqueue of the key that read the limit before this change waits for it
+            # and then finds the row marked below, instead of placing its job under the old
+            # limit beside the re-plan.
             await slots.lock_object_slots(conn, kind=kind, object_id=object_id)
         # Until each key is re-planned, the one-statement enqueue leaves them be.
         await store.plan_exactly(conn, kinds=kinds, object_id=object_id)
@@ -342,6 +343,11 @@ async def _change(
                 raise _DryRun(after, parked)
             return after, [], parked
         keys = await store.keys_with_pending(conn, kinds=kinds, object_id=object_id)
+        if object_id is not None and (kind, object_id) not in keys:
+            # A key without pending jobs is still re-planned, which moves nothing but writes
+            # its slot row under the new limit: its next job is then the one statement's
+            # again, not the planner's.
+            keys.append((kind, object_id))
         if dry_run:
             planned: list[SlotChange] = []
             for key_kind, key_object in keys:

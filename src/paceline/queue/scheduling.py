@@ -30,7 +30,7 @@ import asyncpg
 
 from paceline.db import limits as store
 from paceline.db import slots
-from paceline.db.limits import Key
+from paceline.db.limits import Key, SlotRow
 from paceline.db.pool import Connection, Executor
 from paceline.queue.jobs import Job, NewJob, enqueue, enqueue_batch, finite
 from paceline.queue.pacing import Limit, earliest_slot, replan
@@ -60,7 +60,7 @@ class KeyLimit:
     @property
     def one_statement(self) -> bool:
         """True if the one-statement enqueue may place this key's jobs."""
-        return self.per_window == 1 and not self.paused and not self.overridden
+        return not self.paused
 
 
 async def read_limit(db: Executor, kind: str, object_id: int | None) -> KeyLimit:
@@ -198,20 +198,29 @@ def plan_again(
     return list(zip(order, new, strict=True))
 
 
-def one_statement_row(state: KeyState) -> tuple[datetime, datetime]:
-    """(next_slot, open_until) for the key's slot row, given its reservations now.
+def one_statement_row(state: KeyState) -> SlotRow:
+    """The key's slot row, given its reservations now: where the one-statement enqueue may
+    place its next job, and how far it may go.
 
-    The one-statement enqueue puts a job at GREATEST(next_slot, now()) if that plus W is at
-    most open_until. With next_slot the earliest slot a plain job may take now, and open_until
-    the first reservation after it, that is exactly where this module would put it: every
-    reservation before next_slot is a window or more before it, every one after it a window
-    or more after the new slot. Keys it must not plan get '-infinity'."""
-    if not state.limit.one_statement:
-        return state.now, NEVER_OPEN
+    The statement puts a job at t = GREATEST(next_slot, now()) if t plus W is at most
+    open_until. With next_slot the earliest slot a plain job may take now, and open_until the
+    first reservation after it, that is exactly where this module would put it: no window
+    containing t holds N reservations before it, and every reservation after it is a window
+    or more away. Under N > 1 the row also keeps the reservations within a window before
+    next_slot, which the statement counts for the slots after t (`paceline_next_slots`,
+    migration 0015). A paused key gets '-infinity': the statement leaves it to this module."""
+    limit = state.limit
+    if not limit.one_statement:
+        return SlotRow(state.now, NEVER_OPEN, limit.window, limit.per_window, None)
     slot = slot_for_new(state, None)
     assert slot is not None
-    later = [moment for moment in state.taken() if moment > slot]
-    return slot, min(later, default=FOREVER)
+    taken = state.taken()
+    later = [moment for moment in taken if moment > slot]
+    recent = None
+    if limit.per_window > 1:
+        since = slot - timedelta(seconds=limit.window)
+        recent = sorted(moment for moment in taken if since < moment <= slot)
+    return SlotRow(slot, min(later, default=FOREVER), limit.window, limit.per_window, recent)
 
 
 async def place(conn: Connection, new: NewJob, *, absorbed: int | None = None) -> Job:
@@ -317,7 +326,7 @@ async def replan_keys(conn: Connection, keys: Sequence[Key], *, never_earlier: b
     keys = sorted(set(keys))
     states = await read_keys(conn, keys)
     changes: list[SlotChange] = []
-    rows: list[tuple[datetime, datetime]] = []
+    rows: list[SlotRow] = []
     for key in keys:
         moved, after = _replanned(key, states[key], never_earlier=never_earlier)
         changes.extend(moved)
@@ -376,10 +385,7 @@ async def _move(conn: Connection, changes: Sequence[SlotChange]) -> None:
 
 
 async def _write_row(conn: Connection, kind: str, object_id: int, state: KeyState) -> None:
-    next_slot, open_until = one_statement_row(state)
-    await store.set_key_row(
-        conn, kind=kind, object_id=object_id, next_slot=next_slot, open_until=open_until
-    )
+    await store.set_key_row(conn, kind=kind, object_id=object_id, row=one_statement_row(state))
 
 
 def slot_of(changes: list[SlotChange], job_id: int, default: datetime | None) -> datetime | None:
