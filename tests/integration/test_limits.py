@@ -184,9 +184,9 @@ async def test_one_statement_places_n_per_window_and_overrides_at_the_rules_slot
     make_client: MakeClient, db: asyncpg.Connection
 ) -> None:
     """The one-statement enqueue (one round trip, what a POST runs first) places keys under N
-    starts per window and keys with an override itself, at the slots the rule gives: a burst
-    of N at once, the next N a window later. A key's row worked out under an older limit
-    goes to the planner once, and is the statement's again after."""
+    starts per window, keys with an override, and a job scheduled past the key's next free
+    slot itself, at the slots the rule gives: a burst of N at once, the next N a window
+    later, the free slots before a scheduled job left to the plain ones."""
     client = await make_client(concurrency=0, rate_window=60)
     pool = client.app[POOL]
     await limits.set_limit(pool, "default", None, LimitFields(per_window=3))
@@ -226,6 +226,26 @@ async def test_one_statement_places_n_per_window_and_overrides_at_the_rules_slot
     record = await by_the_statement(1)
     lower = max(record["created_at"], replanned[-1])
     assert record["run_at"] == earliest(replanned, lower, minute, 4)
+
+    # A job scheduled an hour ahead of a fresh key goes at its not_before, and the plain jobs
+    # after it take the free slots before it (four at once, under N = 4).
+    hour_ahead = await db.fetchval("SELECT date_trunc('second', now()) + interval '1 hour'")
+    scheduled = await jobs_store.enqueue(pool, kind="default", object_id=7, not_before=hour_ahead)
+    if QUERIES.citus:
+        # The cluster's enqueue function places plain jobs only: the planner, same slot.
+        assert scheduled is None
+        placed = await post(client, 7, not_before=hour_ahead.isoformat())
+        assert parse_time(placed["run_at"]) == hour_ahead
+    else:
+        assert scheduled is not None, "left to the planner"
+        assert scheduled["run_at"] == hour_ahead
+    sevens = [await by_the_statement(7) for _ in range(5)]
+    assert [record["run_at"] for record in sevens] == planned(sevens, minute, 4)
+    assert sevens[-1]["run_at"] + minute <= hour_ahead
+    # A not_before that a free slot before the key's next one may serve (object 1's backlog
+    # runs minutes ahead) is the planner's: first fit.
+    soon = await db.fetchval("SELECT now() + interval '1 second'")
+    assert await jobs_store.enqueue(pool, kind="default", object_id=1, not_before=soon) is None
 
     # A row worked out under another limit than the key's (as every row written before
     # migration 0015 is, NULL) is the planner's: the statement leaves it be.

@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from paceline.db import jobs as jobs_store
 from paceline.db.queries import QUERIES
 from paceline.observability.audit import Audit, LimitAuditor
 from paceline.queue.limits import LimitFields, pause, set_limit
@@ -314,8 +315,8 @@ async def test_a_start_claimed_after_a_finish_is_recorded_after_it(
     await set_limit(pool, "default", None, LimitFields(0.001, 1, 1))
     auditor = auditor_of(client, since=await db.fetchval("SELECT now() - interval '1 minute'"))
     worker = uuid.uuid4()
-    first = await db.fetchrow(QUERIES["enqueue"], "default", 7, None, None)
-    second = await db.fetchrow(QUERIES["enqueue"], "default", 7, None, None)
+    first = await jobs_store.enqueue(db, kind="default", object_id=7)
+    second = await jobs_store.enqueue(db, kind="default", object_id=7)
     assert first is not None
     assert second is not None
     (running,) = await db.fetch(QUERIES["claim_due_jobs"], 8, 30.0, worker, ["default"])

@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from paceline.db import jobs as jobs_store
 from paceline.db import migrate
 from paceline.db.migrate import MIGRATION_LOCK_KEY, alembic_config
 from paceline.db.queries import QUERIES
@@ -360,7 +361,8 @@ async def test_a_database_in_use_upgrades_to_limits_keeping_its_window_and_slots
         assert await conn.fetchval("SELECT count(*) FROM service_state") == 0
         assert await conn.fetch("SELECT id, run_at FROM jobs ORDER BY id") == before
         await asyncio.to_thread(migrate.upgrade, dsn, "head")
-        [job] = await conn.fetch(QUERIES["enqueue"], "default", 1, None, None)
+        job = await jobs_store.enqueue(conn, kind="default", object_id=1)
+        assert job is not None
         assert job["run_at"] == before[-1]["run_at"] + timedelta(seconds=7.5)
 
         refused = [

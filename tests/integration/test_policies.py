@@ -17,7 +17,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from paceline.db.queries import QUERIES
+from paceline.db import jobs as jobs_store
 from paceline.queue import limits
 from paceline.web.keys import POOL
 from tests.conftest import MakeClient
@@ -245,7 +245,7 @@ def test_replan_dry_run_prints_before_and_after(database_url: str) -> None:
         conn = await asyncpg.connect(database_url)
         try:
             for _ in range(3):
-                await conn.fetch(QUERIES["enqueue"], "default", 1, None, None)
+                await jobs_store.enqueue(conn, kind="default", object_id=1)
         finally:
             await conn.close()
 

@@ -210,7 +210,7 @@ async def test_enqueue_finds_the_object_slot_by_its_primary_key(
     history: asyncpg.Connection,
 ) -> None:
     """Every POST /jobs runs enqueue: its slot upsert must be one primary-key probe."""
-    plan = await explain(history, "enqueue", "default", BUSY_OBJECT, None, None)
+    plan = await explain(history, "enqueue", "default", BUSY_OBJECT, None, None, None)
     upserts = [
         node
         for node in plan

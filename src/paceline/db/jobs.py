@@ -43,12 +43,22 @@ async def enqueue(
     object_id: int,
     payload: str | None = None,
     absorbed: int | None = None,
+    not_before: datetime | None = None,
 ) -> asyncpg.Record | None:
     """Reserve the (kind, object)'s next free slot and insert the job there; the job's row, or
     None when the key needs the exact planner (it is paused, the slot would crowd a scheduled
-    job, or its slot row was worked out under another limit). `payload` is JSON text;
-    `absorbed` is 1 for a job on_busy=append starts."""
-    records = await fetch_committed(db, QUERIES["enqueue"], kind, object_id, payload, absorbed)
+    job, its slot row was worked out under another limit, or `not_before` may take a free slot
+    before the key's next one). `payload` is JSON text; `absorbed` is 1 for a job
+    on_busy=append starts."""
+    if QUERIES.citus:
+        # The cluster's function places plain jobs only; the planner places the others there.
+        if not_before is not None:
+            return None
+        records = await fetch_committed(db, QUERIES["enqueue"], kind, object_id, payload, absorbed)
+    else:
+        records = await fetch_committed(
+            db, QUERIES["enqueue"], kind, object_id, payload, absorbed, not_before
+        )
     return records[0] if records else None
 
 

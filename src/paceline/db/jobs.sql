@@ -6,10 +6,10 @@
 
 -- name: enqueue
 -- $1 kind, $2 object_id, $3 payload (JSON text, or NULL), $4 absorbed (1 for the job an
--- on_busy=append request starts, else NULL). Reserve the key's next slot and insert the job,
--- in one statement, for a key that is not paused and whose slot row lets this statement place
--- it; returns no row for any other key, which the exact planner (paceline.queue.scheduling)
--- then places.
+-- on_busy=append request starts, else NULL), $5 not_before (or NULL). Reserve the key's next
+-- slot and insert the job, in one statement, for a key that is not paused and whose slot row
+-- lets this statement place it; returns no row for any other key, which the exact planner
+-- (paceline.queue.scheduling) then places.
 WITH lim AS (
     -- The key's limit, N starts per window W: its override, else its kind's, else the
     -- default's (an inlined function: three primary-key probes, whatever plan is cached).
@@ -17,35 +17,58 @@ WITH lim AS (
 ),
 slot AS (
     -- The upsert's row lock serializes concurrent submitters of this key, and only of this
-    -- key. The job's slot is t = GREATEST(next_slot, now()) (a fresh key: now()). Reading the
-    -- slot back from the locked row is what makes two concurrent requests unable to take the
-    -- same slot. The row is left as it is (but locked until the statement ends), and no job
-    -- made here, where t would crowd a reservation past a gap (open_until) or the row was
+    -- key. A plain job's slot is t = GREATEST(next_slot, now()) (a fresh key: now()). Reading
+    -- the slot back from the locked row is what makes two concurrent requests unable to take
+    -- the same slot. The row is left as it is (but locked until the statement ends), and no
+    -- job made here, where t would crowd a reservation past a gap (open_until) or the row was
     -- worked out under another limit (paceline_next_slots says what the row keeps).
-    INSERT INTO object_slots AS s (kind, object_id, next_slot, recent, window_seconds, per_window)
-    SELECT $1, $2, f.next_slot, f.recent, lim.window_seconds, lim.per_window
+    --
+    -- A job with not_before later than t (a fresh key: later than now()) goes at not_before
+    -- itself, if that crowds no reservation after it: every reservation before it is at or
+    -- before next_slot, where a plain job fits, so one at not_before fits too. It leaves a
+    -- gap before it for the plain jobs: next_slot stays, and open_until becomes not_before.
+    -- Any other not_before (one that may take a free slot before t) is the planner's.
+    INSERT INTO object_slots AS s (
+        kind, object_id, next_slot, recent, window_seconds, per_window, open_until
+    )
+    SELECT $1, $2,
+           CASE WHEN $5::timestamptz IS NULL THEN f.next_slot ELSE now() END,
+           CASE WHEN $5::timestamptz IS NULL THEN f.recent
+                WHEN lim.per_window > 1 THEN '{}'::timestamptz[] END,
+           lim.window_seconds, lim.per_window,
+           COALESCE($5::timestamptz, 'infinity')
     FROM lim
     CROSS JOIN LATERAL paceline_next_slots(now(), NULL, make_interval(secs => lim.window_seconds),
                                            lim.window_seconds, lim.per_window) AS f
+    WHERE $5::timestamptz IS NULL OR $5::timestamptz > now()
     ON CONFLICT (kind, object_id) DO UPDATE
-        SET (next_slot, recent) = (
-            SELECT f.next_slot, f.recent
+        SET (next_slot, recent, open_until) = (
+            SELECT CASE WHEN $5::timestamptz IS NULL THEN f.next_slot ELSE s.next_slot END,
+                   CASE WHEN $5::timestamptz IS NULL THEN f.recent ELSE s.recent END,
+                   COALESCE($5::timestamptz, s.open_until)
             FROM paceline_next_slots(GREATEST(s.next_slot, now()), s.recent,
                                      make_interval(secs => EXCLUDED.window_seconds),
                                      EXCLUDED.window_seconds, EXCLUDED.per_window) AS f
         )
         WHERE s.window_seconds = EXCLUDED.window_seconds
           AND s.per_window = EXCLUDED.per_window
-          AND GREATEST(s.next_slot, now()) + make_interval(secs => EXCLUDED.window_seconds)
-              <= s.open_until
-    -- The job's slot: under N = 1 a window before the row's next_slot, else recent's last.
-    RETURNING CASE WHEN s.per_window = 1
-                   THEN s.next_slot - make_interval(secs => s.window_seconds)
-                   ELSE s.recent[cardinality(s.recent)] END AS run_at
+          AND CASE WHEN $5::timestamptz IS NULL
+                   THEN GREATEST(s.next_slot, now())
+                        + make_interval(secs => EXCLUDED.window_seconds) <= s.open_until
+                   ELSE $5::timestamptz > GREATEST(s.next_slot, now())
+                        AND $5::timestamptz + make_interval(secs => EXCLUDED.window_seconds)
+                            <= s.open_until
+              END
+    -- The job's slot: its not_before; else under N = 1 a window before the row's next_slot,
+    -- else recent's last.
+    RETURNING COALESCE($5::timestamptz,
+                       CASE WHEN s.per_window = 1
+                            THEN s.next_slot - make_interval(secs => s.window_seconds)
+                            ELSE s.recent[cardinality(s.recent)] END) AS run_at
 ),
 job AS (
-    INSERT INTO jobs (kind, object_id, run_at, payload, absorbed)
-    SELECT $1, $2, slot.run_at, $3::jsonb, $4
+    INSERT INTO jobs (kind, object_id, run_at, payload, absorbed, not_before)
+    SELECT $1, $2, slot.run_at, $3::jsonb, $4, $5::timestamptz
     FROM slot
     RETURNING {job_columns}
 )
@@ -55,8 +78,9 @@ job AS (
 SELECT * FROM job;
 
 -- name: enqueue citus
--- The same on a Citus cluster: the key's bucket routes the call to the worker holding the key's
--- shard, which runs the same steps there (paceline_enqueue, citus.sql).
+-- The same on a Citus cluster, for a job without not_before (one with it is the planner's
+-- there: paceline.db.jobs.enqueue): the key's bucket routes the call to the worker holding the
+-- key's shard, which runs the same steps there (paceline_enqueue, citus.sql).
 SELECT {job_columns}
 FROM paceline_enqueue(paceline_bucket($1, $2), $1, $2, $3::jsonb, $4);
 

@@ -210,14 +210,16 @@ def isoformat(moment: datetime | None) -> str | None:
 
 
 async def enqueue(db: Executor, new: NewJob, *, absorbed: int | None = None) -> Job | None:
-    """Create a job in its key's next free slot (I1, I6) in one statement and one round trip;
-    None if the key's limit needs the exact planner (`paceline.queue.scheduling.place`)."""
+    """Create a job in its key's next free slot (I1, I6), or at its `not_before` when that
+    leaves the key's next free slot to the plain jobs, in one statement and one round trip;
+    None if the key needs the exact planner (`paceline.queue.scheduling.place`)."""
     record = await store.enqueue(
         db,
         kind=new.kind,
         object_id=new.object_id,
         payload=new.payload_json,
         absorbed=absorbed,
+        not_before=new.not_before,
     )
     return None if record is None else Job.from_record(record)
 

@@ -397,22 +397,20 @@ def slot_of(changes: list[SlotChange], job_id: int, default: datetime | None) ->
 
 
 async def create(pool: asyncpg.Pool, new: NewJob) -> Job:
-    """Create a job: in one statement when its key allows (and it has no `not_before`), else
-    placed by this module in a transaction of its own."""
-    if new.not_before is None:
-        job = await enqueue(pool, new)
-        if job is not None:
-            return job
+    """Create a job: in one statement when its key allows, else placed by this module in a
+    transaction of its own."""
+    job = await enqueue(pool, new)
+    if job is not None:
+        return job
     async with pool.acquire() as conn, conn.transaction():
         return await place(conn, new)
 
 
 async def create_in(conn: Connection, new: NewJob, *, absorbed: int | None = None) -> Job:
     """`create` inside the caller's transaction (which may hold the key's lock already)."""
-    if new.not_before is None:
-        job = await enqueue(conn, new, absorbed=absorbed)
-        if job is not None:
-            return job
+    job = await enqueue(conn, new, absorbed=absorbed)
+    if job is not None:
+        return job
     return await place(conn, new, absorbed=absorbed)
 
 
@@ -448,9 +446,15 @@ async def create_each(pool: asyncpg.Pool, new: list[NewJob]) -> list[Job | Excep
 
     async def place_in_order(positions: list[int]) -> None:
         for position in positions:
+            item = new[position]
             try:
-                async with pool.acquire() as conn, conn.transaction():
-                    made[position] = await place(conn, new[position])
+                # A job with not_before, which the batch statement leaves out: its own
+                # statement places it when it leaves the key's next free slot be.
+                job = await enqueue(pool, item) if item.not_before is not None else None
+                if job is None:
+                    async with pool.acquire() as conn, conn.transaction():
+                        job = await place(conn, item)
+                made[position] = job
             except Exception as exc:  # this request's answer; the others go on
                 made[position] = exc
 
