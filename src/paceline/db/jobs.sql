@@ -116,26 +116,34 @@ kind_windows AS MATERIALIZED (
     LEFT JOIN kind_limits AS k ON k.kind = b.kind
 ),
 counts AS (
-    -- Each key's count and limit. The kind's limit and the override are LATERAL probes with
-    -- LIMIT, not joins: the estimate of this CTE stays the items' groups, which is what keeps
-    -- the join of `created` below a hash join, and the override stays one primary-key probe
-    -- per key whatever the statistics of key_limits say.
-    SELECT g.kind, g.object_id, g.n,
-           COALESCE(o.window_seconds, kw.window_seconds) AS window_seconds,
-           COALESCE(o.per_window, kw.per_window) AS per_window
-    FROM (SELECT kind, object_id, count(*) AS n FROM items GROUP BY kind, object_id) AS g
-    CROSS JOIN LATERAL (
-        SELECT kw.window_seconds, kw.per_window, kw.paused FROM kind_windows AS kw
-        WHERE kw.kind = g.kind
-        LIMIT 1
-    ) AS kw
-    LEFT JOIN LATERAL (
-        SELECT o.window_seconds, o.per_window, o.paused FROM key_limits AS o
-        WHERE o.kind = g.kind AND o.object_id = g.object_id
-        LIMIT 1
-    ) AS o ON true
-    WHERE NOT kw.paused AND NOT COALESCE(o.paused, false)
-      AND (COALESCE(o.per_window, kw.per_window) = 1 OR g.n = 1)
+    -- Each key's count and limit, for the keys this statement places. The kind's limit and
+    -- the override are LATERAL probes with LIMIT, not joins, so the override stays one
+    -- primary-key probe per key whatever the statistics of key_limits say. A key it leaves
+    -- out gets no window, and only that is filtered on: "IS NOT NULL" of an expression is
+    -- estimated to keep nearly every row, so the estimate of this CTE stays the items'
+    -- groups, which is what keeps the join of `created` below a hash join (filtered on the
+    -- conditions themselves, the estimate fell to one row, and that join became a nested
+    -- loop of 1000 x 1000 rows: a 1000-job batch took 116 ms instead of 12).
+    SELECT c.kind, c.object_id, c.n, c.window_seconds, c.per_window
+    FROM (
+        SELECT g.kind, g.object_id, g.n,
+               CASE WHEN NOT kw.paused AND NOT COALESCE(o.paused, false)
+                         AND (COALESCE(o.per_window, kw.per_window) = 1 OR g.n = 1)
+                    THEN COALESCE(o.window_seconds, kw.window_seconds) END AS window_seconds,
+               COALESCE(o.per_window, kw.per_window) AS per_window
+        FROM (SELECT kind, object_id, count(*) AS n FROM items GROUP BY kind, object_id) AS g
+        CROSS JOIN LATERAL (
+            SELECT kw.window_seconds, kw.per_window, kw.paused FROM kind_windows AS kw
+            WHERE kw.kind = g.kind
+            LIMIT 1
+        ) AS kw
+        LEFT JOIN LATERAL (
+            SELECT o.window_seconds, o.per_window, o.paused FROM key_limits AS o
+            WHERE o.kind = g.kind AND o.object_id = g.object_id
+            LIMIT 1
+        ) AS o ON true
+    ) AS c
+    WHERE c.window_seconds IS NOT NULL
 ),
 slots AS (
     -- Keys in order: two batches sharing keys lock their rows in the same order, so they

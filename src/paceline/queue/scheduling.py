@@ -2,7 +2,8 @@
 
 A key's limit is N starts per window W (`pacing.Limit`), at most M running, maybe paused
 (`KeyLimit`, read from the database). The one-statement enqueue (`db/jobs.sql`, `enqueue`)
-places jobs of keys whose limit is one start per W and that nothing else constrains; this
+places a job where this module would, from the key's slot row, while the key is not paused,
+nothing reserved ahead is in the way and the row was worked out under the key's limit; this
 module places the rest and moves slots when something changes:
 
 - `place`: a new job at the earliest slot that fits among the key's reservations (its pending
@@ -436,7 +437,7 @@ async def create_each(pool: asyncpg.Pool, new: list[NewJob]) -> list[Job | Excep
 
     The placements of different keys run at once (each holds only its key's lock), those of
     one key in arrival order, so its plain jobs keep their order (I4'): one at a time, the
-    placements of a burst under N = 10 or with overrides would take a round trip each in turn.
+    placements of a burst of one key under N = 10 would take a round trip each in turn.
     """
     made: dict[int, Job | Exception] = dict(await _one_statement(pool, new, independent=True))
     by_key: dict[tuple[str, int], list[int]] = {}
