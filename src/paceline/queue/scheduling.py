@@ -447,15 +447,9 @@ async def create_each(pool: asyncpg.Pool, new: list[NewJob]) -> list[Job | Excep
 
     async def place_in_order(positions: list[int]) -> None:
         for position in positions:
-            item = new[position]
             try:
-                # A job with not_before, which the batch statement leaves out: its own
-                # statement places it when it leaves the key's next free slot be.
-                job = await enqueue(pool, item) if item.not_before is not None else None
-                if job is None:
-                    async with pool.acquire() as conn, conn.transaction():
-                        job = await place(conn, item)
-                made[position] = job
+                async with pool.acquire() as conn, conn.transaction():
+                    made[position] = await place(conn, new[position])
             except Exception as exc:  # this request's answer; the others go on
                 made[position] = exc
 
