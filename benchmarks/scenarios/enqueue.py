@@ -308,6 +308,14 @@ _ENQUEUE_PARAMETERS: dict[tuple[str, ...], tuple[str, ...]] = {
     ),
     # Since the limits (0009) the window is the database's: kind, object_id, payload, absorbed.
     ("text", "int8", "jsonb", "int4"): (":kind", ":object_id", "NULLIF(:payload, 'null')", "NULL"),
+    # Since 0015 the statement also places a job with not_before: NULL, as POST sends none.
+    ("text", "int8", "jsonb", "int4", "timestamptz"): (
+        ":kind",
+        ":object_id",
+        "NULLIF(:payload, 'null')",
+        "NULL",
+        "NULL",
+    ),
 }
 
 
