@@ -64,7 +64,15 @@ $$
 """
 
 
+# On a Citus cluster the columns and the UPDATE below touch every shard, in parallel by
+# default; a function command (CREATE or DROP FUNCTION, which Citus propagates) may then not
+# follow in the same transaction. One shard at a time, it may. A plain server takes the
+# setting as a placeholder and ignores it.
+_ONE_SHARD_AT_A_TIME = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'"
+
+
 def upgrade() -> None:
+    op.execute(_ONE_SHARD_AT_A_TIME)
     # Nullable columns without a default: a catalog change only, no table rewrite, and the
     # same on a Citus cluster (it propagates the ALTER to every shard).
     op.add_column(
@@ -83,10 +91,17 @@ def upgrade() -> None:
         sa.text("SELECT DISTINCT kind FROM object_slots WHERE open_until <> '-infinity'")
     ).scalars()
     for kind in list(kinds):
+        # The kind's limit as paceline_limit reads it for a key without an override. Not
+        # through that function: Citus refuses a parameterized call of an SQL function that
+        # reads its (reference) tables.
         window = conn.execute(
             sa.text(
-                "SELECT window_seconds FROM paceline_limit(:kind, NULL) "
-                "WHERE per_window = 1 AND NOT paused"
+                "SELECT COALESCE(k.window_seconds, d.window_seconds, 300.0) "
+                "FROM (VALUES (1)) AS one (x) "
+                "LEFT JOIN kind_limits AS d ON d.kind = 'default' "
+                "LEFT JOIN kind_limits AS k ON k.kind = :kind "
+                "WHERE COALESCE(k.per_window, d.per_window, 1) = 1 "
+                "AND NOT COALESCE(k.paused, false)"
             ),
             {"kind": kind},
         ).scalar()
@@ -101,6 +116,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(_ONE_SHARD_AT_A_TIME)
     # The code before this placed only N = 1 keys without an override in one statement, and
     # kept every other key's row at '-infinity' (the exact planner's): so they go back to it.
     op.execute(

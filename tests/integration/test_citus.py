@@ -15,8 +15,8 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from paceline.db import citus, migrate
 from paceline.db import jobs as store
-from paceline.db import migrate
 from paceline.db.queries import QUERIES, for_citus
 from tests.conftest import with_database
 
@@ -171,6 +171,57 @@ async def test_migrate_distributes_a_single_server_database_once_keeping_its_job
             )
         )
         assert "Task Count: 1" in plan
+    finally:
+        await conn.close()
+
+
+@pytest.mark.usefixtures("cluster")
+async def test_a_cluster_in_use_upgrades_past_0015_keeping_its_keys_on_the_one_statement(
+    fresh_cluster_database: str, server_dsn: str
+) -> None:
+    """A cluster distributed by a release before migration 0015 (here: down to 0014 after its
+    distribution, which also runs that downgrade on distributed tables) upgrades in place: a
+    key's open slot row, as the old code left it, is marked as worked out under its kind's
+    limit, the new SQL function reaches every worker, and the key's next job is the one
+    statement's, a window after its last. (Both steps failed at first on a cluster: a function
+    command after a parallel multi-shard UPDATE, and a parameterized paceline_limit call.)"""
+    dsn = fresh_cluster_database
+    await _join_cluster(dsn, server_dsn)
+    await asyncio.to_thread(migrate.upgrade, dsn)
+    await asyncio.to_thread(migrate.downgrade, dsn, "0014")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO kind_limits (kind, window_seconds, per_window, max_running)"
+            " VALUES ('default', 300, 1, 1)"
+        )
+        last = await conn.fetchval("SELECT date_trunc('second', now()) + interval '1 minute'")
+        await conn.execute(
+            "INSERT INTO object_slots (bucket, kind, object_id, next_slot)"
+            " VALUES (paceline_bucket('default', 7), 'default', 7, $1)",
+            last + timedelta(minutes=5),
+        )
+    finally:
+        await conn.close()
+
+    await asyncio.to_thread(migrate.upgrade, dsn)
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT window_seconds, per_window FROM object_slots WHERE object_id = 7"
+        )
+        assert row is not None
+        assert (row["window_seconds"], row["per_window"]) == (300.0, 1)
+        on_workers = await conn.fetch(
+            "SELECT result FROM run_command_on_workers("
+            "$$SELECT count(*) FROM pg_proc WHERE proname = 'paceline_next_slots'$$)"
+        )
+        assert [found["result"] for found in on_workers] == ["1"] * len(on_workers)
+        assert await citus.detect(conn), "the upgraded database is a cluster"
+        job = await store.enqueue(conn, kind="default", object_id=7)
+        assert job is not None, "left to the planner"
+        assert job["run_at"] == last + timedelta(minutes=5)
     finally:
         await conn.close()
 
