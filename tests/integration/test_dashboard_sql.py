@@ -210,8 +210,8 @@ async def test_the_limits_read_only_the_first_overrides_and_the_paused_keys(
 
 
 async def test_timeline_reads_are_probes_of_one_object(history: asyncpg.Connection) -> None:
-    windows = summary(await explain(history, "timeline_windows", "default", BUSY_OBJECT))
-    assert indexes(windows) == {"pk_object_starts"}, windows
+    windows = summary(await explain(history, "timeline_windows", "default", BUSY_OBJECT, 300.0, 1))
+    assert indexes(windows) == {"pk_object_starts", "pk_object_slots"}, windows
     for name, args in (
         ("timeline_waiting", ("default", HISTORY_OBJECTS + 1, WAITING_SHOWN)),
         ("timeline_waiting_count", ("default", HISTORY_OBJECTS + 1, WAITING_CAP)),

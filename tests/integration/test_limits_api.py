@@ -3,6 +3,7 @@ refused request changes nothing, and that a dry run writes nothing."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from itertools import pairwise
 from typing import Any
 
@@ -127,7 +128,7 @@ async def test_the_timeline_tells_the_next_free_slot_of_an_overridden_key(
 ) -> None:
     """Under an override of three starts per window, four jobs fill the first window and one
     slot of the next: a fifth job would go a window after the second, and the object's
-    timeline says so (it read the slot row, which the planner leaves at its last plan's now)."""
+    timeline says so (from the key's slot row, as the one-statement enqueue reads it)."""
     window = await five_minutes(client)
     response = await client.put("/limits/default/objects/8", json={"limit": 3})
     assert response.status == 200
@@ -140,6 +141,25 @@ async def test_the_timeline_tells_the_next_free_slot_of_an_overridden_key(
     assert (promised - parse_time(jobs[1]["run_at"])).total_seconds() == window
     fifth = await submit(client, 8)
     assert parse_time(fifth["run_at"]) == promised
+
+
+async def test_the_timeline_tells_the_next_free_slot_past_a_scheduled_job(
+    client: Client,
+) -> None:
+    """A job scheduled 1.5 windows after a plain one leaves no room for another plain job
+    before it, so a new plain job goes a window after the scheduled one. The slot row alone
+    would say a window after the plain job: the timeline works it out as the planner does."""
+    window = await five_minutes(client)
+    plain = parse_time((await submit(client, 9))["run_at"])
+    ahead = plain + timedelta(seconds=1.5 * window)
+    scheduled = await submit(client, 9, not_before=ahead.isoformat())
+    assert parse_time(scheduled["run_at"]) == ahead
+
+    timeline = await (await client.get("/objects/9/timeline")).json()
+    promised = parse_time(timeline["next_free_slot"])
+    assert promised == ahead + timedelta(seconds=window)
+    after = await submit(client, 9)
+    assert parse_time(after["run_at"]) == promised
 
 
 async def test_pause_and_resume_an_object_over_http(client: Client) -> None:

@@ -72,9 +72,12 @@ async def replicas(db: Executor, *, dead_after: float) -> list[asyncpg.Record]:
     return await db.fetch(QUERIES["replicas"], dead_after)
 
 
-async def timeline_windows(db: Executor, *, kind: str, object_id: int) -> asyncpg.Record:
-    """now, and the key's last start (None if it has none)."""
-    record = await db.fetchrow(QUERIES["timeline_windows"], kind, object_id)
+async def timeline_windows(
+    db: Executor, *, kind: str, object_id: int, window: float, per_window: int
+) -> asyncpg.Record:
+    """now, the key's last start, and the slot the one-statement enqueue would give a plain
+    job of it under this limit (either may be None)."""
+    record = await db.fetchrow(QUERIES["timeline_windows"], kind, object_id, window, per_window)
     assert record is not None
     return record
 

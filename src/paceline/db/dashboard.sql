@@ -228,10 +228,18 @@ FROM workers
 ORDER BY started_at, host, pid;
 
 -- name: timeline_windows
--- $1 kind, $2 object_id. When the key last started a run (a primary-key probe), and now.
+-- $1 kind, $2 object_id, $3 W, $4 N (the key's limit in force). When the key last started a
+-- run, and the slot the one-statement enqueue would give a plain job of it now, read from its
+-- slot row with the enqueue's own test (worked out under this limit, nothing reserved ahead in
+-- the way); NULL where the enqueue would leave the job to the planner. Primary-key probes.
 SELECT now() AS now,
        (SELECT last_started_at FROM object_starts WHERE kind = $1 AND object_id = $2)
-           AS last_started_at;
+           AS last_started_at,
+       (SELECT GREATEST(s.next_slot, now()) FROM object_slots AS s
+        WHERE s.kind = $1 AND s.object_id = $2
+          AND s.window_seconds = $3 AND s.per_window = $4
+          AND GREATEST(s.next_slot, now()) + make_interval(secs => $3) <= s.open_until)
+           AS one_statement_slot;
 
 -- name: timeline_window_starts
 -- $1 kind, $2 object_id, $3 W, $4 N. The key's newest starts within the last W, at most N (what

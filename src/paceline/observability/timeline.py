@@ -145,6 +145,10 @@ async def read_timeline(pool: asyncpg.Pool, object_id: int, kind: str = DEFAULT_
     ):
         limit = await read_limit(conn, kind, object_id)
         activity, next_slot = await _key_activity(conn, kind, object_id, limit)
+        if next_slot is None and not limit.paused:
+            # Where the one statement would leave a new job to the planner: worked out as the
+            # planner would place it (reads the key's pending jobs and recent starts).
+            _, next_slot = await next_free(conn, kind, object_id, lock=False)
         pending = [
             dict(row)
             for row in await dashboard.timeline_waiting(
@@ -193,8 +197,11 @@ async def read_timeline(pool: asyncpg.Pool, object_id: int, kind: str = DEFAULT_
 async def _key_activity(
     conn: Connection, kind: str, object_id: int, limit: KeyLimit
 ) -> tuple[KeyActivity, datetime | None]:
-    """What holds the key's next start besides its slots, and the slot a new job would get."""
-    windows = await dashboard.timeline_windows(conn, kind=kind, object_id=object_id)
+    """What holds the key's next start besides its slots, and the slot the one-statement
+    enqueue would give a new job (None where it would leave the job to the planner)."""
+    windows = await dashboard.timeline_windows(
+        conn, kind=kind, object_id=object_id, window=limit.window, per_window=limit.per_window
+    )
     now, last_start = windows["now"], windows["last_started_at"]
     if limit.per_window == 1:
         # What the claim reads for N = 1: the key's last start (it outlives the history).
@@ -206,11 +213,7 @@ async def _key_activity(
         )
     running = await limits_store.running_jobs_of_key(conn, kind=kind, object_id=object_id)
     activity = KeyActivity(now, limit, last_start, window_starts, running)
-    # Worked out as the planner would place a new job, not read from the slot row: the row
-    # says it only while the one-statement enqueue may extend it (not paused, not past a gap,
-    # worked out under the limit in force), and a reader should not have to know which.
-    _, free_at = await next_free(conn, kind, object_id, lock=False)
-    return activity, free_at
+    return activity, windows["one_statement_slot"]
 
 
 async def job_wait(pool: asyncpg.Pool, job: Job) -> Reason | None:
