@@ -50,15 +50,13 @@ async def enqueue(
     job, its slot row was worked out under another limit, or `not_before` may take a free slot
     before the key's next one). `payload` is JSON text; `absorbed` is 1 for a job
     on_busy=append starts."""
-    if QUERIES.citus:
+    args: list[object] = [kind, object_id, payload, absorbed]
+    if not QUERIES.citus:
+        args.append(not_before)
+    elif not_before is not None:
         # The cluster's function places plain jobs only; the planner places the others there.
-        if not_before is not None:
-            return None
-        records = await fetch_committed(db, QUERIES["enqueue"], kind, object_id, payload, absorbed)
-    else:
-        records = await fetch_committed(
-            db, QUERIES["enqueue"], kind, object_id, payload, absorbed, not_before
-        )
+        return None
+    records = await fetch_committed(db, QUERIES["enqueue"], *args)
     return records[0] if records else None
 
 

@@ -223,14 +223,16 @@ INSERT INTO object_slots AS s (
     kind, object_id, next_slot, open_until, window_seconds, per_window, recent
 )
 SELECT k.kind, k.object_id, k.next_slot, k.open_until, k.window_seconds, k.per_window,
-       ARRAY(SELECT e::timestamptz FROM jsonb_array_elements_text(k.recent) AS e)
+       CASE WHEN k.recent IS NOT NULL THEN
+           ARRAY(SELECT e::timestamptz FROM jsonb_array_elements_text(k.recent) AS e)
+       END
 FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::float8[],
             $6::int[], $7::jsonb[])
     AS k(kind, object_id, next_slot, open_until, window_seconds, per_window, recent)
 ON CONFLICT (kind, object_id) DO UPDATE
     SET next_slot = EXCLUDED.next_slot, open_until = EXCLUDED.open_until,
         window_seconds = EXCLUDED.window_seconds, per_window = EXCLUDED.per_window,
-        recent = CASE WHEN EXCLUDED.per_window = 1 THEN NULL ELSE EXCLUDED.recent END;
+        recent = EXCLUDED.recent;
 
 -- name: set_key_row
 -- $1 kind, $2 object_id, $3 next_slot, $4 open_until, $5 window_seconds, $6 per_window,
