@@ -411,6 +411,15 @@ class Model:
             lower = max([lower, *(job[3] for job in self.pending[key] if job[2] is None)])
         return earliest(taken, lower, window, n)
 
+    def made(self, job: dict[str, Any], not_before: datetime | None, op: object) -> None:
+        """A job the app made (as the API showed it) must have the slot `place` gives it."""
+        key = job["object_id"]
+        created = parse_time(job["created_at"])
+        expected = self.place(key, created, not_before)
+        assert parse_time(job["run_at"]) == expected, f"{op}: not the earliest free slot"
+        self.pending[key].append((job["id"], created, not_before, expected))
+        self.pending[key].sort(key=lambda job: (job[3], job[0]))
+
     def replan(self, key: int, *, first: int | None = None, never_earlier: bool = False) -> None:
         window, n = self.limit(key)
         jobs = sorted(self.pending[key], key=lambda job: (job[3], job[0]))
@@ -451,6 +460,12 @@ OPS = st.one_of(
     ),
     st.tuples(st.just("drop"), st.sampled_from(KEYS)),
     st.tuples(st.just("retry"), st.sampled_from((0.0, 100.0))),
+    # A batch (one statement for the keys it may plan, the planner for the rest, all in one
+    # transaction): each job takes the slot it would have taken sent alone, in batch order.
+    st.tuples(st.just("batch"), st.lists(st.sampled_from(KEYS), min_size=1, max_size=5)),
+    # Submits at once (the group commit writes them together): each key's jobs take the slots
+    # sent one by one would, in the order they were made (id order).
+    st.tuples(st.just("burst"), st.lists(st.sampled_from(KEYS), min_size=2, max_size=6)),
 )
 
 
@@ -479,12 +494,19 @@ async def apply(op: tuple[Any, ...], model: Model, client: Client, db: asyncpg.C
             window, _ = model.limit(key)
             not_before = datetime.now(UTC) + ahead * window
             fields["not_before"] = not_before.isoformat()
-        job = await post(client, key, **fields)
-        created = parse_time(job["created_at"])
-        expected = model.place(key, created, not_before)
-        assert parse_time(job["run_at"]) == expected, f"submit {op}: not the earliest free slot"
-        model.pending[key].append((job["id"], created, not_before, expected))
-        model.pending[key].sort(key=lambda job: (job[3], job[0]))
+        model.made(await post(client, key, **fields), not_before, op)
+    elif name in ("batch", "burst"):
+        if name == "batch":
+            response = await client.post("/jobs", json=[{"object_id": key} for key in op[1]])
+            assert response.status == 201, await response.text()
+            made = (await response.json())["jobs"]
+        else:
+            made = sorted(
+                await asyncio.gather(*(post(client, key) for key in op[1])),
+                key=lambda job: job["id"],
+            )
+        for job in made:
+            model.made(job, None, op)
     elif name == "cancel":
         everything = [(key, job) for key in KEYS for job in model.pending[key]]
         if not everything:
