@@ -464,7 +464,8 @@ OPS = st.one_of(
     # transaction): each job takes the slot it would have taken sent alone, in batch order.
     st.tuples(st.just("batch"), st.lists(st.sampled_from(KEYS), min_size=1, max_size=5)),
     # Submits at once (the group commit writes them together): each key's jobs take the slots
-    # sent one by one would, in the order they were made (id order).
+    # sent one by one would, in the order they were placed, which is their slots' order (not
+    # always their ids': a Citus node may hand a later placement a lower id).
     st.tuples(st.just("burst"), st.lists(st.sampled_from(KEYS), min_size=2, max_size=6)),
 )
 
@@ -503,7 +504,7 @@ async def apply(op: tuple[Any, ...], model: Model, client: Client, db: asyncpg.C
         else:
             made = sorted(
                 await asyncio.gather(*(post(client, key) for key in op[1])),
-                key=lambda job: job["id"],
+                key=lambda job: (parse_time(job["run_at"]), job["id"]),
             )
         for job in made:
             model.made(job, None, op)

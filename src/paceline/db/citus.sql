@@ -269,7 +269,8 @@ BEGIN
         CROSS JOIN LATERAL paceline_limit(j.kind, j.object_id) AS lim
         WHERE j.bucket = ANY (p_buckets)
           AND j.status = 'PENDING'
-          AND j.run_at <= now()
+          -- Due as of the claim's statement, not its transaction (jobs.sql says why).
+          AND j.run_at <= statement_timestamp()
           AND j.kind = ANY (p_kinds)
           AND NOT lim.paused
           AND (
@@ -284,7 +285,8 @@ BEGIN
                   SELECT 1 FROM object_starts AS s
                   WHERE s.bucket = ANY (p_buckets) AND s.bucket = j.bucket
                     AND s.kind = j.kind AND s.object_id = j.object_id
-                    AND s.last_started_at > now() - make_interval(secs => lim.window_seconds)
+                    AND s.last_started_at
+                        > statement_timestamp() - make_interval(secs => lim.window_seconds)
                   LIMIT 1
               ) IS NULL
               ELSE (
@@ -292,7 +294,8 @@ BEGIN
                       SELECT 1 FROM job_attempts AS a
                       WHERE a.bucket = ANY (p_buckets) AND a.bucket = j.bucket
                         AND a.kind = j.kind AND a.object_id = j.object_id
-                        AND a.started_at > now() - make_interval(secs => lim.window_seconds)
+                        AND a.started_at
+                            > statement_timestamp() - make_interval(secs => lim.window_seconds)
                       LIMIT lim.per_window
                   ) AS recent
               ) < lim.per_window

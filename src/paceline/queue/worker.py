@@ -271,11 +271,13 @@ class Worker(Service):
     async def _seconds_until_due(self) -> float:
         # The database clock decides. It read its clock about halfway through the statement's
         # round trip (`read_at` here), so the next start is `next_start - now` after that
-        # moment; and the claim's transaction reads its clock half a round trip after the claim
-        # goes out, so it goes out that much earlier. (Timed around the whole planned read, with
-        # its BEGIN, COMMIT and the pool's hand-back, the estimate woke the worker two round
-        # trips early: the claim found nothing and the start came a recheck later, 4-5 ms late
-        # at idle.)
+        # moment; and the claim reads its clock (the statement's start) half a round trip after
+        # it goes out, so the wake-up comes that much earlier. The claim goes out after its
+        # BEGIN's round trip, which leaves it a little late rather than early: an early claim
+        # finds nothing, and the second one makes the start 3-4 ms late. (Timed around the
+        # whole planned read, with its BEGIN, COMMIT and the pool's hand-back, the estimate woke
+        # the worker two round trips early: the claim found nothing and the start came a
+        # recheck later, 4-5 ms late at idle.)
         due = await store.seconds_until_next_due(self._pool, kinds=self._kinds)
         if due.next_start is None:
             return self._idle_poll
