@@ -11,8 +11,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.conftest import MakeClient
 from tests.integration.test_openapi import conforms
-from tests.support import parse_time
+from tests.support import parse_time, wait_until_finished
 
 Client = TestClient[Any, Any]
 
@@ -229,3 +230,22 @@ async def test_bad_requests_are_problems_and_change_nothing(  # noqa: PLR0917 (p
     if param is not None:
         assert [entry["name"] for entry in problem["invalid_params"]] == [param]
     assert await snapshot(db) == before
+
+
+async def test_a_paused_kind_s_timeline_promises_no_slot(
+    make_client: MakeClient, database_url: str
+) -> None:
+    """A key whose job ran has its next slot a window after that job's, in its slot row, which
+    the timeline reads. Once the kind is paused a new job of it gets no slot (run_at null), and
+    the timeline must not promise the slot the row held before the pause."""
+    client = await make_client(concurrency=1)
+    window = await five_minutes(client)
+    await submit(client, 8)
+    (ran,) = await wait_until_finished(database_url, 1)
+    before = await (await client.get("/objects/8/timeline")).json()
+    assert parse_time(before["next_free_slot"]) == ran["run_at"] + timedelta(seconds=window)
+
+    assert (await client.post("/limits/default/pause")).status == 200
+    paused = await (await client.get("/objects/8/timeline")).json()
+    assert paused["next_free_slot"] is None
+    assert (await submit(client, 8))["run_at"] is None
