@@ -22,10 +22,14 @@ from benchmarks.context import (
 )
 from benchmarks.load import HttpRun, wrk
 from benchmarks.procs import CpuSplit, Replica
-from benchmarks.report import median
+from benchmarks.report import Goal, median
 from paceline.client import PacelineClient
 
 # Object ids of each kind of load, far apart, so no scenario's jobs share a window by accident.
+# Issue 16's goal for the features' rows (1 KiB payloads, N = 10, 100k overrides, 10%
+# `not_before`): each within 15% of the plain figure of the same run.
+WITHIN_PLAIN = Goal(">=", 0.85, on="ratio")
+
 RANDOM_OBJECTS = 10**12  # POST load draws from 1..10^12
 DRAIN_BASE = 2 * 10**12
 HOT_BASE = 3 * 10**12

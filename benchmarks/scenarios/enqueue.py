@@ -33,6 +33,7 @@ from benchmarks.load import PGBENCH_SCRIPTS, HttpRun
 from benchmarks.procs import CpuMeter, Replica
 from benchmarks.report import Goal, Row, median
 from benchmarks.scenarios.common import (
+    WITHIN_PLAIN,
     PostResult,
     count_jobs,
     profile_post,
@@ -197,6 +198,7 @@ def _add_payload_row(
             "req/s",
             ceiling=plain.rps,
             ceiling_label=PLAIN,
+            goal=WITHIN_PLAIN,
             note=f"p50 {loaded.p50:.1f} / p99 {loaded.p99:.1f} ms ({PLAIN}: {plain.p50:.1f} / "
             f"{plain.p99:.1f}); CPU per request: {cpu_per_request(loaded)} ({PLAIN}: "
             f"{cpu_per_request(plain)}); CPU: {loaded.cpu}{errors}",
