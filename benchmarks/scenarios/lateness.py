@@ -1,16 +1,21 @@
 """Scenario 5: lateness — started_at - run_at on the database clock — at idle and at half of the
-service's max POST throughput (1 replica)."""
+service's max POST throughput (1 replica). The idle figure has a same-run reference: the floor
+of `benchmarks.floor`, an insert and one statement after it in the same pattern without the
+service, the share of lateness that is this machine's and this server's."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import sys
 from typing import Any
 
 import asyncpg
 
 from benchmarks.context import Bench, wait_until
 from benchmarks.load import HttpRun, wrk
+from benchmarks.procs import ROOT
 from benchmarks.report import Goal, Row
 from benchmarks.scenarios.common import LATENESS_BASE, measure_post, tuned_unless_fixed
 from paceline.client import PacelineClient
@@ -65,19 +70,58 @@ async def _idle(bench: Bench) -> None:
         overall = await _lateness(url)
         at_once = await _lateness(url, kind="first")
         timed = await _lateness(url, kind="later")
+    async with bench.cluster.database("lateness_floor") as url:
+        floor = await _floor(url)
+    bench.report.add(
+        Row(
+            SCENARIO,
+            "floor: an insert, then one statement, no service; p99 at idle",
+            floor["all"]["p99"],
+            "ms",
+            note=f"p50 {floor['all']['p50']:.1f} ms over {floor['all']['n']} jobs; due at once: "
+            f"p50 {floor['at_once']['p50']:.1f} / p99 {floor['at_once']['p99']:.1f} ms; due a "
+            f"window later: p50 {floor['timed']['p50']:.1f} / p99 "
+            f"{floor['timed']['p99']:.1f} ms (benchmarks/floor.py)",
+        )
+    )
     bench.report.add(
         Row(
             SCENARIO,
             "p99 lateness at idle",
             overall["p99"],
             "ms",
+            ceiling=floor["all"]["p99"],
+            ceiling_label="floor, same run",
             goal=IDLE_GOAL,
-            note=f"p50 {overall['p50']:.1f} ms over {overall['n']} jobs; due at once (NOTIFY): "
-            f"p50 {at_once['p50']:.1f} / p99 {at_once['p99']:.1f} ms; due a window later "
+            note=f"p50 {overall['p50']:.1f} ms over {overall['n']} jobs (floor "
+            f"{floor['all']['p50']:.1f}); due at once (the replica wakes its worker): p50 "
+            f"{at_once['p50']:.1f} / p99 {at_once['p99']:.1f} ms; due a window later "
             f"(timer): p50 {timed['p50']:.1f} / p99 {timed['p99']:.1f} ms",
         )
     )
-    bench.report.detail("lateness.idle", {"all": overall, "at_once": at_once, "timed": timed})
+    bench.report.detail(
+        "lateness.idle", {"all": overall, "at_once": at_once, "timed": timed, "floor": floor}
+    )
+
+
+async def _floor(url: str) -> dict[str, Any]:
+    """`benchmarks.floor` in a process of its own (as a replica is), in the idle pattern."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.floor",
+        url,
+        str(IDLE_OBJECTS),
+        str(IDLE_WINDOW),
+        str(IDLE_GAP),
+        cwd=ROOT,  # `-m benchmarks.floor` from the repository, as `-m benchmarks` runs
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"benchmarks.floor exited with {process.returncode}")
+    figures: dict[str, Any] = json.loads(out)
+    return figures
 
 
 async def _half_load(bench: Bench, env: dict[str, str], *, goal: Goal | None, label: str) -> None:
