@@ -48,7 +48,7 @@ SOAK_SEED ?=
 soak: $(DEV) ## Chaos soak: 3 replicas, seeded faults, every invariant audited (SOAK_SECONDS, SOAK_SEED)
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) $(BIN)/python -m tests.soak
 
-bench: $(DEV) ## Benchmarks, one table of figures vs pgbench ceilings (~10 min; BENCH_ARGS=--quick)
+bench: $(DEV) ## Benchmarks, one table of figures vs same-run ceilings (20-40 min; BENCH_ARGS=--quick: a 4-min smoke run)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 lint: $(DEV) ## ruff and mypy --strict
