@@ -145,21 +145,9 @@ async def _measure(bench: Bench, variant: Variant, index: int) -> tuple[float, f
 async def _schedule_share_of_drain(url: str, share: float) -> None:
     """The next drain's jobs are preloaded plain; a trigger gives `share` of them a due
     `not_before`, as a client that scheduled them for now would."""
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(
-            f"""
-            CREATE FUNCTION bench_not_before() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF random() < {share} THEN NEW.not_before := NEW.run_at; END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER bench_not_before BEFORE INSERT ON jobs
-            FOR EACH ROW EXECUTE FUNCTION bench_not_before();
-            """
-        )
-    finally:
-        await conn.close()
+    await _on_each_preloaded_job(
+        url, "bench_not_before", f"IF random() < {share} THEN NEW.not_before := NEW.run_at; END IF;"
+    )
 
 
 async def _give_drain_payloads(url: str, size: int) -> None:
@@ -168,21 +156,31 @@ async def _give_drain_payloads(url: str, size: int) -> None:
     sent it."""
     head, note = '{"customer":', ',"note":"'
     assert payload_json(7, size) == head + "7" + note + "x" * (size - len(head + note) - 3) + '"}'
+    await _on_each_preloaded_job(
+        url,
+        "bench_payload",
+        f"""NEW.payload := (
+            '{head}' || NEW.object_id || '{note}'
+            || repeat('x', {size - len(head + note) - 2} - length(NEW.object_id::text))
+            || '"}}'
+        )::jsonb;""",
+    )
+
+
+async def _on_each_preloaded_job(url: str, name: str, body: str) -> None:
+    """A trigger `name` that runs the PL/pgSQL `body` on each job row before it is inserted
+    (the drain preloads its jobs with a plain INSERT; a variant changes them this way)."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
             f"""
-            CREATE FUNCTION bench_payload() RETURNS trigger LANGUAGE plpgsql AS $$
+            CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                NEW.payload := (
-                    '{head}' || NEW.object_id || '{note}'
-                    || repeat('x', {size - len(head + note) - 2} - length(NEW.object_id::text))
-                    || '"}}'
-                )::jsonb;
+                {body}
                 RETURN NEW;
             END $$;
-            CREATE TRIGGER bench_payload BEFORE INSERT ON jobs
-            FOR EACH ROW EXECUTE FUNCTION bench_payload();
+            CREATE TRIGGER {name} BEFORE INSERT ON jobs
+            FOR EACH ROW EXECUTE FUNCTION {name}();
             """
         )
     finally:
