@@ -85,13 +85,12 @@ async def measure(url: str, objects: int, window: float, gap: float) -> dict[str
             sent = time.monotonic()
             # The key's next slot: a window after the first job's (not after this insert).
             later = await submitter.fetchrow(ENQUEUE, index, False, first["run_at"] + window)
-            received = time.monotonic()
             assert later is not None
-            # As a worker does: the database read its clock about halfway through the round
-            # trip, and the start statement reads it half a trip after it goes out.
-            trip = received - sent
+            # As a worker does: the database read its clock about halfway through the insert's
+            # round trip, and the start statement reads it half a trip after it goes out; the
+            # two halves cancel, so the start sets out `due - now` after the insert did.
             due = max(later["run_at"], first_started + window)
-            wake_at = sent + trip / 2 + (due - later["now"]) - trip / 2
+            wake_at = sent + (due - later["now"])
             task = asyncio.create_task(start_later(later["id"], wake_at))
             timers.add(task)
             task.add_done_callback(timers.discard)
