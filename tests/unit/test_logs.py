@@ -3,15 +3,17 @@ line with the extras, and the format setting."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from paceline.config import ConfigError, Settings
-from paceline.logs import TEXT_FORMAT, JsonFormatter, TextFormatter
+from paceline.logs import TEXT_FORMAT, JsonFormatter, LoopPassHandler, TextFormatter
 
 
 def _record(created: float, exc_info: logging._SysExcInfoType | None = None) -> logging.LogRecord:
@@ -75,3 +77,92 @@ def test_the_log_format_is_checked() -> None:
     assert Settings.from_env({}).log_format == "text"
     with pytest.raises(ConfigError, match="PACELINE_LOG_FORMAT must be text or json"):
         Settings.from_env({"PACELINE_LOG_FORMAT": "xml"})
+
+
+class _Stream:
+    """A stream that keeps each write apart, as the kernel sees them."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+def written() -> Iterator[tuple[logging.Logger, LoopPassHandler, list[str]]]:
+    stream = _Stream()
+    handler = LoopPassHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("paceline.test.loop_pass")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger, handler, stream.writes
+    logger.removeHandler(handler)
+
+
+async def test_the_lines_of_one_loop_pass_go_out_in_one_write_in_order(
+    written: tuple[logging.Logger, LoopPassHandler, list[str]],
+) -> None:
+    # A loaded replica logs thousands of job lines a second: one write for each pass of the
+    # event loop, not one per line, and not a line lost or reordered.
+    logger, _, writes = written
+    for job in range(3):
+        logger.info("job %d started", job)
+    assert writes == []
+    await asyncio.sleep(0)
+    assert writes == ["INFO job 0 started\nINFO job 1 started\nINFO job 2 started\n"]
+    logger.info("job 3 started")
+    await asyncio.sleep(0)
+    assert writes[1:] == ["INFO job 3 started\n"]
+
+
+async def test_a_warning_does_not_wait_and_keeps_the_order(
+    written: tuple[logging.Logger, LoopPassHandler, list[str]],
+) -> None:
+    logger, _, writes = written
+    logger.info("job 7 started")
+    logger.warning("job 7 failed")
+    assert writes == ["INFO job 7 started\nWARNING job 7 failed\n"]
+    await asyncio.sleep(0)
+    assert len(writes) == 1
+
+
+async def test_another_thread_writes_at_once_after_what_waits(
+    written: tuple[logging.Logger, LoopPassHandler, list[str]],
+) -> None:
+    logger, _, writes = written
+    logger.info("on the loop")
+    await asyncio.to_thread(logger.info, "from a thread")
+    assert writes == ["INFO on the loop\nINFO from a thread\n"]
+
+
+def test_without_a_loop_and_at_exit_nothing_waits(
+    written: tuple[logging.Logger, LoopPassHandler, list[str]],
+) -> None:
+    logger, handler, writes = written
+    logger.info("starting")  # start-up: no loop runs yet
+    assert writes == ["INFO starting\n"]
+
+    # A loop that stops before its pass's write runs (the serve loop at exit): the exit's flush
+    # (logging.shutdown calls it) writes what waits, and a loop after it schedules its own.
+    loop = asyncio.new_event_loop()
+    loop.call_soon(logger.info, "last line")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.close()
+    assert writes == ["INFO starting\n"]
+    handler.flush()
+    assert writes[-1] == "INFO last line\n"
+
+    async def log() -> None:
+        logger.info("next loop")
+        await asyncio.sleep(0)
+
+    asyncio.run(log())
+    assert writes[-1] == "INFO next loop\n"
