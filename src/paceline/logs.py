@@ -88,13 +88,14 @@ class LoopPassHandler(logging.StreamHandler[TextIO]):
 
     Under load a replica logs every job's accept, start and end, thousands of lines a second,
     and sys.stderr hands each line to the kernel in a write of its own (it has no buffer below
-    the text layer): a seventh of a loaded replica's CPU went to those writes. A line logged on
-    the event loop's thread waits for the end of the loop's pass (a `call_soon`, which runs
-    after the callbacks already due), then every line of that pass goes out in one write, in
-    order. A warning or worse, and a line logged where no loop runs (start-up, shutdown, another
-    thread), is written at once after those waiting: nothing that explains a failure waits, and
-    the order holds. Exit (`logging.shutdown`) flushes what waits; a SIGKILL loses at most the
-    lines of the pass it interrupts, which the job rows in PostgreSQL still record.
+    the text layer): 3-5% of a loaded replica's py-spy samples were in those writes
+    (docs/performance-notes.md). A line logged on the event loop's thread waits for the end of
+    the loop's pass (a `call_soon`, which runs after the callbacks already due), then every
+    line of that pass goes out in one write, in order. A warning or worse, and a line logged
+    where no loop runs (start-up, shutdown, another thread), is written at once after those
+    waiting: nothing that explains a failure waits, and the order holds. Exit
+    (`logging.shutdown`) flushes what waits; a SIGKILL loses at most the lines of the pass it
+    interrupts, which the job rows in PostgreSQL still record.
     """
 
     def __init__(self, stream: TextIO) -> None:
